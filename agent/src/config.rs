@@ -1,0 +1,178 @@
+//! `agent.toml`: the agent's whole configuration. Unknown keys are refused and
+//! every error names the file, the line and the key (see
+//! [`steward_shared::config`]). `steward-agent check-config` runs [`AgentConfig::load`].
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use steward_shared::config::{ConfigError, load_toml};
+use steward_shared::units::{ByteSize, Duration};
+
+use crate::checks::CheckConfig;
+
+/// Default location of the agent's config file.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/steward/agent.toml";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    #[serde(default)]
+    pub agent: AgentSection,
+    /// Where to stream results. Optional: without it the agent only collects
+    /// (`collect --once` never needs it).
+    pub server: Option<ServerSection>,
+    #[serde(default)]
+    pub spool: SpoolSection,
+    /// The checks to run (`[[checks]]` tables).
+    #[serde(default)]
+    pub checks: Vec<CheckConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSection {
+    /// State directory: spool, key and certificate. Default `/var/lib/steward-agent`.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// How often to send a heartbeat when there is nothing else to send.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_interval: Duration,
+    /// On SIGTERM, how long to keep trying to deliver the spool before exiting.
+    #[serde(default = "default_grace")]
+    pub shutdown_grace: Duration,
+    /// Interval for checks that set neither `interval` nor `cron`.
+    #[serde(default = "default_interval")]
+    pub default_interval: Duration,
+    /// Timeout for checks that do not set `timeout`.
+    #[serde(default = "default_timeout")]
+    pub default_timeout: Duration,
+}
+
+impl Default for AgentSection {
+    fn default() -> Self {
+        Self {
+            data_dir: default_data_dir(),
+            heartbeat_interval: default_heartbeat(),
+            shutdown_grace: default_grace(),
+            default_interval: default_interval(),
+            default_timeout: default_timeout(),
+        }
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/steward-agent")
+}
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_grace() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_interval() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// The control plane's gRPC endpoint, `https://HOST:PORT`.
+    pub url: String,
+    /// The Steward CA certificate (PEM). Default `DATA_DIR/ca.pem`.
+    pub ca_cert: Option<PathBuf>,
+    /// This agent's certificate (PEM). Default `DATA_DIR/agent.pem`.
+    pub cert: Option<PathBuf>,
+    /// This agent's private key (PEM). Default `DATA_DIR/agent.key`.
+    pub key: Option<PathBuf>,
+    /// TLS server name to verify, when it differs from the URL's host.
+    pub server_name: Option<String>,
+    /// Longest wait between reconnection attempts (full jitter below it).
+    #[serde(default = "default_backoff_max")]
+    pub reconnect_max: Duration,
+    /// Time allowed for connecting and the TLS handshake.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Duration,
+}
+
+fn default_backoff_max() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolSection {
+    /// Upper bound of the spool's contents; when full, the oldest reports are dropped and counted.
+    #[serde(default = "default_spool_max")]
+    pub max_size: ByteSize,
+    /// Most reports sent in one batch.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+}
+
+impl Default for SpoolSection {
+    fn default() -> Self {
+        Self { max_size: default_spool_max(), max_batch: default_max_batch() }
+    }
+}
+
+fn default_spool_max() -> ByteSize {
+    ByteSize(64 << 20)
+}
+fn default_max_batch() -> usize {
+    500
+}
+
+impl ServerSection {
+    pub fn ca_cert_path(&self, data_dir: &Path) -> PathBuf {
+        self.ca_cert.clone().unwrap_or_else(|| data_dir.join("ca.pem"))
+    }
+    pub fn cert_path(&self, data_dir: &Path) -> PathBuf {
+        self.cert.clone().unwrap_or_else(|| data_dir.join("agent.pem"))
+    }
+    pub fn key_path(&self, data_dir: &Path) -> PathBuf {
+        self.key.clone().unwrap_or_else(|| data_dir.join("agent.key"))
+    }
+}
+
+impl AgentConfig {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let (cfg, src): (AgentConfig, String) = load_toml(path)?;
+        cfg.validate(&path.display().to_string(), &src)?;
+        Ok(cfg)
+    }
+
+    /// Parses and validates config source (`file` names it in errors).
+    pub fn parse(file: &str, src: &str) -> Result<Self, ConfigError> {
+        let cfg: AgentConfig = steward_shared::config::parse_toml(file, src)?;
+        cfg.validate(file, src)?;
+        Ok(cfg)
+    }
+
+    /// Semantic validation beyond what serde checks.
+    pub fn validate(&self, file: &str, src: &str) -> Result<(), ConfigError> {
+        let at = |key: &str, msg: String| ConfigError::at(file, src, key, msg);
+        if self.agent.heartbeat_interval.as_std() < std::time::Duration::from_secs(1) {
+            return Err(at("agent.heartbeat_interval", "must be at least 1s".into()));
+        }
+        if self.agent.default_interval.as_std() < std::time::Duration::from_secs(1) {
+            return Err(at("agent.default_interval", "must be at least 1s".into()));
+        }
+        if self.spool.max_size.0 < 64 * 1024 {
+            return Err(at("spool.max_size", "must be at least 64KiB".into()));
+        }
+        if self.spool.max_batch == 0 || self.spool.max_batch > 10_000 {
+            return Err(at("spool.max_batch", "must be between 1 and 10000".into()));
+        }
+        if let Some(server) = &self.server {
+            if !(server.url.starts_with("https://")) {
+                return Err(at("server.url", format!("{:?} must start with https:// (the stream is always mTLS)", server.url)));
+            }
+        }
+        crate::checks::validate(&self.checks, self, file, src)
+    }
+}

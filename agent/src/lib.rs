@@ -1,0 +1,24 @@
+//! `steward-agent`: runs health checks on a VM, writes every result to an
+//! on-disk spool before sending it, and streams the spool to the control plane
+//! over one mutual-TLS gRPC stream.
+//!
+//! Layout:
+//! - [`config`]: `agent.toml` (unknown keys refused; errors name file, line and key).
+//! - [`checks`]: the check kinds and their thresholds; [`scheduler`] runs them on
+//!   intervals (tokio time) or cron schedules (tokio-cron-scheduler).
+//! - [`spool`]: the redb-backed spool: sequence numbers, bound, drop counting.
+//! - [`stream`]: the gRPC stream client: hello, batches, acks, heartbeats, reconnects.
+//! - [`backoff`]: capped exponential backoff with full jitter.
+//! - [`runtime`]: wires the parts together; SIGTERM drains, SIGHUP reloads.
+#![forbid(unsafe_code)]
+
+pub mod backoff;
+pub mod checks;
+pub mod config;
+pub mod runtime;
+pub mod scheduler;
+pub mod spool;
+pub mod stream;
+
+/// Agent version, reported in `Hello`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

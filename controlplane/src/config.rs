@@ -1,0 +1,1 @@
+//! `controlplane.toml`. (Filled in with the server.)

@@ -1,0 +1,302 @@
+//! PKI helpers: the control plane's own CA, server and agent certificates,
+//! and reading an agent's identity from a verified peer certificate.
+//!
+//! Invariant: an agent's identity is the Common Name of a certificate issued by
+//! the Steward CA with the `clientAuth` extended key usage. It is never taken
+//! from a protocol message.
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+    KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use std::time::Duration;
+use time::OffsetDateTime;
+
+/// Errors of the PKI helpers.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PkiError {
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+    #[error("invalid certificate: {0}")]
+    InvalidCertificate(String),
+    #[error("invalid host id {0:?}: use 1-63 characters of a-z, 0-9, '-', '_' and '.', starting with a letter or digit")]
+    InvalidHostId(String),
+}
+
+/// A PEM certificate and its PEM private key.
+#[derive(Debug, Clone)]
+pub struct IssuedCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// The control plane's certificate authority.
+pub struct Ca {
+    cert_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+/// Checks a host identity: it becomes a certificate Common Name and a URL path
+/// segment, so it is restricted to a DNS-label-like alphabet.
+pub fn validate_host_id(id: &str) -> Result<(), PkiError> {
+    let ok = !id.is_empty()
+        && id.len() <= 63
+        && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
+        && id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if ok { Ok(()) } else { Err(PkiError::InvalidHostId(id.to_string())) }
+}
+
+fn random_serial() -> SerialNumber {
+    let mut bytes: [u8; 16] = rand::random();
+    bytes[0] &= 0x7f; // positive
+    bytes[0] |= 0x01; // no leading zero byte
+    SerialNumber::from_slice(&bytes)
+}
+
+fn validity(params: &mut CertificateParams, lifetime: Duration) {
+    let now = OffsetDateTime::now_utc();
+    // Allow for small clock skew between the control plane and agents.
+    params.not_before = now - time::Duration::minutes(5);
+    params.not_after = now + time::Duration::seconds(lifetime.as_secs() as i64);
+}
+
+impl Ca {
+    /// Creates a new CA (ECDSA P-256, valid for `lifetime`).
+    pub fn create(common_name: &str, lifetime: Duration) -> Result<Self, PkiError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, common_name);
+        dn.push(DnType::OrganizationName, "Steward");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.serial_number = Some(random_serial());
+        validity(&mut params, lifetime);
+        let cert = params.self_signed(&key)?;
+        Ok(Ca { cert_pem: cert.pem(), issuer: Issuer::new(params, key) })
+    }
+
+    /// Loads a CA from its PEM certificate and PEM private key.
+    pub fn load(cert_pem: &str, key_pem: &str) -> Result<Self, PkiError> {
+        let key = KeyPair::from_pem(key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
+        Ok(Ca { cert_pem: cert_pem.to_string(), issuer })
+    }
+
+    /// Loads a CA from `ca.pem` and `ca.key` in `dir`.
+    pub fn load_dir(dir: &Path) -> Result<Self, PkiError> {
+        let cert = read_file(&dir.join("ca.pem"))?;
+        let key = read_file(&dir.join("ca.key"))?;
+        Self::load(&cert, &key)
+    }
+
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// The private key in PEM; write it only with [`write_private_file`].
+    pub fn key_pem(&self) -> String {
+        self.issuer.key().serialize_pem()
+    }
+
+    /// SHA-256 fingerprint of the CA certificate (hex), used to pin the CA.
+    pub fn fingerprint(&self) -> Result<String, PkiError> {
+        let der = first_cert_der(&self.cert_pem)?;
+        Ok(fingerprint_sha256(&der))
+    }
+
+    /// Issues a server certificate for the given DNS names and IP addresses.
+    pub fn issue_server(&self, names: &[String], lifetime: Duration) -> Result<IssuedCert, PkiError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(names.to_vec())?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, names.first().map(String::as_str).unwrap_or("steward-controlplane"));
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.serial_number = Some(random_serial());
+        params.use_authority_key_identifier_extension = true;
+        validity(&mut params, lifetime);
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(IssuedCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    }
+
+    /// Issues an agent (client) certificate whose Common Name is `host_id`.
+    pub fn issue_agent(&self, host_id: &str, lifetime: Duration) -> Result<IssuedCert, PkiError> {
+        validate_host_id(host_id)?;
+        let key = KeyPair::generate()?;
+        let cert_pem = self.sign_agent_key(&key, host_id, lifetime)?;
+        Ok(IssuedCert { cert_pem, key_pem: key.serialize_pem() })
+    }
+
+    /// Signs an agent certificate for a public key the agent generated itself
+    /// (the key never leaves the host). Returns the certificate PEM.
+    pub fn sign_agent_key(
+        &self,
+        public_key: &impl rcgen::PublicKeyData,
+        host_id: &str,
+        lifetime: Duration,
+    ) -> Result<String, PkiError> {
+        validate_host_id(host_id)?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, host_id);
+        dn.push(DnType::OrganizationalUnitName, "steward-agent");
+        params.distinguished_name = dn;
+        params.subject_alt_names = vec![SanType::URI(
+            format!("urn:steward:host:{host_id}").try_into().map_err(rcgen::Error::from)?,
+        )];
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.serial_number = Some(random_serial());
+        params.use_authority_key_identifier_extension = true;
+        validity(&mut params, lifetime);
+        Ok(params.signed_by(public_key, &self.issuer)?.pem())
+    }
+}
+
+/// What the gateway learns from a verified agent certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerIdentity {
+    pub host_id: String,
+    /// Certificate serial number, hex.
+    pub serial: String,
+    /// Expiry, seconds since the Unix epoch.
+    pub not_after: i64,
+}
+
+/// Reads the agent identity from a DER certificate that rustls has already
+/// verified against the Steward CA.
+pub fn identity_from_cert(der: &[u8]) -> Result<PeerIdentity, PkiError> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| PkiError::InvalidCertificate(e.to_string()))?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .ok_or_else(|| PkiError::InvalidCertificate("certificate has no Common Name".into()))?
+        .to_string();
+    validate_host_id(&cn)?;
+    Ok(PeerIdentity {
+        host_id: cn,
+        serial: hex::encode(cert.raw_serial()),
+        not_after: cert.validity().not_after.timestamp(),
+    })
+}
+
+/// Expiry (seconds since the epoch) of every certificate in a PEM bundle, in order.
+pub fn not_after_of_pem_chain(pem: &str) -> Result<Vec<(String, i64)>, PkiError> {
+    let ders = certs_from_pem(pem)?;
+    let mut out = Vec::with_capacity(ders.len());
+    for der in ders {
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(&der).map_err(|e| PkiError::InvalidCertificate(e.to_string()))?;
+        out.push((cert.subject().to_string(), cert.validity().not_after.timestamp()));
+    }
+    Ok(out)
+}
+
+/// SHA-256 over DER bytes, lower-case hex.
+pub fn fingerprint_sha256(der: &[u8]) -> String {
+    hex::encode(Sha256::digest(der))
+}
+
+/// All certificates in a PEM bundle.
+pub fn certs_from_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>, PkiError> {
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| PkiError::InvalidCertificate(format!("bad PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(PkiError::InvalidCertificate("no CERTIFICATE block in PEM".into()));
+    }
+    Ok(certs)
+}
+
+fn first_cert_der(pem: &str) -> Result<CertificateDer<'static>, PkiError> {
+    Ok(certs_from_pem(pem)?.remove(0))
+}
+
+/// The private key in a PEM file (PKCS#8, SEC1 or PKCS#1).
+pub fn key_from_pem(pem: &str) -> Result<PrivateKeyDer<'static>, PkiError> {
+    PrivateKeyDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| PkiError::InvalidCertificate(format!("no usable private key in PEM: {e}")))
+}
+
+/// Reads a whole file, naming it in the error.
+pub fn read_file(path: &Path) -> Result<String, PkiError> {
+    std::fs::read_to_string(path)
+        .map_err(|e| PkiError::File { path: path.display().to_string(), message: e.to_string() })
+}
+
+/// Writes a file that only its owner may read (mode 0600), atomically: the
+/// content goes to a temporary file in the same directory that is renamed over
+/// the target, so a crash never leaves a half-written key.
+pub fn write_private_file(path: &Path, contents: &str) -> Result<(), PkiError> {
+    write_file_mode(path, contents, 0o600)
+}
+
+/// Writes a file with the given mode, atomically (see [`write_private_file`]).
+pub fn write_file_mode(path: &Path, contents: &str, mode: u32) -> Result<(), PkiError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |e: std::io::Error| PkiError::File { path: path.display().to_string(), message: e.to_string() };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(err)?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp).map_err(err)?;
+    f.write_all(contents.as_bytes()).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(err)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_identity_comes_from_the_common_name() {
+        let ca = Ca::create("Test CA", Duration::from_secs(3600)).unwrap();
+        let agent = ca.issue_agent("web-01", Duration::from_secs(600)).unwrap();
+        let der = first_cert_der(&agent.cert_pem).unwrap();
+        let id = identity_from_cert(&der).unwrap();
+        assert_eq!(id.host_id, "web-01");
+        assert!(!id.serial.is_empty());
+        let reloaded = Ca::load(ca.cert_pem(), &ca.key_pem()).unwrap();
+        assert_eq!(reloaded.fingerprint().unwrap(), ca.fingerprint().unwrap());
+        let other = reloaded.issue_agent("web-02", Duration::from_secs(600)).unwrap();
+        assert_ne!(identity_from_cert(&first_cert_der(&other.cert_pem).unwrap()).unwrap().serial, id.serial);
+    }
+
+    #[test]
+    fn host_ids_are_restricted() {
+        for ok in ["web-01", "a", "db.eu_1"] {
+            assert!(validate_host_id(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-x", "Web", "a b", "a/b", &"x".repeat(64)] {
+            assert!(validate_host_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn private_files_are_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("steward-pki-{}", std::process::id()));
+        let p = dir.join("k.pem");
+        write_private_file(&p, "secret").unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "secret");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
