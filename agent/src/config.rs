@@ -74,7 +74,7 @@ fn default_timeout() -> Duration {
     Duration::from_secs(10)
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSection {
     /// The control plane's gRPC endpoint, `https://HOST:PORT`.
@@ -162,16 +162,19 @@ impl AgentConfig {
         if self.agent.default_interval.as_std() < std::time::Duration::from_secs(1) {
             return Err(at("agent.default_interval", "must be at least 1s".into()));
         }
-        if self.spool.max_size.0 < 64 * 1024 {
-            return Err(at("spool.max_size", "must be at least 64KiB".into()));
+        if self.agent.default_timeout.as_std().is_zero() {
+            return Err(at("agent.default_timeout", "must be more than 0s".into()));
+        }
+        if self.spool.max_size.0 < 4 * 1024 {
+            return Err(at("spool.max_size", "must be at least 4KiB".into()));
         }
         if self.spool.max_batch == 0 || self.spool.max_batch > 10_000 {
             return Err(at("spool.max_batch", "must be between 1 and 10000".into()));
         }
-        if let Some(server) = &self.server {
-            if !(server.url.starts_with("https://")) {
-                return Err(at("server.url", format!("{:?} must start with https:// (the stream is always mTLS)", server.url)));
-            }
+        if let Some(server) = &self.server
+            && !server.url.starts_with("https://")
+        {
+            return Err(at("server.url", format!("{:?} must start with https:// (the stream is always mTLS)", server.url)));
         }
         crate::checks::validate(&self.checks, self, file, src)
     }

@@ -10,6 +10,7 @@
 //! - [`stream`]: the gRPC stream client: hello, batches, acks, heartbeats, reconnects.
 //! - [`backoff`]: capped exponential backoff with full jitter.
 //! - [`runtime`]: wires the parts together; SIGTERM drains, SIGHUP reloads.
+//! - [`signals`]: the one signal module (used by both daemons).
 #![forbid(unsafe_code)]
 
 pub mod backoff;
@@ -17,6 +18,7 @@ pub mod checks;
 pub mod config;
 pub mod runtime;
 pub mod scheduler;
+pub mod signals;
 pub mod spool;
 pub mod stream;
 

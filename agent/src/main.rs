@@ -1,1 +1,104 @@
-fn main() {}
+//! `steward-agent`: argument parsing, logging and exit codes; the work is in the library.
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use steward_agent::config::{AgentConfig, DEFAULT_CONFIG_PATH};
+
+#[derive(Parser)]
+#[command(name = "steward-agent", version, about = "Steward agent: health checks streamed to the control plane over mTLS")]
+struct Cli {
+    /// Path of the agent's config file.
+    #[arg(long, global = true, default_value = DEFAULT_CONFIG_PATH, env = "STEWARD_AGENT_CONFIG")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent (the default).
+    Run,
+    /// Validate the config file and exit 0 (valid) or 1 (invalid).
+    CheckConfig,
+    /// Run every check once and print the results as JSON; no server needed.
+    Collect {
+        /// Run one round and exit (the only mode for now).
+        #[arg(long)]
+        once: bool,
+    },
+    /// Print the version.
+    Version,
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STEWARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("steward-agent: {message}");
+    ExitCode::from(1)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // One crypto provider for the whole process: ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Version => {
+            println!("steward-agent {}", steward_agent::VERSION);
+            ExitCode::SUCCESS
+        }
+        Command::CheckConfig => match AgentConfig::load(&cli.config) {
+            Ok(cfg) => {
+                println!("{}: ok ({} checks)", cli.config.display(), cfg.checks.len());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        Command::Collect { once } => {
+            if !once {
+                eprintln!("steward-agent: collect needs --once");
+                return ExitCode::from(2);
+            }
+            let cfg = match AgentConfig::load(&cli.config) {
+                Ok(cfg) => cfg,
+                Err(e) => return fail(e),
+            };
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => return fail(format!("cannot start the runtime: {e}")),
+            };
+            let results = rt.block_on(steward_agent::checks::collect_once(&cfg));
+            match serde_json::to_string_pretty(&results) {
+                Ok(json) => {
+                    println!("{json}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Command::Run => {
+            init_logging();
+            // A current-thread runtime keeps the agent's footprint small; the
+            // spool's disk writes run on the blocking pool.
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => return fail(format!("cannot start the runtime: {e}")),
+            };
+            rt.block_on(async {
+                let signals = match steward_agent::signals::install() {
+                    Ok(s) => s,
+                    Err(e) => return fail(format!("cannot install signal handlers: {e}")),
+                };
+                let control = steward_agent::runtime::Control { stop: signals.stop, reload: signals.reload };
+                match steward_agent::runtime::run(cli.config.clone(), control).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => fail(e),
+                }
+            })
+        }
+    }
+}

@@ -1,1 +1,565 @@
-//! TODO
+//! The REST client behind `stewardctl`: command-line definition, requests
+//! (following pagination to the end), and JSON output; tables are in [`table`].
+//!
+//! Every failure is one [`ClientError`] whose `Display` is the one line the
+//! binary prints after `stewardctl: `; the token is never printed.
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use http::StatusCode;
+use reqwest::Url;
+use serde_json::Value as Json;
+
+use crate::api::Problem;
+use crate::api::views::{CheckView, HostView};
+
+mod table;
+pub use table::{ago, checks_table, host_detail, hosts_table};
+
+/// Default `--server`.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
+/// Page size used when following pagination (the API's maximum).
+const PAGE_LIMIT: &str = "1000";
+
+/// `stewardctl`: look at the fleet through the control plane's REST API.
+#[derive(Debug, Parser)]
+#[command(name = "stewardctl", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Control plane REST URL.
+    #[arg(long, global = true, env = "STEWARD_SERVER", default_value = DEFAULT_SERVER)]
+    pub server: String,
+    /// API token (`stw_...`).
+    #[arg(long, global = true, env = "STEWARD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// PEM file with the CA that signed the control plane's HTTPS certificate
+    /// (in addition to the system's trusted roots).
+    #[arg(long, global = true, env = "STEWARD_CA_CERT", value_name = "PATH")]
+    pub ca_cert: Option<PathBuf>,
+    /// Output format.
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Human-readable tables.
+    Table,
+    /// Exactly the API's JSON (lists: all pages merged into one `items`).
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Hosts known to the control plane.
+    Hosts {
+        #[command(subcommand)]
+        command: HostsCommand,
+    },
+    /// Latest check results.
+    Checks {
+        #[command(subcommand)]
+        command: ChecksCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HostsCommand {
+    /// List hosts, optionally only those whose labels match a selector.
+    List {
+        /// Label selector, e.g. `env=prod,role in (web,api)`.
+        #[arg(long, short = 'l')]
+        selector: Option<String>,
+    },
+    /// Show one host (by ID or unique hostname) and its checks.
+    Show {
+        /// Host ID or unique hostname.
+        host: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ChecksCommand {
+    /// List the latest check results across hosts.
+    List {
+        /// Only this host (ID or unique hostname).
+        #[arg(long)]
+        host: Option<String>,
+        /// Only checks in this status.
+        #[arg(long, value_enum)]
+        status: Option<StatusArg>,
+        /// Only hosts whose labels match this selector.
+        #[arg(long, short = 'l')]
+        selector: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatusArg {
+    Ok,
+    Warning,
+    Critical,
+    Unknown,
+}
+
+impl StatusArg {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Warning => "warning",
+            Self::Critical => "critical",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// One failure of a `stewardctl` command, displayed as one line.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    #[error("invalid --server URL {url:?}: {reason}")]
+    InvalidServer { url: String, reason: String },
+    #[error("cannot read --ca-cert {path}: {reason}")]
+    CaCert { path: String, reason: String },
+    #[error("cannot set up TLS: {0}")]
+    Tls(String),
+    #[error("the token contains characters that cannot be sent in an HTTP header")]
+    InvalidToken,
+    #[error("cannot reach the control plane at {server}: {reason}")]
+    Unreachable { server: String, reason: String },
+    #[error("unauthorized: check --token or STEWARD_TOKEN")]
+    Unauthorized,
+    #[error("host {0:?} not found")]
+    HostNotFound(String),
+    #[error("invalid {field}: {detail}")]
+    Invalid { field: String, detail: String },
+    #[error("{title}: {detail} (HTTP {status})")]
+    Api { status: u16, title: String, detail: String },
+    #[error("unexpected response from the control plane: {0}")]
+    Protocol(String),
+    #[error("cannot write output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+impl ClientError {
+    /// Whether this is a closed stdout (`stewardctl ... | head`): not worth a message.
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, ClientError::Output(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
+    }
+}
+
+/// An HTTP failure before it is given its meaning by the caller.
+struct Failure {
+    status: StatusCode,
+    problem: Option<Problem>,
+}
+
+/// A client of one control plane.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: Url,
+    /// `base` as shown in messages (without any password).
+    shown: String,
+    token: Option<String>,
+}
+
+impl Client {
+    /// A client for `server` (`http://` or `https://`).
+    pub fn new(server: &str, token: Option<String>, ca_cert: Option<&std::path::Path>) -> Result<Client, ClientError> {
+        let invalid = |reason: &str| ClientError::InvalidServer {
+            url: server.to_string(),
+            reason: reason.to_string(),
+        };
+        let base = Url::parse(server.trim()).map_err(|e| invalid(&e.to_string()))?;
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err(invalid("expected http:// or https://"));
+        }
+        if base.host_str().is_none() {
+            return Err(invalid("no host"));
+        }
+        if base.query().is_some() || base.fragment().is_some() {
+            return Err(invalid("a query or fragment is not allowed"));
+        }
+        let mut shown = base.clone();
+        if shown.password().is_some() {
+            let _ = shown.set_password(Some("***"));
+        }
+        let shown = shown.as_str().trim_end_matches('/').to_string();
+        let tls = tls_config(base.scheme() == "https", ca_cert)?;
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(60))
+            .user_agent(concat!("stewardctl/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ClientError::Tls(error_chain(&e)))?;
+        let token = token.map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
+        Ok(Client {
+            http,
+            base,
+            shown,
+            token,
+        })
+    }
+
+    /// `/api/v1/<segments...>` under the server URL, each segment percent-encoded.
+    fn url(&self, segments: &[&str], query: &[(&str, &str)]) -> Url {
+        let mut url = self.base.clone();
+        {
+            // `base` is http(s) with a host, so it can be a base.
+            if let Ok(mut path) = url.path_segments_mut() {
+                path.pop_if_empty().extend(["api", "v1"]).extend(segments);
+            }
+        }
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        url
+    }
+
+    async fn get(&self, url: Url) -> Result<Result<Json, Failure>, ClientError> {
+        let mut req = self.http.get(url).header(http::header::ACCEPT, "application/json");
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        let resp = req.send().await.map_err(|e| self.transport_error(&e))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| self.transport_error(&e))?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).map(Ok).map_err(|e| {
+                ClientError::Protocol(format!("HTTP {} with a body that is not JSON: {e}", status.as_u16()))
+            });
+        }
+        Ok(Err(Failure {
+            status,
+            problem: serde_json::from_slice::<Problem>(&bytes).ok(),
+        }))
+    }
+
+    fn transport_error(&self, e: &reqwest::Error) -> ClientError {
+        if e.is_builder() {
+            return ClientError::InvalidToken;
+        }
+        let reason = if e.is_timeout() {
+            "timed out".to_string()
+        } else {
+            error_chain(e)
+        };
+        ClientError::Unreachable {
+            server: self.shown.clone(),
+            reason,
+        }
+    }
+
+    /// Every page of a list, merged: `{"items": [...], "next_cursor": null}`.
+    async fn list_all(&self, path: &[&str], query: &[(&str, &str)], host: Option<&str>) -> Result<Json, ClientError> {
+        let mut items = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut q: Vec<(&str, &str)> = query.to_vec();
+            q.push(("limit", PAGE_LIMIT));
+            if let Some(c) = &cursor {
+                q.push(("cursor", c));
+            }
+            let page = self.get(self.url(path, &q)).await?.map_err(|f| meaning(f, host))?;
+            let (Some(page_items), Some(next)) = (page.get("items").and_then(Json::as_array), page.get("next_cursor"))
+            else {
+                return Err(ClientError::Protocol("a list without items or next_cursor".into()));
+            };
+            items.extend(page_items.iter().cloned());
+            match next.as_str() {
+                None => break,
+                Some(next) if cursor.as_deref() == Some(next) => {
+                    return Err(ClientError::Protocol(
+                        "the server returned the same cursor twice".into(),
+                    ));
+                }
+                Some(next) => cursor = Some(next.to_string()),
+            }
+        }
+        Ok(serde_json::json!({ "items": items, "next_cursor": null }))
+    }
+
+    /// `GET /api/v1/hosts`, all pages.
+    pub async fn list_hosts(&self, selector: Option<&str>) -> Result<Json, ClientError> {
+        let query: Vec<(&str, &str)> = selector.map(|s| ("selector", s)).into_iter().collect();
+        self.list_all(&["hosts"], &query, None).await
+    }
+
+    /// `GET /api/v1/hosts/{host}`.
+    pub async fn get_host(&self, host: &str) -> Result<Json, ClientError> {
+        self.get(self.url(&["hosts", host], &[]))
+            .await?
+            .map_err(|f| meaning(f, Some(host)))
+    }
+
+    /// `GET /api/v1/hosts/{host}/checks`, all pages.
+    pub async fn host_checks(&self, host: &str) -> Result<Json, ClientError> {
+        self.list_all(&["hosts", host, "checks"], &[], Some(host)).await
+    }
+
+    /// `GET /api/v1/checks`, all pages.
+    pub async fn list_checks(
+        &self,
+        host: Option<&str>,
+        status: Option<&str>,
+        selector: Option<&str>,
+    ) -> Result<Json, ClientError> {
+        let mut query = Vec::new();
+        query.extend(host.map(|h| ("host", h)));
+        query.extend(status.map(|s| ("status", s)));
+        query.extend(selector.map(|s| ("selector", s)));
+        self.list_all(&["checks"], &query, host).await
+    }
+}
+
+/// What an HTTP failure means to the user; `host` is the host the request named.
+fn meaning(f: Failure, host: Option<&str>) -> ClientError {
+    let detail = f.problem.as_ref().map(|p| p.detail.clone()).unwrap_or_default();
+    match f.status {
+        StatusCode::UNAUTHORIZED => ClientError::Unauthorized,
+        StatusCode::NOT_FOUND
+            if host.is_some() && f.problem.as_ref().is_some_and(|p| p.field.as_deref() == Some("host")) =>
+        {
+            ClientError::HostNotFound(host.unwrap_or_default().to_string())
+        }
+        StatusCode::BAD_REQUEST | StatusCode::CONFLICT if f.problem.as_ref().is_some_and(|p| p.field.is_some()) => {
+            let field = f.problem.as_ref().and_then(|p| p.field.clone()).unwrap_or_default();
+            ClientError::Invalid { field, detail }
+        }
+        status => ClientError::Api {
+            status: status.as_u16(),
+            title: f
+                .problem
+                .as_ref()
+                .map(|p| p.title.clone())
+                .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string()),
+            detail: if detail.is_empty() { "no details".into() } else { detail },
+        },
+    }
+}
+
+/// The innermost useful message of an error chain ("connection refused", ...).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut innermost: &(dyn std::error::Error + 'static) = e;
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => return "connection refused".into(),
+                std::io::ErrorKind::TimedOut => return "timed out".into(),
+                std::io::ErrorKind::ConnectionReset => return "connection reset".into(),
+                _ => {}
+            }
+        }
+        innermost = err;
+        current = err.source();
+    }
+    let text = innermost.to_string();
+    // Strip the OS error suffix: "Connection refused (os error 111)".
+    match text.find(" (os error") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
+}
+
+/// rustls with the workspace's one crypto provider (ring). Plain `http://`
+/// needs no roots; `https://` trusts the system roots plus `--ca-cert`.
+fn tls_config(https: bool, ca_cert: Option<&std::path::Path>) -> Result<rustls::ClientConfig, ClientError> {
+    let mut roots = rustls::RootCertStore::empty();
+    if https {
+        for cert in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(cert);
+        }
+    }
+    if let Some(path) = ca_cert {
+        use rustls_pki_types::pem::PemObject;
+        let ca_error = |reason: String| ClientError::CaCert {
+            path: path.display().to_string(),
+            reason,
+        };
+        let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
+            .map_err(|e| ca_error(e.to_string()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ca_error(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(ca_error("no PEM certificate in the file".into()));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| ca_error(e.to_string()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+// ---------------------------------------------------------------- commands
+
+/// Runs one parsed command line, writing results to `out`.
+pub async fn run(cli: Cli, out: &mut impl Write) -> Result<(), ClientError> {
+    let client = Client::new(&cli.server, cli.token, cli.ca_cert.as_deref())?;
+    let now = steward_shared::now_ms();
+    match cli.command {
+        Command::Hosts {
+            command: HostsCommand::List { selector },
+        } => {
+            let list = client.list_hosts(selector.as_deref()).await?;
+            match cli.output {
+                Output::Json => write_json(out, &list)?,
+                Output::Table => out.write_all(hosts_table(&items::<HostView>(&list)?, now).as_bytes())?,
+            }
+        }
+        Command::Hosts {
+            command: HostsCommand::Show { host },
+        } => {
+            let view = client.get_host(&host).await?;
+            match cli.output {
+                Output::Json => write_json(out, &view)?,
+                Output::Table => {
+                    let host_view: HostView = serde_json::from_value(view)
+                        .map_err(|e| ClientError::Protocol(format!("unexpected host JSON: {e}")))?;
+                    let checks = client.host_checks(&host_view.id).await?;
+                    out.write_all(host_detail(&host_view, &items::<CheckView>(&checks)?, now).as_bytes())?;
+                }
+            }
+        }
+        Command::Checks {
+            command: ChecksCommand::List { host, status, selector },
+        } => {
+            let list = client
+                .list_checks(host.as_deref(), status.map(StatusArg::as_str), selector.as_deref())
+                .await?;
+            match cli.output {
+                Output::Json => write_json(out, &list)?,
+                Output::Table => out.write_all(checks_table(&items::<CheckView>(&list)?, now, true).as_bytes())?,
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn write_json(out: &mut impl Write, value: &Json) -> Result<(), ClientError> {
+    serde_json::to_writer_pretty(&mut *out, value).map_err(std::io::Error::from)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn items<T: serde::de::DeserializeOwned>(list: &Json) -> Result<Vec<T>, ClientError> {
+    let items = list.get("items").cloned().unwrap_or(Json::Array(Vec::new()));
+    serde_json::from_value(items).map_err(|e| ClientError::Protocol(format!("unexpected list item: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_encode_segments_and_keep_a_base_path() {
+        let c = Client::new("http://cp.example:8080/steward/", None, None).unwrap();
+        let u = c.url(&["hosts", "a b/c", "checks"], &[("selector", "env=prod,x in (a)")]);
+        assert_eq!(
+            u.as_str(),
+            "http://cp.example:8080/steward/api/v1/hosts/a%20b%2Fc/checks?selector=env%3Dprod%2Cx+in+%28a%29"
+        );
+        let c = Client::new("https://cp.example", None, None).unwrap();
+        assert_eq!(c.url(&["hosts"], &[]).as_str(), "https://cp.example/api/v1/hosts");
+    }
+
+    #[test]
+    fn bad_server_urls_are_one_line_errors() {
+        for bad in ["", "cp:8080", "ftp://x", "http://", "http://x/?q=1"] {
+            let e = Client::new(bad, None, None).unwrap_err();
+            assert!(matches!(e, ClientError::InvalidServer { .. }), "{bad:?}: {e}");
+            assert!(!e.to_string().contains('\n'));
+        }
+        let e = Client::new("http://x", None, Some(std::path::Path::new("/nonexistent/ca.pem"))).unwrap_err();
+        assert!(
+            e.to_string().starts_with("cannot read --ca-cert /nonexistent/ca.pem"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn failures_get_their_meaning() {
+        let problem = |status: u16, field: Option<&str>| Failure {
+            status: StatusCode::from_u16(status).unwrap(),
+            problem: Some(Problem {
+                type_: "t".into(),
+                title: "Title".into(),
+                status,
+                detail: "the detail".into(),
+                field: field.map(String::from),
+            }),
+        };
+        assert_eq!(
+            meaning(problem(401, None), None).to_string(),
+            "unauthorized: check --token or STEWARD_TOKEN"
+        );
+        assert_eq!(
+            meaning(problem(404, Some("host")), Some("x")).to_string(),
+            "host \"x\" not found"
+        );
+        assert_eq!(
+            meaning(problem(400, Some("selector")), None).to_string(),
+            "invalid selector: the detail"
+        );
+        assert_eq!(
+            meaning(problem(404, None), Some("x")).to_string(),
+            "Title: the detail (HTTP 404)"
+        );
+        let bare = Failure {
+            status: StatusCode::BAD_GATEWAY,
+            problem: None,
+        };
+        assert_eq!(meaning(bare, None).to_string(), "Bad Gateway: no details (HTTP 502)");
+    }
+
+    #[test]
+    fn cli_parses_the_contract_commands() {
+        let cli = Cli::try_parse_from([
+            "stewardctl",
+            "-o",
+            "json",
+            "checks",
+            "list",
+            "--status",
+            "critical",
+            "--host",
+            "h",
+        ])
+        .unwrap();
+        assert_eq!(cli.output, Output::Json);
+        assert!(matches!(
+            cli.command,
+            Command::Checks {
+                command: ChecksCommand::List {
+                    status: Some(StatusArg::Critical),
+                    ..
+                }
+            }
+        ));
+        let cli = Cli::try_parse_from([
+            "stewardctl",
+            "hosts",
+            "list",
+            "--selector",
+            "env=prod",
+            "--server",
+            "http://x:1",
+        ])
+        .unwrap();
+        assert_eq!(cli.server, "http://x:1");
+        assert!(Cli::try_parse_from(["stewardctl", "checks", "list", "--status", "bad"]).is_err());
+        assert!(Cli::try_parse_from(["stewardctl", "hosts", "show"]).is_err());
+    }
+}

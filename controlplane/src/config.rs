@@ -1,1 +1,244 @@
-//! `controlplane.toml`. (Filled in with the server.)
+//! `controlplane.toml`: listen addresses, data directory, database, TLS files,
+//! limits and retention. Unknown keys are refused; errors name file, line and
+//! key. `steward-controlplane check-config` runs [`ControlPlaneConfig::load`].
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use steward_shared::config::{ConfigError, load_toml, parse_toml};
+use steward_shared::units::{ByteSize, Duration};
+
+/// Default location of the control plane's config file.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/steward/controlplane.toml";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlPlaneConfig {
+    /// State directory: SQLite file, CA key, server certificate. Default `/var/lib/steward-controlplane`.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Database URL: `sqlite://PATH` or `postgres://...`. Default `sqlite://DATA_DIR/steward.db`.
+    pub database_url: Option<String>,
+    #[serde(default)]
+    pub grpc: GrpcSection,
+    #[serde(default)]
+    pub rest: RestSection,
+    #[serde(default)]
+    pub retention: RetentionSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcSection {
+    /// Address the agent gateway listens on (mTLS only). Default `0.0.0.0:7443`.
+    #[serde(default = "default_grpc_listen")]
+    pub listen: SocketAddr,
+    /// Server certificate presented to agents (PEM). Default `DATA_DIR/server.pem`.
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM). Default `DATA_DIR/server.key`.
+    pub key: Option<PathBuf>,
+    /// CA that agent certificates must chain to (PEM). Default `DATA_DIR/ca.pem`.
+    pub client_ca: Option<PathBuf>,
+    /// Most agent connections at once; further connections are refused.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Largest gRPC message accepted from an agent.
+    #[serde(default = "default_max_message")]
+    pub max_message_size: ByteSize,
+    /// Most reports in one batch from an agent (told to agents in `Welcome`).
+    #[serde(default = "default_max_batch")]
+    pub max_batch: u32,
+    /// Heartbeat interval asked of agents.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_interval: Duration,
+    /// Time allowed for the TLS handshake and the agent's `Hello`.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout: Duration,
+    /// Parallel ingest writers (each commits its own batched transactions).
+    /// Default 1 on SQLite (one writer anyway), 2 on PostgreSQL.
+    pub ingest_workers: Option<usize>,
+    /// Most reports committed in one ingest transaction.
+    #[serde(default = "default_ingest_max_rows")]
+    pub ingest_max_rows: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestSection {
+    /// Address of the REST API. Default `127.0.0.1:8080`.
+    #[serde(default = "default_rest_listen")]
+    pub listen: SocketAddr,
+    /// Serve HTTPS with this certificate (PEM) instead of plain HTTP.
+    pub tls_cert: Option<PathBuf>,
+    /// Private key for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// A host whose last message is older than this is shown offline.
+    #[serde(default = "default_offline_after")]
+    pub offline_after: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSection {
+    /// How long check-result history is kept (latest state per check is always kept).
+    #[serde(default = "default_results_retention")]
+    pub results: Duration,
+    /// How often the retention job runs.
+    #[serde(default = "default_retention_interval")]
+    pub interval: Duration,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/steward-controlplane")
+}
+fn default_grpc_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 7443))
+}
+fn default_rest_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_max_connections() -> usize {
+    20_000
+}
+fn default_max_message() -> ByteSize {
+    ByteSize(4 << 20)
+}
+fn default_max_batch() -> u32 {
+    1000
+}
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_ingest_max_rows() -> usize {
+    5000
+}
+fn default_offline_after() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_results_retention() -> Duration {
+    Duration::from_secs(7 * 86_400)
+}
+fn default_retention_interval() -> Duration {
+    Duration::from_secs(600)
+}
+
+impl Default for GrpcSection {
+    fn default() -> Self {
+        parse_toml("<defaults>", "").expect("empty grpc section has defaults")
+    }
+}
+impl Default for RestSection {
+    fn default() -> Self {
+        parse_toml("<defaults>", "").expect("empty rest section has defaults")
+    }
+}
+impl Default for RetentionSection {
+    fn default() -> Self {
+        parse_toml("<defaults>", "").expect("empty retention section has defaults")
+    }
+}
+
+impl ControlPlaneConfig {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let (cfg, src): (ControlPlaneConfig, String) = load_toml(path)?;
+        cfg.validate(&path.display().to_string(), &src)?;
+        Ok(cfg)
+    }
+
+    /// Parses and validates config source (`file` names it in errors).
+    pub fn parse(file: &str, src: &str) -> Result<Self, ConfigError> {
+        let cfg: ControlPlaneConfig = parse_toml(file, src)?;
+        cfg.validate(file, src)?;
+        Ok(cfg)
+    }
+
+    /// Defaults for everything; used by the quickstart before it writes its file.
+    pub fn with_data_dir(data_dir: PathBuf) -> Self {
+        let mut cfg: ControlPlaneConfig = parse_toml("<defaults>", "").expect("defaults parse");
+        cfg.data_dir = data_dir;
+        cfg
+    }
+
+    pub fn validate(&self, file: &str, src: &str) -> Result<(), ConfigError> {
+        let at = |key: &str, msg: &str| ConfigError::at(file, src, key, msg);
+        if let Some(url) = &self.database_url
+            && !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            return Err(at("database_url", "must start with sqlite:// or postgres://"));
+        }
+        if self.rest.tls_cert.is_some() != self.rest.tls_key.is_some() {
+            return Err(at("rest.tls_cert", "tls_cert and tls_key must be set together"));
+        }
+        if self.grpc.max_connections == 0 {
+            return Err(at("grpc.max_connections", "must be at least 1"));
+        }
+        if self.grpc.max_batch == 0 || self.grpc.max_batch > 10_000 {
+            return Err(at("grpc.max_batch", "must be between 1 and 10000"));
+        }
+        if self.grpc.max_message_size.0 < 64 * 1024 {
+            return Err(at("grpc.max_message_size", "must be at least 64KiB"));
+        }
+        if self.grpc.ingest_workers == Some(0) || self.grpc.ingest_workers.is_some_and(|w| w > 64) {
+            return Err(at("grpc.ingest_workers", "must be between 1 and 64"));
+        }
+        if self.grpc.ingest_max_rows == 0 {
+            return Err(at("grpc.ingest_max_rows", "must be at least 1"));
+        }
+        if self.grpc.heartbeat_interval.as_std() < std::time::Duration::from_secs(1) {
+            return Err(at("grpc.heartbeat_interval", "must be at least 1s"));
+        }
+        if self.retention.interval.as_std() < std::time::Duration::from_secs(1) {
+            return Err(at("retention.interval", "must be at least 1s"));
+        }
+        Ok(())
+    }
+
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("steward.db").display()))
+    }
+    pub fn server_cert_path(&self) -> PathBuf {
+        self.grpc.cert.clone().unwrap_or_else(|| self.data_dir.join("server.pem"))
+    }
+    pub fn server_key_path(&self) -> PathBuf {
+        self.grpc.key.clone().unwrap_or_else(|| self.data_dir.join("server.key"))
+    }
+    pub fn client_ca_path(&self) -> PathBuf {
+        self.grpc.client_ca.clone().unwrap_or_else(|| self.data_dir.join("ca.pem"))
+    }
+    pub fn ingest_workers(&self) -> usize {
+        self.grpc.ingest_workers.unwrap_or(if self.database_url().starts_with("sqlite:") { 1 } else { 2 })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_has_sane_defaults() {
+        let cfg = ControlPlaneConfig::parse("cp.toml", "").unwrap();
+        assert_eq!(cfg.grpc.listen.port(), 7443);
+        assert_eq!(cfg.rest.listen.to_string(), "127.0.0.1:8080");
+        assert!(cfg.database_url().starts_with("sqlite://"));
+        assert_eq!(cfg.ingest_workers(), 1);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let e = ControlPlaneConfig::parse("cp.toml", "data_dir = \"/x\"\n[grpc]\nlisten = \"nope\"\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (Some(3), Some("grpc.listen")), "{e}");
+        let e = ControlPlaneConfig::parse("cp.toml", "[rest]\nlisten = \"127.0.0.1:1\"\ncolour = 1\n").unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        assert!(e.message.contains("colour"), "{e}");
+        let e = ControlPlaneConfig::parse("cp.toml", "\ndatabase_url = \"mysql://x\"\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("database_url")), "{e}");
+        let e = ControlPlaneConfig::parse("cp.toml", "[grpc]\nmax_batch = 0\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("grpc.max_batch")), "{e}");
+        assert!(e.to_string().starts_with("cp.toml:2: key `grpc.max_batch`: "), "{e}");
+    }
+}

@@ -9,6 +9,7 @@
 //! - [`store`]: one storage interface, two backends, each with its own SQL and migrations.
 //! - [`api`]: the warp REST API (`/healthz`, `/readyz`, `/metrics`, `/api/v1/...`).
 //! - [`metrics`]: Prometheus metrics shared by gateway and API.
+//! - [`rest_serve`]: serves the REST filter (HTTP or HTTPS) from our own accept loop.
 //! - [`server`]: `serve`: starts everything, shuts it down on signals.
 //! - [`quickstart`]: control plane + CA + one local agent in one command.
 //! - [`client`]: the REST client behind `stewardctl`.
@@ -22,6 +23,7 @@ pub mod metrics;
 pub mod model;
 pub mod pki_cli;
 pub mod quickstart;
+pub mod rest_serve;
 pub mod server;
 pub mod store;
 

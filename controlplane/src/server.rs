@@ -1,1 +1,208 @@
-//! TODO
+//! `steward-controlplane serve`: opens and migrates the store, binds the
+//! gateway (mTLS gRPC) and the REST API, runs the retention job, and shuts all
+//! of it down when the shutdown token is cancelled, within a grace period.
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ControlPlaneConfig;
+use crate::gateway::{self, GatewaySettings, SessionLimits, ingest::Ingestor, registry::Registry, session::SessionDeps};
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+
+/// How long in-flight REST requests get to finish at shutdown.
+const REST_GRACE: Duration = Duration::from_secs(10);
+
+/// Errors that stop the control plane from starting.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    #[error("database {url}: {source}")]
+    Store { url: String, source: StoreError },
+    #[error("gateway TLS: {0}")]
+    Tls(#[from] gateway::tls::TlsSetupError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("REST TLS: {0}")]
+    RestTls(String),
+    #[error("gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("cannot write {path}: {source}")]
+    Write { path: String, source: std::io::Error },
+}
+
+/// Where a started control plane listens (also written to `DATA_DIR/endpoints.json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Endpoints {
+    pub grpc_addr: SocketAddr,
+    pub rest_url: String,
+    pub pid: u32,
+}
+
+/// A started control plane.
+pub struct Running {
+    pub endpoints: Endpoints,
+    pub store: Store,
+    pub registry: Arc<Registry>,
+    tasks: Vec<JoinHandle<()>>,
+    grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Running {
+    /// Waits until every part has stopped (after the shutdown token was cancelled).
+    pub async fn wait(self) -> Result<(), ServeError> {
+        let grpc = self.grpc.await;
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        match grpc {
+            Ok(r) => Ok(r?),
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+/// Starts every part of the control plane; returns once all listeners are bound.
+pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Result<Running, ServeError> {
+    let url = cfg.database_url();
+    let store_err = |source| ServeError::Store { url: redact(&url), source };
+    if url.starts_with("sqlite:") {
+        std::fs::create_dir_all(&cfg.data_dir)
+            .map_err(|source| ServeError::Write { path: cfg.data_dir.display().to_string(), source })?;
+    }
+    let store = Store::connect(&url).await.map_err(store_err)?;
+    store.migrate().await.map_err(store_err)?;
+    let metrics = Arc::new(Metrics::new());
+
+    let tls = gateway::tls::server_config(&cfg.server_cert_path(), &cfg.server_key_path(), &cfg.client_ca_path())?;
+    let grpc_listener =
+        TcpListener::bind(cfg.grpc.listen).await.map_err(|source| ServeError::Bind { addr: cfg.grpc.listen, source })?;
+    let rest_listener =
+        TcpListener::bind(cfg.rest.listen).await.map_err(|source| ServeError::Bind { addr: cfg.rest.listen, source })?;
+    let grpc_addr = grpc_listener.local_addr().map_err(|source| ServeError::Bind { addr: cfg.grpc.listen, source })?;
+    let rest_addr = rest_listener.local_addr().map_err(|source| ServeError::Bind { addr: cfg.rest.listen, source })?;
+
+    let registry = Arc::new(Registry::default());
+    let ingestor = Ingestor::start(store.clone(), metrics.clone(), cfg.ingest_workers(), cfg.grpc.ingest_max_rows);
+    let deps = Arc::new(SessionDeps {
+        store: store.clone(),
+        ingestor,
+        registry: registry.clone(),
+        metrics: metrics.clone(),
+        limits: SessionLimits {
+            max_batch: cfg.grpc.max_batch,
+            heartbeat_interval: cfg.grpc.heartbeat_interval.as_std(),
+            hello_timeout: cfg.grpc.handshake_timeout.as_std(),
+        },
+        shutdown: shutdown.clone(),
+    });
+    let settings = GatewaySettings {
+        tls: Arc::new(tls),
+        max_connections: cfg.grpc.max_connections,
+        max_message_size: cfg.grpc.max_message_size.0 as usize,
+        handshake_timeout: cfg.grpc.handshake_timeout.as_std(),
+    };
+    let grpc = tokio::spawn(gateway::serve(grpc_listener, settings, deps));
+
+    let rest_tls = match (&cfg.rest.tls_cert, &cfg.rest.tls_key) {
+        (Some(cert), Some(key)) => Some(Arc::new(rest_tls_config(cert, key)?)),
+        _ => None,
+    };
+    let scheme = if rest_tls.is_some() { "https" } else { "http" };
+    let state = crate::api::ApiState::new(store.clone(), metrics.clone(), cfg.rest.offline_after.as_std());
+    let routes = {
+        use warp::{Filter, Reply};
+        crate::api::routes(state).map(Reply::into_response).boxed()
+    };
+    let rest = tokio::spawn(crate::rest_serve::serve(rest_listener, rest_tls, routes, shutdown.clone(), REST_GRACE));
+
+    let retention = tokio::spawn(retention_loop(
+        store.clone(),
+        cfg.retention.results.as_std(),
+        cfg.retention.interval.as_std(),
+        shutdown.clone(),
+    ));
+
+    let endpoints = Endpoints { grpc_addr, rest_url: format!("{scheme}://{rest_addr}"), pid: std::process::id() };
+    tracing::info!(grpc = %grpc_addr, rest = %endpoints.rest_url, backend = store.backend_name(), "control plane listening");
+    Ok(Running { endpoints, store, registry, tasks: vec![rest, retention], grpc })
+}
+
+/// `serve`: start, record the endpoints, run until shutdown.
+pub async fn serve(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Result<(), ServeError> {
+    let running = start(cfg, shutdown).await?;
+    write_endpoints(&cfg.data_dir, &running.endpoints)?;
+    running.wait().await
+}
+
+/// Writes `DATA_DIR/endpoints.json`, so scripts and tests find the bound ports.
+pub fn write_endpoints(data_dir: &Path, endpoints: &Endpoints) -> Result<(), ServeError> {
+    let path = data_dir.join("endpoints.json");
+    let json = serde_json::to_string_pretty(endpoints).unwrap_or_default();
+    steward_shared::pki::write_file_mode(&path, &json, 0o644)
+        .map_err(|e| ServeError::Write { path: path.display().to_string(), source: std::io::Error::other(e.to_string()) })
+}
+
+fn rest_tls_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, ServeError> {
+    use steward_shared::pki;
+    let err = |e: &dyn std::fmt::Display| ServeError::RestTls(e.to_string());
+    let certs = pki::certs_from_pem(&pki::read_file(cert).map_err(|e| err(&e))?).map_err(|e| err(&e))?;
+    let key = pki::key_from_pem(&pki::read_file(key).map_err(|e| err(&e))?).map_err(|e| err(&e))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(gateway::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| err(&e))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| err(&e))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+async fn retention_loop(store: Store, keep: Duration, every: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let cutoff = steward_shared::now_ms() - keep.as_millis() as i64;
+        match store.prune_results(cutoff).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "retention: pruned old check results"),
+            Err(error) => tracing::warn!(%error, "retention job failed"),
+        }
+    }
+}
+
+/// Hides the password of a database URL for logs and errors.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_never_reach_logs() {
+        assert_eq!(redact("postgres://steward:s3cret@db:5432/steward"), "postgres://steward:***@db:5432/steward");
+        assert_eq!(redact("postgres://steward@db/steward"), "postgres://steward@db/steward");
+        assert_eq!(redact("sqlite:///var/lib/x.db"), "sqlite:///var/lib/x.db");
+    }
+}

@@ -151,7 +151,7 @@ impl Ca {
         dn.push(DnType::OrganizationalUnitName, "steward-agent");
         params.distinguished_name = dn;
         params.subject_alt_names = vec![SanType::URI(
-            format!("urn:steward:host:{host_id}").try_into().map_err(rcgen::Error::from)?,
+            format!("urn:steward:host:{host_id}").try_into()?,
         )];
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];

@@ -1,1 +1,334 @@
-//! placeholder
+//! End-to-end test harness: starts the real `steward-controlplane` and
+//! `steward-agent` binaries on 127.0.0.1 with real certificates, real mTLS and
+//! a real database (SQLite, or PostgreSQL with `STEWARD_TEST_BACKEND=postgres`),
+//! and offers bounded waits instead of sleeps.
+//!
+//! The binaries are found next to the test executable (`target/<profile>/`);
+//! `cargo test --workspace` builds them, since the agent and control-plane
+//! packages have integration tests of their own.
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+pub use steward_controlplane::store::testdb::TestBackend;
+use steward_controlplane::store::testdb::fresh_database_url;
+
+/// Path of a workspace binary built by cargo.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo test --workspace` (or `cargo build --workspace --bins` first)",
+        path.display()
+    );
+    path
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, or fails after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs a command to completion and returns (status, stdout, stderr).
+pub fn run_cmd(cmd: &mut Command) -> (ExitStatus, String, String) {
+    let out = cmd.stdin(Stdio::null()).output().expect("spawn");
+    (out.status, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A control plane process and its files.
+pub struct ControlPlane {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub database_url: String,
+    pub grpc_addr: SocketAddr,
+    pub rest_url: String,
+    pub token: String,
+    child: Option<Child>,
+}
+
+impl ControlPlane {
+    /// CA, server certificate, config, database, admin token; then `serve`.
+    pub async fn start(root: &Path) -> Result<ControlPlane> {
+        let backend = TestBackend::from_env();
+        let database_url = fresh_database_url(backend).await;
+        Self::start_with(root, &database_url).await
+    }
+
+    pub async fn start_with(root: &Path, database_url: &str) -> Result<ControlPlane> {
+        let dir = root.join("cp");
+        std::fs::create_dir_all(&dir)?;
+        let cp = bin("steward-controlplane");
+        let (st, _, err) = run_cmd(Command::new(&cp).args(["ca", "init", "--data-dir"]).arg(&dir));
+        if !st.success() {
+            bail!("ca init failed: {err}");
+        }
+        let (st, _, err) = run_cmd(Command::new(&cp).args(["ca", "issue-server", "--data-dir"]).arg(&dir));
+        if !st.success() {
+            bail!("ca issue-server failed: {err}");
+        }
+        let grpc_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        let rest_port = free_port();
+        let config = dir.join("controlplane.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = {:?}\ndatabase_url = {:?}\n\n[grpc]\nlisten = \"{grpc_addr}\"\nheartbeat_interval = \"2s\"\nhandshake_timeout = \"3s\"\n\n[rest]\nlisten = \"127.0.0.1:{rest_port}\"\n",
+                dir.display().to_string(),
+                database_url
+            ),
+        )?;
+        let (st, out, err) = run_cmd(Command::new(&cp).arg("--config").arg(&config).args(["admin", "create-token", "--name", "e2e"]));
+        if !st.success() {
+            bail!("admin create-token failed: {err}");
+        }
+        let token = out.trim().to_string();
+        let mut this = ControlPlane {
+            dir,
+            config,
+            database_url: database_url.to_string(),
+            grpc_addr,
+            rest_url: format!("http://127.0.0.1:{rest_port}"),
+            token,
+            child: None,
+        };
+        this.spawn().await?;
+        Ok(this)
+    }
+
+    /// Starts (or restarts) the `serve` process and waits until it is ready.
+    pub async fn spawn(&mut self) -> Result<()> {
+        let _ = std::fs::remove_file(self.dir.join("endpoints.json"));
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("controlplane.log"))?;
+        let child = Command::new(bin("steward-controlplane"))
+            .arg("--config")
+            .arg(&self.config)
+            .arg("serve")
+            .env("STEWARD_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawn steward-controlplane")?;
+        self.child = Some(child);
+        let url = format!("{}/readyz", self.rest_url);
+        let client = reqwest::Client::new();
+        let dir = self.dir.clone();
+        wait_for("control plane /readyz", Duration::from_secs(60), || {
+            let client = client.clone();
+            let url = url.clone();
+            let ready = dir.join("endpoints.json").exists();
+            async move {
+                if !ready {
+                    return None;
+                }
+                match client.get(&url).send().await {
+                    Ok(r) if r.status().is_success() => Some(()),
+                    _ => None,
+                }
+            }
+        })
+        .await
+        .map_err(|e| anyhow!("{e}; log:\n{}", self.log()))
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn terminate(&mut self) -> Option<ExitStatus> {
+        let mut c = self.child.take()?;
+        sigterm(&c);
+        c.wait().ok()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("controlplane.log")).unwrap_or_default()
+    }
+
+    /// GET a REST path with the admin token.
+    pub async fn get(&self, path: &str) -> Result<(u16, serde_json::Value)> {
+        let resp = reqwest::Client::new()
+            .get(format!("{}{path}", self.rest_url))
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        let body = resp.text().await?;
+        let json = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body));
+        Ok((status, json))
+    }
+
+    /// Issues an agent certificate for `host` into `out`.
+    pub fn issue_agent(&self, host: &str, out: &Path) -> Result<()> {
+        let (st, _, err) = run_cmd(
+            Command::new(bin("steward-controlplane"))
+                .args(["ca", "issue-agent", "--data-dir"])
+                .arg(&self.dir)
+                .args(["--host", host, "--out"])
+                .arg(out),
+        );
+        if st.success() { Ok(()) } else { bail!("issue-agent failed: {err}") }
+    }
+
+    /// The sequences stored for `host`, ascending, read from the database itself.
+    pub async fn stored_seqs(&self, host: &str) -> Result<Vec<i64>> {
+        let sql = "SELECT seq FROM check_results WHERE host_id = $1 ORDER BY seq";
+        if self.database_url.starts_with("sqlite:") {
+            let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect(&self.database_url).await?;
+            let rows: Vec<(i64,)> = sqlx::query_as(sql).bind(host).fetch_all(&pool).await?;
+            pool.close().await;
+            Ok(rows.into_iter().map(|r| r.0).collect())
+        } else {
+            let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&self.database_url).await?;
+            let rows: Vec<(i64,)> = sqlx::query_as(sql).bind(host).fetch_all(&pool).await?;
+            pool.close().await;
+            Ok(rows.into_iter().map(|r| r.0).collect())
+        }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// An agent process and its files.
+pub struct Agent {
+    pub host: String,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    child: Option<Child>,
+}
+
+/// Checks that produce a result every second, cheap and deterministic.
+pub fn fast_checks(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            let kind = if i % 2 == 0 { "memory" } else { "cpu" };
+            format!("[[checks]]\nname = \"c{i}\"\nkind = \"{kind}\"\ninterval = \"1s\"\n\n")
+        })
+        .collect()
+}
+
+impl Agent {
+    /// Writes identity and config for `host` pointing at `cp`; does not start it.
+    pub fn prepare(root: &Path, cp: &ControlPlane, host: &str, checks: &str, extra: &str) -> Result<Agent> {
+        let dir = root.join(format!("agent-{host}"));
+        std::fs::create_dir_all(&dir)?;
+        cp.issue_agent(host, &dir)?;
+        let config = dir.join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[agent]\ndata_dir = {:?}\nheartbeat_interval = \"2s\"\nshutdown_grace = \"10s\"\n\n[server]\nurl = \"https://localhost:{}\"\nreconnect_max = \"1s\"\n\n{extra}\n{checks}",
+                dir.display().to_string(),
+                cp.grpc_addr.port()
+            ),
+        )?;
+        Ok(Agent { host: host.to_string(), dir, config, child: None })
+    }
+
+    pub async fn start(root: &Path, cp: &ControlPlane, host: &str, checks: &str) -> Result<Agent> {
+        let mut a = Self::prepare(root, cp, host, checks, "")?;
+        a.spawn()?;
+        Ok(a)
+    }
+
+    pub fn spawn(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("agent.log"))?;
+        let child = Command::new(bin("steward-agent"))
+            .arg("--config")
+            .arg(&self.config)
+            .arg("run")
+            .env("STEWARD_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawn steward-agent")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn sighup(&self) {
+        if let Some(c) = &self.child {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGHUP);
+        }
+    }
+
+    /// SIGTERM and the exit status.
+    pub fn terminate(&mut self) -> Option<ExitStatus> {
+        let mut c = self.child.take()?;
+        sigterm(&c);
+        c.wait().ok()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    /// The spool's counters. Only while the agent is stopped (it holds the file).
+    pub fn spool_stats(&self) -> Result<steward_agent::spool::SpoolStats> {
+        let spool = steward_agent::spool::Spool::open(&self.dir.join("spool.redb"), u64::MAX)?;
+        Ok(spool.stats()?)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn sigterm(c: &Child) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+}
+
+/// Asserts `seqs` is exactly `1..=n`: nothing lost, nothing twice.
+pub fn assert_contiguous(seqs: &[i64], n: u64) {
+    assert_eq!(seqs.len() as u64, n, "expected {n} stored reports, found {}", seqs.len());
+    for (i, s) in seqs.iter().enumerate() {
+        assert_eq!(*s, i as i64 + 1, "gap or duplicate at position {i}");
+    }
+}

@@ -1,0 +1,137 @@
+//! Batched ingest: sessions hand their batches to a writer task, which commits
+//! the batches of many agents in one transaction and then answers each
+//! session. Batching is what turns a disk that manages ~1k commits/s into
+//! 100k results/s (REFERENCE.md).
+//!
+//! Invariants:
+//! - A session's reply arrives only after the transaction holding its batch
+//!   committed (or failed): acks never run ahead of durability.
+//! - All batches of one host go to the same writer, so one host's batches
+//!   commit in the order they were sent.
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::Metrics;
+use crate::model::IngestBatch;
+use crate::store::{Store, StoreError};
+
+struct Item {
+    batch: IngestBatch,
+    reply: oneshot::Sender<Result<(), Arc<StoreError>>>,
+}
+
+/// Handle to the writer tasks; cheap to clone.
+#[derive(Clone)]
+pub struct Ingestor {
+    workers: Arc<Vec<mpsc::Sender<Item>>>,
+}
+
+/// The ingest writers stopped (the control plane is shutting down) or the commit failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("ingest is shutting down")]
+    Closed,
+    #[error("storing the batch failed: {0}")]
+    Store(Arc<StoreError>),
+}
+
+impl Ingestor {
+    /// Starts `workers` writer tasks; each commits at most `max_rows` reports
+    /// per transaction. The tasks end when every handle is dropped.
+    pub fn start(store: Store, metrics: Arc<Metrics>, workers: usize, max_rows: usize) -> Self {
+        let mut senders = Vec::with_capacity(workers);
+        for _ in 0..workers.max(1) {
+            let (tx, rx) = mpsc::channel::<Item>(1024);
+            senders.push(tx);
+            tokio::spawn(writer(rx, store.clone(), metrics.clone(), max_rows));
+        }
+        Ingestor { workers: Arc::new(senders) }
+    }
+
+    /// Stores one host's batch; returns once it is committed.
+    pub async fn submit(&self, batch: IngestBatch) -> Result<(), IngestError> {
+        let idx = worker_for(&batch.host_id, self.workers.len());
+        let (reply, done) = oneshot::channel();
+        self.workers[idx].send(Item { batch, reply }).await.map_err(|_| IngestError::Closed)?;
+        match done.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(IngestError::Store(e)),
+            Err(_) => Err(IngestError::Closed),
+        }
+    }
+}
+
+fn worker_for(host_id: &str, workers: usize) -> usize {
+    // FNV-1a: stable and cheap; only needs to spread hosts over a few workers.
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in host_id.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    (h % workers.max(1) as u64) as usize
+}
+
+async fn writer(mut rx: mpsc::Receiver<Item>, store: Store, metrics: Arc<Metrics>, max_rows: usize) {
+    let mut pending: Vec<Item> = Vec::new();
+    loop {
+        if pending.is_empty() && rx.recv_many(&mut pending, 512).await == 0 {
+            return; // every sender dropped
+        }
+        // Take items until the row budget is spent; the rest waits for the next round.
+        let mut rows = 0usize;
+        let mut take = 0usize;
+        for item in &pending {
+            if take > 0 && rows + item.batch.results.len() > max_rows {
+                break;
+            }
+            rows += item.batch.results.len();
+            take += 1;
+        }
+        let round: Vec<Item> = pending.drain(..take).collect();
+        let batches: Vec<IngestBatch> = round.iter().map(|i| i.batch.clone()).collect();
+        let started = Instant::now();
+        let result = store.ingest(&batches, steward_shared::now_ms()).await;
+        let secs = started.elapsed().as_secs_f64();
+        match result {
+            Ok(()) => {
+                metrics.ingest_batch(rows as u64, secs);
+                for item in round {
+                    let _ = item.reply.send(Ok(()));
+                }
+            }
+            Err(error) => {
+                tracing::error!(error = %error, batches = round.len(), rows, "ingest transaction failed");
+                let error = Arc::new(error);
+                for item in round {
+                    let _ = item.reply.send(Err(error.clone()));
+                }
+            }
+        }
+        // Top up without waiting, so a backlog is drained in full rounds.
+        if pending.len() < 512 {
+            while let Ok(item) = rx.try_recv() {
+                pending.push(item);
+                if pending.len() >= 512 {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::worker_for;
+
+    #[test]
+    fn a_host_always_maps_to_the_same_worker() {
+        for host in ["a", "web-01", "db-17"] {
+            let w = worker_for(host, 4);
+            assert!(w < 4);
+            assert_eq!(w, worker_for(host, 4));
+        }
+        assert_eq!(worker_for("x", 1), 0);
+    }
+}

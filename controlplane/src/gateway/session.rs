@@ -1,0 +1,262 @@
+//! One agent stream: `Hello` → `Welcome`, then batches → commit → `Ack`, and
+//! heartbeats, until the agent hangs up, a newer stream of the same host takes
+//! over, the stream misbehaves, or the control plane shuts down.
+//!
+//! Invariants:
+//! - The host is the identity of the verified certificate ([`AgentConnInfo`]); no
+//!   field of any message can change it.
+//! - `Ack{n}` is sent only after every report of the host with `seq <= n`
+//!   that was sent on this stream is committed.
+//! - A malformed message ends this stream with `INVALID_ARGUMENT`; nothing else
+//!   is affected.
+use std::sync::Arc;
+use std::time::Duration;
+
+use steward_shared::proto::{self, ControlMessage, agent_message, control_message, report};
+use steward_shared::status::CheckResult;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::{Status, Streaming};
+
+use super::ingest::Ingestor;
+use super::registry::Registry;
+use super::tls::AgentConnInfo;
+use crate::metrics::Metrics;
+use crate::model::{AgentHello, IngestBatch};
+use crate::store::Store;
+
+/// Settings of a session, from the `[grpc]` config section.
+#[derive(Debug, Clone)]
+pub struct SessionLimits {
+    pub max_batch: u32,
+    pub heartbeat_interval: Duration,
+    pub hello_timeout: Duration,
+}
+
+pub struct SessionDeps {
+    pub store: Store,
+    pub ingestor: Ingestor,
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+    pub limits: SessionLimits,
+    pub shutdown: CancellationToken,
+}
+
+type Out = mpsc::Sender<Result<ControlMessage, Status>>;
+
+/// Runs one session to its end. Errors are sent to the agent as the stream's final status.
+pub async fn run(deps: Arc<SessionDeps>, conn: AgentConnInfo, mut inbound: Streaming<proto::AgentMessage>, out: Out) {
+    let host_id = conn.identity.host_id.clone();
+    let span = tracing::info_span!("session", host = %host_id, remote = %conn.remote);
+    let _enter = span.enter();
+    drop(_enter);
+
+    // The first message must be Hello, within the deadline.
+    let hello = match tokio::time::timeout(deps.limits.hello_timeout, inbound.message()).await {
+        Ok(Ok(Some(proto::AgentMessage { msg: Some(agent_message::Msg::Hello(h)) }))) => h,
+        Ok(Ok(Some(_))) => {
+            deps.metrics.stream_rejected("protocol");
+            let _ = out.send(Err(Status::invalid_argument("the first message must be hello"))).await;
+            return;
+        }
+        Ok(Ok(None)) => return,
+        Ok(Err(status)) => {
+            tracing::info!(parent: &span, %status, "stream failed before hello");
+            return;
+        }
+        Err(_) => {
+            deps.metrics.stream_rejected("protocol");
+            let _ = out.send(Err(Status::deadline_exceeded("no hello within the deadline"))).await;
+            return;
+        }
+    };
+    let facts = hello.facts.into_iter().filter(|(k, v)| k.len() <= 64 && v.len() <= 1024).take(64).collect();
+    let info = AgentHello {
+        agent_version: hello.agent_version.chars().take(64).collect(),
+        facts,
+        spool_dropped_total: hello.spool_dropped_total,
+    };
+    let acked = match deps.store.agent_connected(&host_id, &info, steward_shared::now_ms()).await {
+        Ok(acked) => acked,
+        Err(error) => {
+            tracing::error!(parent: &span, %error, "cannot record the connection");
+            let _ = out.send(Err(Status::unavailable("the control plane cannot store data right now"))).await;
+            return;
+        }
+    };
+    let handle = deps.registry.register(&host_id);
+    deps.metrics.agent_connected();
+    tracing::info!(parent: &span, version = %info.agent_version, acked, agent_acked = hello.last_acked_seq, "agent connected");
+
+    let welcome = proto::Welcome {
+        host_id: host_id.clone(),
+        acked_seq: acked,
+        max_batch: deps.limits.max_batch,
+        heartbeat_interval_secs: deps.limits.heartbeat_interval.as_secs().max(1) as u32,
+    };
+    let mut ended = out.send(Ok(msg(control_message::Msg::Welcome(welcome)))).await.is_err();
+    let mut last_acked = acked;
+
+    while !ended {
+        let next = tokio::select! {
+            _ = handle.cancel.cancelled() => {
+                let _ = out.send(Err(Status::aborted("superseded by a newer stream of this host, or closed by the control plane"))).await;
+                break;
+            }
+            _ = deps.shutdown.cancelled() => {
+                let _ = out.send(Err(Status::unavailable("the control plane is shutting down"))).await;
+                break;
+            }
+            next = inbound.message() => next,
+        };
+        let message = match next {
+            Ok(Some(m)) => m,
+            Ok(None) => break,
+            Err(status) => {
+                // Oversized or undecodable messages land here; only this stream ends.
+                tracing::info!(parent: &span, %status, "stream ended with an error");
+                if matches!(status.code(), tonic::Code::OutOfRange | tonic::Code::ResourceExhausted | tonic::Code::Internal) {
+                    deps.metrics.stream_rejected("protocol");
+                }
+                break;
+            }
+        };
+        match message.msg {
+            Some(agent_message::Msg::Reports(batch)) => {
+                let batch = match validate_batch(&host_id, batch, deps.limits.max_batch, last_acked) {
+                    Ok(b) => b,
+                    Err(reason) => {
+                        deps.metrics.stream_rejected("protocol");
+                        tracing::warn!(parent: &span, %reason, "malformed batch");
+                        let _ = out.send(Err(Status::invalid_argument(reason))).await;
+                        break;
+                    }
+                };
+                let top = batch.results.last().map(|(s, _)| *s).unwrap_or(last_acked);
+                if let Err(error) = deps.ingestor.submit(batch).await {
+                    tracing::error!(parent: &span, %error, "batch not stored");
+                    let _ = out.send(Err(Status::unavailable("the control plane cannot store data right now"))).await;
+                    break;
+                }
+                last_acked = last_acked.max(top);
+                ended = out.send(Ok(msg(control_message::Msg::Ack(proto::Ack { acked_seq: last_acked })))).await.is_err();
+            }
+            Some(agent_message::Msg::Heartbeat(hb)) => {
+                let touch = IngestBatch { host_id: host_id.clone(), results: Vec::new(), spool_dropped_total: hb.spool_dropped_total };
+                if let Err(error) = deps.ingestor.submit(touch).await {
+                    tracing::error!(parent: &span, %error, "heartbeat not stored");
+                    let _ = out.send(Err(Status::unavailable("the control plane cannot store data right now"))).await;
+                    break;
+                }
+            }
+            Some(agent_message::Msg::Hello(_)) => {
+                deps.metrics.stream_rejected("protocol");
+                let _ = out.send(Err(Status::invalid_argument("hello may only be sent once per stream"))).await;
+                break;
+            }
+            Some(agent_message::Msg::JobAccepted(_)) | Some(agent_message::Msg::Renew(_)) => {
+                let _ = out.send(Err(Status::unimplemented("this control plane does not support that message yet"))).await;
+                break;
+            }
+            None => {
+                deps.metrics.stream_rejected("protocol");
+                let _ = out.send(Err(Status::invalid_argument("empty message"))).await;
+                break;
+            }
+        }
+    }
+
+    if deps.registry.unregister(&handle) {
+        if let Err(error) = deps.store.agent_disconnected(&host_id, steward_shared::now_ms()).await {
+            tracing::warn!(parent: &span, %error, "cannot record the disconnection");
+        }
+    }
+    deps.metrics.agent_disconnected();
+    tracing::info!(parent: &span, acked = last_acked, "agent disconnected");
+}
+
+fn msg(m: control_message::Msg) -> ControlMessage {
+    ControlMessage { msg: Some(m) }
+}
+
+/// Checks a batch from the wire and converts it to the domain type.
+/// Reports at or below `acked` are resends of stored data: they are skipped,
+/// not refused (ingest is idempotent anyway).
+pub fn validate_batch(host_id: &str, batch: proto::ReportBatch, max_batch: u32, acked: u64) -> Result<IngestBatch, String> {
+    if batch.reports.is_empty() {
+        return Err("a report batch must not be empty".into());
+    }
+    if batch.reports.len() > max_batch as usize {
+        return Err(format!("a report batch holds at most {max_batch} reports, got {}", batch.reports.len()));
+    }
+    let mut results = Vec::with_capacity(batch.reports.len());
+    let mut prev = 0u64;
+    for r in batch.reports {
+        if r.seq == 0 {
+            return Err("report sequence numbers start at 1".into());
+        }
+        if r.seq <= prev {
+            return Err(format!("report sequence numbers must increase: {} after {prev}", r.seq));
+        }
+        prev = r.seq;
+        match r.body {
+            Some(report::Body::Check(c)) => {
+                if c.name.is_empty() || c.name.len() > 128 {
+                    return Err(format!("report {}: check name must be 1-128 bytes", r.seq));
+                }
+                if c.kind.len() > 64 || c.message.len() > 4096 || c.values.len() > 256 {
+                    return Err(format!("report {}: check result exceeds size limits", r.seq));
+                }
+                if c.values.iter().any(|v| v.name.len() > 128 || v.unit.len() > 32) {
+                    return Err(format!("report {}: value name or unit too long", r.seq));
+                }
+                if r.seq > acked {
+                    results.push((r.seq, CheckResult::from(c)));
+                }
+            }
+            Some(report::Body::Job(_)) => {
+                return Err(format!("report {}: job events are not supported by this control plane version", r.seq));
+            }
+            None => return Err(format!("report {} has no body", r.seq)),
+        }
+    }
+    Ok(IngestBatch { host_id: host_id.to_string(), results, spool_dropped_total: batch.spool_dropped_total })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(seq: u64, name: &str) -> proto::Report {
+        proto::Report {
+            seq,
+            body: Some(report::Body::Check(proto::CheckResult { name: name.into(), kind: "disk".into(), ..Default::default() })),
+        }
+    }
+
+    #[test]
+    fn valid_batches_convert_and_skip_acked_reports() {
+        let b = proto::ReportBatch { reports: vec![report(4, "a"), report(5, "b"), report(9, "c")], spool_dropped_total: 3 };
+        let out = validate_batch("web", b, 10, 4).unwrap();
+        assert_eq!(out.results.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![5, 9]);
+        assert_eq!(out.spool_dropped_total, 3);
+        assert_eq!(out.host_id, "web");
+    }
+
+    #[test]
+    fn malformed_batches_are_refused_with_a_reason() {
+        let cases = vec![
+            (vec![], "empty"),
+            (vec![report(0, "a")], "start at 1"),
+            (vec![report(2, "a"), report(2, "b")], "increase"),
+            (vec![report(3, "a"), report(1, "b")], "increase"),
+            (vec![report(1, "")], "check name"),
+            (vec![proto::Report { seq: 1, body: None }], "no body"),
+            ((1..=11).map(|i| report(i, "x")).collect(), "at most 10"),
+        ];
+        for (reports, expect) in cases {
+            let err = validate_batch("h", proto::ReportBatch { reports, spool_dropped_total: 0 }, 10, 0).unwrap_err();
+            assert!(err.contains(expect), "{err:?} should mention {expect:?}");
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! The real `stewardctl` binary against a real REST server (in-process, on
+//! 127.0.0.1:0, over a real store): output, pagination, and the one-line
+//! errors with exit code 1 for connection refused, 401 and 404.
+use std::collections::BTreeMap;
+use std::process::Output;
+use std::sync::Arc;
+use std::time::Duration;
+
+use steward_controlplane::api::{self, ApiState};
+use steward_controlplane::metrics::Metrics;
+use steward_controlplane::model::{AgentHello, IngestBatch};
+use steward_controlplane::store::Store;
+use steward_controlplane::store::testdb::{TestBackend, TestDatabase};
+use steward_shared::status::{CheckResult, CheckStatus, Value};
+use tokio::sync::oneshot;
+
+/// A REST server on 127.0.0.1:0 over a fresh store; stops when dropped.
+struct Server {
+    url: String,
+    token: String,
+    store: Store,
+    _stop: oneshot::Sender<()>,
+    _db: TestDatabase,
+}
+
+async fn start_server() -> Server {
+    let db = TestDatabase::create(TestBackend::from_env()).await;
+    let store = db.store().await;
+    let token = api::create_admin_token(&store, "stewardctl-test", None).await.unwrap();
+    let state = ApiState::new(store.clone(), Arc::new(Metrics::new()), Duration::from_secs(300));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(
+        warp::serve(api::routes(state))
+            .incoming(listener)
+            .graceful(async move {
+                let _ = stopped.await;
+            })
+            .run(),
+    );
+    Server {
+        url,
+        token,
+        store,
+        _stop: stop,
+        _db: db,
+    }
+}
+
+async fn add_host(store: &Store, id: &str, hostname: &str, status: CheckStatus) {
+    let hello = AgentHello {
+        agent_version: "0.1.0".into(),
+        facts: BTreeMap::from([("hostname".to_string(), hostname.to_string())]),
+        spool_dropped_total: 0,
+    };
+    let now = steward_shared::now_ms();
+    store.agent_connected(id, &hello, now).await.unwrap();
+    let result = CheckResult {
+        name: "root".into(),
+        kind: "disk".into(),
+        status,
+        values: vec![Value::new("used", 91.0, "percent")],
+        message: format!("root is {status}"),
+        observed_at_ms: now,
+        duration_us: 10,
+    };
+    store
+        .ingest(
+            &[IngestBatch {
+                host_id: id.into(),
+                results: vec![(1, result)],
+                spool_dropped_total: 0,
+            }],
+            now,
+        )
+        .await
+        .unwrap();
+}
+
+async fn stewardctl(args: &[&str], server: &str, token: Option<&str>) -> Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_stewardctl"));
+    cmd.args(args)
+        .env("STEWARD_SERVER", server)
+        .env_remove("STEWARD_TOKEN")
+        .env_remove("STEWARD_CA_CERT");
+    if let Some(token) = token {
+        cmd.env("STEWARD_TOKEN", token);
+    }
+    cmd.output().await.expect("run stewardctl")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Exit code 1 and exactly one line on stderr, equal to `expected`.
+fn assert_fails_with(out: &Output, expected: &str) {
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert_eq!(stderr, format!("{expected}\n"));
+    assert!(out.stdout.is_empty(), "stdout: {}", text(&out.stdout));
+}
+
+#[tokio::test]
+async fn connection_refused_is_one_line_and_exit_1() {
+    // A port that was just free: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = format!("http://127.0.0.1:{port}");
+    let out = stewardctl(&["hosts", "list"], &server, Some("stw_x_y")).await;
+    assert_fails_with(
+        &out,
+        &format!("stewardctl: cannot reach the control plane at {server}: connection refused"),
+    );
+}
+
+#[tokio::test]
+async fn hosts_list_shows_hosts_in_a_table_and_as_json() {
+    let s = start_server().await;
+    add_host(&s.store, "id-web-1", "web-1", CheckStatus::Ok).await;
+    add_host(&s.store, "id-db-1", "db-1", CheckStatus::Critical).await;
+
+    let out = stewardctl(&["hosts", "list"], &s.url, Some(&s.token)).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert!(
+        lines[0].starts_with("ID ") && lines[0].contains("LAST SEEN"),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].starts_with("id-db-1 ") && lines[1].contains("db-1") && lines[1].contains("online"),
+        "{stdout}"
+    );
+    assert!(
+        lines[2].starts_with("id-web-1 ") && lines[2].contains("s ago"),
+        "{stdout}"
+    );
+
+    let out = stewardctl(&["-o", "json", "hosts", "list"], &s.url, Some(&s.token)).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["items"].as_array().unwrap().len(), 2);
+    assert!(json["next_cursor"].is_null());
+    assert_eq!(json["items"][0]["checks"]["critical"], 1);
+
+    let out = stewardctl(&["checks", "list", "--status", "critical"], &s.url, Some(&s.token)).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout.lines().count(), 2, "{stdout}");
+    assert!(
+        stdout.contains("db-1") && stdout.contains("root is critical"),
+        "{stdout}"
+    );
+
+    let out = stewardctl(&["hosts", "show", "web-1"], &s.url, Some(&s.token)).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("ID:") && stdout.contains("id-web-1") && stdout.contains("root is ok"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn lists_follow_pagination_to_the_end() {
+    let s = start_server().await;
+    for i in 0..1_003 {
+        s.store
+            .agent_heartbeat(&format!("h{i:04}"), 0, steward_shared::now_ms())
+            .await
+            .unwrap();
+    }
+    let out = stewardctl(&["-o", "json", "hosts", "list"], &s.url, Some(&s.token)).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<&str> = json["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 1_003);
+    assert_eq!(ids.first(), Some(&"h0000"));
+    assert_eq!(ids.last(), Some(&"h1002"));
+}
+
+#[tokio::test]
+async fn unauthorized_and_not_found_are_one_line_and_exit_1() {
+    let s = start_server().await;
+    let unauthorized = "stewardctl: unauthorized: check --token or STEWARD_TOKEN";
+    assert_fails_with(&stewardctl(&["hosts", "list"], &s.url, None).await, unauthorized);
+    assert_fails_with(
+        &stewardctl(&["hosts", "list"], &s.url, Some("stw_abc_wrong")).await,
+        unauthorized,
+    );
+    assert_fails_with(
+        &stewardctl(&["hosts", "list", "--token", "garbage"], &s.url, None).await,
+        unauthorized,
+    );
+
+    assert_fails_with(
+        &stewardctl(&["hosts", "show", "x"], &s.url, Some(&s.token)).await,
+        "stewardctl: host \"x\" not found",
+    );
+    assert_fails_with(
+        &stewardctl(&["checks", "list", "--host", "ghost"], &s.url, Some(&s.token)).await,
+        "stewardctl: host \"ghost\" not found",
+    );
+    let out = stewardctl(&["hosts", "list", "--selector", "env in (a"], &s.url, Some(&s.token)).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.starts_with("stewardctl: invalid selector: invalid selector at position 9"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1);
+}
+
+#[tokio::test]
+async fn usage_errors_exit_2() {
+    let out = stewardctl(&["hosts", "frobnicate"], "http://127.0.0.1:9", None).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let out = stewardctl(&["checks", "list", "--status", "purple"], "http://127.0.0.1:9", None).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let out = stewardctl(&["hosts", "list"], "not a url", None).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).starts_with("stewardctl: invalid --server URL \"not a url\""),
+        "{}",
+        text(&out.stderr)
+    );
+}
