@@ -79,6 +79,8 @@ impl ControlPlane {
     }
 
     pub async fn start_with(root: &Path, database_url: &str) -> Result<ControlPlane> {
+        // reqwest and rustls in this process use ring, the workspace's one provider.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = root.join("cp");
         std::fs::create_dir_all(&dir)?;
         let cp = bin("steward-controlplane");

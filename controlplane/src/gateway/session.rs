@@ -117,6 +117,8 @@ pub async fn run(deps: Arc<SessionDeps>, conn: AgentConnInfo, mut inbound: Strea
                 tracing::info!(parent: &span, %status, "stream ended with an error");
                 if matches!(status.code(), tonic::Code::OutOfRange | tonic::Code::ResourceExhausted | tonic::Code::Internal) {
                     deps.metrics.stream_rejected("protocol");
+                    // Tell the agent why (e.g. "message length too large"), if it still listens.
+                    let _ = out.send(Err(status)).await;
                 }
                 break;
             }

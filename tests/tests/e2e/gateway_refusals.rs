@@ -163,7 +163,8 @@ async fn malformed_and_oversized_messages_end_only_their_own_stream() {
     // A message over the gateway's size limit (4 MiB by default).
     let (tx, mut inbound, _) = open(channel(&cp, &creds).await.unwrap(), hello()).await.unwrap();
     let _ = tx.send(batch(&[1], &"x".repeat(6 << 20))).await;
-    assert!(inbound.message().await.is_err(), "an oversized message ends the stream");
+    let r = inbound.message().await;
+    assert!(r.is_err(), "an oversized message ends the stream: {r:?}; log:\n{}", cp.log());
 
     // Garbage bytes after a valid mTLS handshake.
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
