@@ -14,7 +14,11 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(base: Duration, cap: Duration) -> Self {
-        Self { base, cap: cap.max(base), attempt: 0 }
+        Self {
+            base,
+            cap: cap.max(base),
+            attempt: 0,
+        }
     }
 
     /// The ceiling for the current attempt: `min(cap, base * 2^attempt)`.
@@ -72,11 +76,20 @@ mod tests {
         let delays: Vec<Duration> = (0..1000).map(|_| b.next_delay()).collect();
         assert!(delays.iter().all(|d| *d <= cap));
         let distinct: std::collections::BTreeSet<_> = delays.iter().map(|d| d.as_millis()).collect();
-        assert!(distinct.len() > 900, "delays at the cap must not collapse to a few values");
+        assert!(
+            distinct.len() > 900,
+            "delays at the cap must not collapse to a few values"
+        );
         let below_half = delays.iter().filter(|d| **d < cap / 2).count();
-        assert!((350..=650).contains(&below_half), "uniform in [0, cap]: got {below_half} of 1000 below half");
+        assert!(
+            (350..=650).contains(&below_half),
+            "uniform in [0, cap]: got {below_half} of 1000 below half"
+        );
         let mean_ms = delays.iter().map(|d| d.as_millis()).sum::<u128>() / 1000;
-        assert!((25_000..=35_000).contains(&mean_ms), "mean {mean_ms} ms should be about cap/2");
+        assert!(
+            (25_000..=35_000).contains(&mean_ms),
+            "mean {mean_ms} ms should be about cap/2"
+        );
     }
 
     #[test]

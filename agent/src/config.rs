@@ -115,7 +115,10 @@ pub struct SpoolSection {
 
 impl Default for SpoolSection {
     fn default() -> Self {
-        Self { max_size: default_spool_max(), max_batch: default_max_batch() }
+        Self {
+            max_size: default_spool_max(),
+            max_batch: default_max_batch(),
+        }
     }
 }
 
@@ -174,7 +177,10 @@ impl AgentConfig {
         if let Some(server) = &self.server
             && !server.url.starts_with("https://")
         {
-            return Err(at("server.url", format!("{:?} must start with https:// (the stream is always mTLS)", server.url)));
+            return Err(at(
+                "server.url",
+                format!("{:?} must start with https:// (the stream is always mTLS)", server.url),
+            ));
         }
         crate::checks::validate(&self.checks, self, file, src)
     }

@@ -3,14 +3,14 @@
 //! over one mutual-TLS gRPC stream.
 //!
 //! Layout:
-//! - [`config`]: `agent.toml` (unknown keys refused; errors name file, line and key).
-//! - [`checks`]: the check kinds and their thresholds; [`scheduler`] runs them on
+//! - [`config`] — `agent.toml` (unknown keys refused; errors name file, line and key).
+//! - [`checks`] — the check kinds and their thresholds; [`scheduler`] runs them on
 //!   intervals (tokio time) or cron schedules (tokio-cron-scheduler).
-//! - [`spool`]: the redb-backed spool: sequence numbers, bound, drop counting.
-//! - [`stream`]: the gRPC stream client: hello, batches, acks, heartbeats, reconnects.
-//! - [`backoff`]: capped exponential backoff with full jitter.
-//! - [`runtime`]: wires the parts together; SIGTERM drains, SIGHUP reloads.
-//! - [`signals`]: the one signal module (used by both daemons).
+//! - [`spool`] — the redb-backed spool: sequence numbers, bound, drop counting.
+//! - [`stream`] — the gRPC stream client: hello, batches, acks, heartbeats, reconnects.
+//! - [`backoff`] — capped exponential backoff with full jitter.
+//! - [`runtime`] — wires the parts together; SIGTERM drains, SIGHUP reloads.
+//! - [`signals`] — the one signal module (used by both daemons).
 #![forbid(unsafe_code)]
 
 pub mod backoff;

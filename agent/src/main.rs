@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use steward_agent::config::{AgentConfig, DEFAULT_CONFIG_PATH};
 
 #[derive(Parser)]
-#[command(name = "steward-agent", version, about = "Steward agent: health checks streamed to the control plane over mTLS")]
+#[command(
+    name = "steward-agent",
+    version,
+    about = "Steward agent: health checks streamed to the control plane over mTLS"
+)]
 struct Cli {
     /// Path of the agent's config file.
     #[arg(long, global = true, default_value = DEFAULT_CONFIG_PATH, env = "STEWARD_AGENT_CONFIG")]
@@ -34,7 +38,11 @@ enum Command {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("STEWARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }
 
 fn fail(message: impl std::fmt::Display) -> ExitCode {
@@ -93,7 +101,10 @@ fn main() -> ExitCode {
                     Ok(s) => s,
                     Err(e) => return fail(format!("cannot install signal handlers: {e}")),
                 };
-                let control = steward_agent::runtime::Control { stop: signals.stop, reload: signals.reload };
+                let control = steward_agent::runtime::Control {
+                    stop: signals.stop,
+                    reload: signals.reload,
+                };
                 match steward_agent::runtime::run(cli.config.clone(), control).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => fail(e),

@@ -68,8 +68,10 @@ pub fn spool_path(data_dir: &Path) -> PathBuf {
 pub async fn run(config_path: PathBuf, mut control: Control) -> Result<(), RunError> {
     let mut cfg = AgentConfig::load(&config_path)?;
     let path = spool_path(&cfg.agent.data_dir);
-    let spool = Spool::open(&path, cfg.spool.max_size.0)
-        .map_err(|source| RunError::Spool { path: path.display().to_string(), source })?;
+    let spool = Spool::open(&path, cfg.spool.max_size.0).map_err(|source| RunError::Spool {
+        path: path.display().to_string(),
+        source,
+    })?;
     let spool = Arc::new(spool);
     let new_data = Arc::new(Notify::new());
 

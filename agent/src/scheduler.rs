@@ -29,19 +29,14 @@ use crate::checks::{Check, Schedule};
 
 /// Starts every check on its schedule; results go to `sink`. Returns when
 /// `shutdown` is cancelled and the running checks have stopped.
-pub async fn run(
-    checks: Vec<Arc<Check>>,
-    sink: mpsc::Sender<CheckResult>,
-    shutdown: CancellationToken,
-) {
+pub async fn run(checks: Vec<Arc<Check>>, sink: mpsc::Sender<CheckResult>, shutdown: CancellationToken) {
     let tracker = TaskTracker::new();
     let mut cron = Vec::new();
     for check in checks {
         let span = tracing::info_span!("check", name = %check.name, kind = check.kind);
         match check.schedule.clone() {
             Schedule::Every(period) => {
-                tracker
-                    .spawn(every(check, period, sink.clone(), shutdown.clone()).instrument(span));
+                tracker.spawn(every(check, period, sink.clone(), shutdown.clone()).instrument(span));
             }
             Schedule::Cron(expr) => cron.push((check, expr)),
         }
@@ -54,8 +49,7 @@ pub async fn run(
             Err(e) => {
                 tracing::error!(error = %e, "cannot start the cron scheduler; cron checks will not run");
                 for check in cron_checks {
-                    let _ =
-                        sink.try_send(check.failed(format!("cron scheduler failed to start: {e}")));
+                    let _ = sink.try_send(check.failed(format!("cron scheduler failed to start: {e}")));
                 }
             }
         }
@@ -86,12 +80,7 @@ fn initial_jitter(period: Duration) -> Duration {
     }
 }
 
-async fn every(
-    check: Arc<Check>,
-    period: Duration,
-    sink: mpsc::Sender<CheckResult>,
-    shutdown: CancellationToken,
-) {
+async fn every(check: Arc<Check>, period: Duration, sink: mpsc::Sender<CheckResult>, shutdown: CancellationToken) {
     let mut ticker = tokio::time::interval_at(Instant::now() + initial_jitter(period), period);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -107,11 +96,7 @@ async fn every(
 }
 
 /// One run; false when the scheduler should stop (shutdown, or nobody listens).
-async fn run_and_send(
-    check: &Check,
-    sink: &mpsc::Sender<CheckResult>,
-    shutdown: &CancellationToken,
-) -> bool {
+async fn run_and_send(check: &Check, sink: &mpsc::Sender<CheckResult>, shutdown: &CancellationToken) -> bool {
     let result = tokio::select! {
         biased;
         _ = shutdown.cancelled() => return false,
@@ -152,8 +137,7 @@ async fn start_cron(
         jobs.push(job.clone());
         scheduler.add(job).await?;
         let span = tracing::info_span!("check", name = %check.name, kind = check.kind);
-        tracker
-            .spawn(on_ticks(check, ticks, busy, sink.clone(), shutdown.clone()).instrument(span));
+        tracker.spawn(on_ticks(check, ticks, busy, sink.clone(), shutdown.clone()).instrument(span));
     }
     scheduler.start().await?;
     Ok((scheduler, jobs))
@@ -192,12 +176,7 @@ mod tests {
             delay,
             counters: counters.clone(),
         };
-        Arc::new(Check::for_test(
-            name,
-            schedule,
-            Duration::from_secs(30),
-            probe,
-        ))
+        Arc::new(Check::for_test(name, schedule, Duration::from_secs(30), probe))
     }
 
     #[test]
@@ -214,12 +193,7 @@ mod tests {
         let fast = Counters::default();
         let slow = Counters::default();
         let checks = vec![
-            check(
-                "fast",
-                Schedule::Every(Duration::from_secs(10)),
-                Duration::ZERO,
-                &fast,
-            ),
+            check("fast", Schedule::Every(Duration::from_secs(10)), Duration::ZERO, &fast),
             // Runs take longer than the interval: ticks are delayed, never concurrent.
             check(
                 "slow",
@@ -235,28 +209,12 @@ mod tests {
         let mut seen = (0, 0);
         while seen.0 < 3 || seen.1 < 5 {
             let r = rx.recv().await.expect("scheduler stopped early");
-            if r.name == "fast" {
-                seen.0 += 1
-            } else {
-                seen.1 += 1
-            }
+            if r.name == "fast" { seen.0 += 1 } else { seen.1 += 1 }
         }
         // Third fast run at ~20 s (plus jitter below 1 s): first run was immediate.
-        assert!(
-            started.elapsed() >= Duration::from_secs(20),
-            "{:?}",
-            started.elapsed()
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(22),
-            "{:?}",
-            started.elapsed()
-        );
-        assert_eq!(
-            slow.max_active.load(SeqCst),
-            1,
-            "a check never overlaps itself"
-        );
+        assert!(started.elapsed() >= Duration::from_secs(20), "{:?}", started.elapsed());
+        assert!(started.elapsed() < Duration::from_secs(22), "{:?}", started.elapsed());
+        assert_eq!(slow.max_active.load(SeqCst), 1, "a check never overlaps itself");
         shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(1), task)
             .await

@@ -104,7 +104,11 @@ impl Spool {
             let mut bytes = meta_get(&meta, BYTES, 0)?;
             let mut dropped = meta_get(&meta, DROPPED, 0)?;
             for body in bodies {
-                let record = Report { seq: next, body: Some(body) }.encode_to_vec();
+                let record = Report {
+                    seq: next,
+                    body: Some(body),
+                }
+                .encode_to_vec();
                 bytes += record.len() as u64;
                 reports.insert(next, record.as_slice())?;
                 seqs.push(next);
@@ -168,8 +172,10 @@ impl Spool {
             }
             let mut next = cp_acked + 1;
             for raw in pending {
-                let mut record = Report::decode(raw.as_slice())
-                    .map_err(|e| SpoolError::Corrupt { seq: next, message: e.to_string() })?;
+                let mut record = Report::decode(raw.as_slice()).map_err(|e| SpoolError::Corrupt {
+                    seq: next,
+                    message: e.to_string(),
+                })?;
                 record.seq = next;
                 reports.insert(next, record.encode_to_vec().as_slice())?;
                 next += 1;
@@ -190,8 +196,10 @@ impl Spool {
         for entry in reports.range(start..)?.take(max) {
             let (k, v) = entry?;
             let seq = k.value();
-            let record =
-                Report::decode(v.value()).map_err(|e| SpoolError::Corrupt { seq, message: e.to_string() })?;
+            let record = Report::decode(v.value()).map_err(|e| SpoolError::Corrupt {
+                seq,
+                message: e.to_string(),
+            })?;
             out.push(record);
         }
         Ok(out)
@@ -218,7 +226,11 @@ mod tests {
     use steward_shared::proto::CheckResult;
 
     fn body(name: &str) -> report::Body {
-        report::Body::Check(CheckResult { name: name.into(), kind: "test".into(), ..Default::default() })
+        report::Body::Check(CheckResult {
+            name: name.into(),
+            kind: "test".into(),
+            ..Default::default()
+        })
     }
 
     fn names(reports: &[Report]) -> Vec<String> {
@@ -245,7 +257,11 @@ mod tests {
         assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
         assert_eq!(names(&all), ["a", "b", "c"]);
         assert_eq!(spool.read_after(1, 1).unwrap()[0].seq, 2);
-        assert_eq!(spool.append(vec![body("d")]).unwrap(), vec![4], "sequence continues after reopen");
+        assert_eq!(
+            spool.append(vec![body("d")]).unwrap(),
+            vec![4],
+            "sequence continues after reopen"
+        );
     }
 
     #[test]
@@ -256,7 +272,15 @@ mod tests {
         spool.ack(3).unwrap();
         let stats = spool.stats().unwrap();
         assert_eq!((stats.depth, stats.acked_seq, stats.next_seq), (2, 3, 6));
-        assert_eq!(spool.read_after(0, 10).unwrap().iter().map(|r| r.seq).collect::<Vec<_>>(), vec![4, 5]);
+        assert_eq!(
+            spool
+                .read_after(0, 10)
+                .unwrap()
+                .iter()
+                .map(|r| r.seq)
+                .collect::<Vec<_>>(),
+            vec![4, 5]
+        );
         spool.ack(2).unwrap();
         assert_eq!(spool.stats().unwrap().acked_seq, 3, "acks never move backwards");
         spool.ack(5).unwrap();
@@ -267,7 +291,12 @@ mod tests {
     #[test]
     fn full_spool_drops_oldest_and_counts() {
         let dir = tempfile::tempdir().unwrap();
-        let one = Report { seq: 1, body: Some(body("x")) }.encode_to_vec().len() as u64;
+        let one = Report {
+            seq: 1,
+            body: Some(body("x")),
+        }
+        .encode_to_vec()
+        .len() as u64;
         // Room for exactly 10 records.
         let spool = Spool::open(&dir.path().join("s.redb"), one * 10).unwrap();
         for i in 0..25 {
@@ -294,6 +323,14 @@ mod tests {
         assert_eq!(spool.append(vec![body("c")]).unwrap(), vec![103]);
         // Normal case: the control plane is behind or equal: just an ack.
         spool.reconcile(101).unwrap();
-        assert_eq!(spool.read_after(0, 10).unwrap().iter().map(|r| r.seq).collect::<Vec<_>>(), vec![102, 103]);
+        assert_eq!(
+            spool
+                .read_after(0, 10)
+                .unwrap()
+                .iter()
+                .map(|r| r.seq)
+                .collect::<Vec<_>>(),
+            vec![102, 103]
+        );
     }
 }

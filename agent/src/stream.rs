@@ -15,7 +15,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use steward_shared::proto::{self, AgentMessage, agent_message, agent_gateway_client::AgentGatewayClient, control_message};
+use steward_shared::proto::{
+    self, AgentMessage, agent_gateway_client::AgentGatewayClient, agent_message, control_message,
+};
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -113,18 +115,28 @@ impl StreamClient {
     }
 
     fn read_file(path: &std::path::Path) -> Result<String, StreamError> {
-        std::fs::read_to_string(path)
-            .map_err(|e| StreamError::Identity { path: path.display().to_string(), message: e.to_string() })
+        std::fs::read_to_string(path).map_err(|e| StreamError::Identity {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
     }
 
     async fn connect(&self) -> Result<Channel, StreamError> {
         let ca = Self::read_file(&self.server.ca_cert_path(&self.data_dir))?;
         let cert = Self::read_file(&self.server.cert_path(&self.data_dir))?;
         let key = Self::read_file(&self.server.key_path(&self.data_dir))?;
-        let uri: http::Uri = self.server.url.parse().map_err(|_| StreamError::Url(self.server.url.clone()))?;
+        let uri: http::Uri = self
+            .server
+            .url
+            .parse()
+            .map_err(|_| StreamError::Url(self.server.url.clone()))?;
         let domain = match &self.server.server_name {
             Some(name) => name.clone(),
-            None => uri.host().ok_or_else(|| StreamError::Url(self.server.url.clone()))?.trim_matches(['[', ']']).to_string(),
+            None => uri
+                .host()
+                .ok_or_else(|| StreamError::Url(self.server.url.clone()))?
+                .trim_matches(['[', ']'])
+                .to_string(),
         };
         let tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(ca))
@@ -160,11 +172,17 @@ impl StreamClient {
             spool_dropped_total: stats.dropped_total,
             protocol: steward_shared::PROTOCOL_REVISION,
         };
-        let _ = tx.send(AgentMessage { msg: Some(agent_message::Msg::Hello(hello)) }).await;
+        let _ = tx
+            .send(AgentMessage {
+                msg: Some(agent_message::Msg::Hello(hello)),
+            })
+            .await;
         let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
 
         let welcome = match inbound.message().await? {
-            Some(proto::ControlMessage { msg: Some(control_message::Msg::Welcome(w)) }) => w,
+            Some(proto::ControlMessage {
+                msg: Some(control_message::Msg::Welcome(w)),
+            }) => w,
             Some(_) => return Err(StreamError::Protocol("expected welcome as the first message".into())),
             None => return Err(StreamError::Protocol("stream closed before welcome".into())),
         };
@@ -193,8 +211,17 @@ impl StreamClient {
                 let batch = blocking(&self.spool, move |s| s.read_after(after, max_batch)).await?;
                 let Some(last) = batch.last().map(|r| r.seq) else { break };
                 let dropped = blocking(&self.spool, |s| s.stats()).await?.dropped_total;
-                let msg = proto::ReportBatch { reports: batch, spool_dropped_total: dropped };
-                if tx.send(AgentMessage { msg: Some(agent_message::Msg::Reports(msg)) }).await.is_err() {
+                let msg = proto::ReportBatch {
+                    reports: batch,
+                    spool_dropped_total: dropped,
+                };
+                if tx
+                    .send(AgentMessage {
+                        msg: Some(agent_message::Msg::Reports(msg)),
+                    })
+                    .await
+                    .is_err()
+                {
                     return Err(StreamError::Protocol("stream closed while sending".into()));
                 }
                 sent_up_to = last;

@@ -24,7 +24,10 @@ fn check_config_accepts_a_valid_file() {
 #[test]
 fn check_config_names_file_line_and_key_and_exits_1() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(&dir, "[agent]\nheartbeat_interval = \"15s\"\n\n[spool]\nmax_size = \"lots\"\n");
+    let path = write(
+        &dir,
+        "[agent]\nheartbeat_interval = \"15s\"\n\n[spool]\nmax_size = \"lots\"\n",
+    );
     let out = agent().arg("--config").arg(&path).arg("check-config").output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -41,7 +44,10 @@ fn check_config_names_file_line_and_key_and_exits_1() {
 
 #[test]
 fn a_missing_config_file_is_one_line_and_exit_1() {
-    let out = agent().args(["--config", "/nonexistent/agent.toml", "check-config"]).output().unwrap();
+    let out = agent()
+        .args(["--config", "/nonexistent/agent.toml", "check-config"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.starts_with("steward-agent: /nonexistent/agent.toml"), "{err}");
@@ -60,7 +66,12 @@ fn collect_once_prints_every_check_as_json_without_a_server() {
         &dir,
         "[[checks]]\nname = \"mem\"\nkind = \"memory\"\n\n[[checks]]\nname = \"load\"\nkind = \"cpu\"\n\n[[checks]]\nname = \"root\"\nkind = \"disk\"\nmount = \"/\"\n",
     );
-    let out = agent().arg("--config").arg(&path).args(["collect", "--once"]).output().unwrap();
+    let out = agent()
+        .arg("--config")
+        .arg(&path)
+        .args(["collect", "--once"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let items = json.as_array().unwrap();
@@ -68,7 +79,10 @@ fn collect_once_prints_every_check_as_json_without_a_server() {
     assert_eq!(items[0]["name"], "mem");
     assert_eq!(items[2]["kind"], "disk");
     for item in items {
-        assert!(["ok", "warning", "critical", "unknown"].contains(&item["status"].as_str().unwrap()), "{item}");
+        assert!(
+            ["ok", "warning", "critical", "unknown"].contains(&item["status"].as_str().unwrap()),
+            "{item}"
+        );
         assert!(item["observed_at_ms"].as_i64().unwrap() > 0);
     }
 }

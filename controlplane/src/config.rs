@@ -202,16 +202,31 @@ impl ControlPlaneConfig {
             .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("steward.db").display()))
     }
     pub fn server_cert_path(&self) -> PathBuf {
-        self.grpc.cert.clone().unwrap_or_else(|| self.data_dir.join("server.pem"))
+        self.grpc
+            .cert
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("server.pem"))
     }
     pub fn server_key_path(&self) -> PathBuf {
-        self.grpc.key.clone().unwrap_or_else(|| self.data_dir.join("server.key"))
+        self.grpc
+            .key
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("server.key"))
     }
     pub fn client_ca_path(&self) -> PathBuf {
-        self.grpc.client_ca.clone().unwrap_or_else(|| self.data_dir.join("ca.pem"))
+        self.grpc
+            .client_ca
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("ca.pem"))
     }
     pub fn ingest_workers(&self) -> usize {
-        self.grpc.ingest_workers.unwrap_or(if self.database_url().starts_with("sqlite:") { 1 } else { 2 })
+        self.grpc
+            .ingest_workers
+            .unwrap_or(if self.database_url().starts_with("sqlite:") {
+                1
+            } else {
+                2
+            })
     }
 }
 

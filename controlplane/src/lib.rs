@@ -2,17 +2,17 @@
 //! the store (SQLite or PostgreSQL through sqlx), the REST API and the engines.
 //!
 //! Layout:
-//! - [`config`]: `controlplane.toml`.
-//! - [`pki_cli`]: `ca init`, `ca issue-server`, `ca issue-agent`.
-//! - [`gateway`]: tonic server behind our own rustls acceptor; identity from the
+//! - [`config`] — `controlplane.toml`.
+//! - [`pki_cli`] — `ca init`, `ca issue-server`, `ca issue-agent`.
+//! - [`gateway`] — tonic server behind our own rustls acceptor; identity from the
 //!   verified client certificate; batched, idempotent ingest; acks after commit.
-//! - [`store`]: one storage interface, two backends, each with its own SQL and migrations.
-//! - [`api`]: the warp REST API (`/healthz`, `/readyz`, `/metrics`, `/api/v1/...`).
-//! - [`metrics`]: Prometheus metrics shared by gateway and API.
-//! - [`rest_serve`]: serves the REST filter (HTTP or HTTPS) from our own accept loop.
-//! - [`server`]: `serve`: starts everything, shuts it down on signals.
-//! - [`quickstart`]: control plane + CA + one local agent in one command.
-//! - [`client`]: the REST client behind `stewardctl`.
+//! - [`store`] — one storage interface, two backends, each with its own SQL and migrations.
+//! - [`api`] — the warp REST API (`/healthz`, `/readyz`, `/metrics`, `/api/v1/...`).
+//! - [`metrics`] — Prometheus metrics shared by gateway and API.
+//! - [`rest_serve`] — serves the REST filter (HTTP or HTTPS) from our own accept loop.
+//! - [`server`] — `serve`: starts everything, shuts it down on signals.
+//! - [`quickstart`] — control plane + CA + one local agent in one command.
+//! - [`client`] — the REST client behind `stewardctl`.
 #![forbid(unsafe_code)]
 
 pub mod api;

@@ -10,7 +10,11 @@ use steward_controlplane::{pki_cli, quickstart, server};
 use steward_shared::units::Duration;
 
 #[derive(Parser)]
-#[command(name = "steward-controlplane", version, about = "Steward control plane: mTLS gRPC gateway, REST API and storage")]
+#[command(
+    name = "steward-controlplane",
+    version,
+    about = "Steward control plane: mTLS gRPC gateway, REST API and storage"
+)]
 struct Cli {
     /// Path of the control plane's config file (a missing default file means all defaults).
     #[arg(long, global = true, env = "STEWARD_CONFIG")]
@@ -91,7 +95,11 @@ enum AdminCommand {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("STEWARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }
 
 fn load_config(cli: &Cli) -> anyhow::Result<ControlPlaneConfig> {
@@ -109,7 +117,10 @@ fn load_config(cli: &Cli) -> anyhow::Result<ControlPlaneConfig> {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")
 }
 
 /// Opens the configured store (creating the SQLite directory) and migrates it.
@@ -187,11 +198,21 @@ fn dispatch(mut cli: Cli) -> anyhow::Result<()> {
                     let fp = pki_cli::init(dir)?;
                     println!("CA created in {} (SHA-256 fingerprint {fp})", dir.display());
                 }
-                CaCommand::IssueServer { names, cert, key, validity } => {
+                CaCommand::IssueServer {
+                    names,
+                    cert,
+                    key,
+                    validity,
+                } => {
                     let cert = cert.unwrap_or_else(|| dir.join("server.pem"));
                     let key = key.unwrap_or_else(|| dir.join("server.key"));
                     pki_cli::issue_server(dir, &names, &cert, &key, validity.as_std())?;
-                    println!("server certificate for {} written to {} and {}", names.join(", "), cert.display(), key.display());
+                    println!(
+                        "server certificate for {} written to {} and {}",
+                        names.join(", "),
+                        cert.display(),
+                        key.display()
+                    );
                 }
                 CaCommand::IssueAgent { host, out, validity } => {
                     let out = out.unwrap_or_else(|| PathBuf::from(format!("agent-{host}")));

@@ -35,11 +35,20 @@ pub fn init(data_dir: &Path) -> Result<String, CaError> {
 
 /// Loads the CA from `data_dir`.
 pub fn load(data_dir: &Path) -> Result<Ca, CaError> {
-    Ca::load_dir(data_dir).map_err(|source| CaError::NoCa { dir: data_dir.display().to_string(), source })
+    Ca::load_dir(data_dir).map_err(|source| CaError::NoCa {
+        dir: data_dir.display().to_string(),
+        source,
+    })
 }
 
 /// Issues the gateway's server certificate for `names` (DNS names or IPs).
-pub fn issue_server(data_dir: &Path, names: &[String], cert: &Path, key: &Path, lifetime: Duration) -> Result<(), CaError> {
+pub fn issue_server(
+    data_dir: &Path,
+    names: &[String],
+    cert: &Path,
+    key: &Path,
+    lifetime: Duration,
+) -> Result<(), CaError> {
     let ca = load(data_dir)?;
     let issued = ca.issue_server(names, lifetime)?;
     pki::write_private_file(key, &issued.key_pem)?;
@@ -49,10 +58,19 @@ pub fn issue_server(data_dir: &Path, names: &[String], cert: &Path, key: &Path, 
 
 /// Issues an agent certificate for `host_id` into `out_dir` as `agent.pem`,
 /// `agent.key` (0600) and `ca.pem`: the files `agent.toml` expects by default.
-pub fn issue_agent(data_dir: &Path, host_id: &str, out_dir: &Path, lifetime: Duration) -> Result<Vec<PathBuf>, CaError> {
+pub fn issue_agent(
+    data_dir: &Path,
+    host_id: &str,
+    out_dir: &Path,
+    lifetime: Duration,
+) -> Result<Vec<PathBuf>, CaError> {
     let ca = load(data_dir)?;
     let issued = ca.issue_agent(host_id, lifetime)?;
-    let (cert, key, ca_path) = (out_dir.join("agent.pem"), out_dir.join("agent.key"), out_dir.join("ca.pem"));
+    let (cert, key, ca_path) = (
+        out_dir.join("agent.pem"),
+        out_dir.join("agent.key"),
+        out_dir.join("ca.pem"),
+    );
     pki::write_private_file(&key, &issued.key_pem)?;
     pki::write_file_mode(&cert, &issued.cert_pem, 0o644)?;
     pki::write_file_mode(&ca_path, ca.cert_pem(), 0o644)?;
@@ -69,7 +87,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fp = init(dir.path()).unwrap();
         assert_eq!(fp.len(), 64);
-        let mode = std::fs::metadata(dir.path().join("ca.key")).unwrap().permissions().mode() & 0o777;
+        let mode = std::fs::metadata(dir.path().join("ca.key"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600);
         assert!(matches!(init(dir.path()), Err(CaError::Exists(_))));
         let out = dir.path().join("agent-web");
@@ -77,8 +99,14 @@ mod tests {
         let pem = std::fs::read_to_string(out.join("agent.pem")).unwrap();
         let der = pki::certs_from_pem(&pem).unwrap().remove(0);
         assert_eq!(pki::identity_from_cert(&der).unwrap().host_id, "web");
-        assert!(matches!(issue_agent(dir.path(), "Bad Name", &out, AGENT_LIFETIME), Err(CaError::Pki(_))));
+        assert!(matches!(
+            issue_agent(dir.path(), "Bad Name", &out, AGENT_LIFETIME),
+            Err(CaError::Pki(_))
+        ));
         let empty = tempfile::tempdir().unwrap();
-        assert!(matches!(issue_agent(empty.path(), "web", &out, AGENT_LIFETIME), Err(CaError::NoCa { .. })));
+        assert!(matches!(
+            issue_agent(empty.path(), "web", &out, AGENT_LIFETIME),
+            Err(CaError::NoCa { .. })
+        ));
     }
 }

@@ -60,15 +60,37 @@ pub enum QuickstartError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> QuickstartError + '_ {
-    move |source| QuickstartError::Io { path: path.display().to_string(), source }
+    move |source| QuickstartError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 /// A host id derived from the machine's hostname.
 fn local_host_id() -> String {
-    let raw = hostname::get().map(|h| h.to_string_lossy().to_lowercase()).unwrap_or_default();
-    let mut id: String = raw.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '-' }).collect();
-    id = id.trim_start_matches(|c: char| !c.is_ascii_alphanumeric()).chars().take(63).collect();
-    if steward_shared::pki::validate_host_id(&id).is_ok() { id } else { "local".to_string() }
+    let raw = hostname::get()
+        .map(|h| h.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    let mut id: String = raw
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    id = id
+        .trim_start_matches(|c: char| !c.is_ascii_alphanumeric())
+        .chars()
+        .take(63)
+        .collect();
+    if steward_shared::pki::validate_host_id(&id).is_ok() {
+        id
+    } else {
+        "local".to_string()
+    }
 }
 
 async fn pick_addr(wanted: Option<SocketAddr>, default_port: u16) -> SocketAddr {
@@ -98,8 +120,9 @@ pub async fn run(args: QuickstartArgs) -> Result<(), QuickstartError> {
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).map_err(io_err(d))?;
     }
     let info_path = dir.join("quickstart.json");
-    let previous: Option<QuickstartInfo> =
-        std::fs::read_to_string(&info_path).ok().and_then(|s| serde_json::from_str(&s).ok());
+    let previous: Option<QuickstartInfo> = std::fs::read_to_string(&info_path)
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok());
 
     // PKI: reuse what is there.
     if !cp_dir.join("ca.pem").exists() {
@@ -107,7 +130,13 @@ pub async fn run(args: QuickstartArgs) -> Result<(), QuickstartError> {
     }
     if !cp_dir.join("server.pem").exists() {
         let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-        pki_cli::issue_server(&cp_dir, &names, &cp_dir.join("server.pem"), &cp_dir.join("server.key"), pki_cli::SERVER_LIFETIME)?;
+        pki_cli::issue_server(
+            &cp_dir,
+            &names,
+            &cp_dir.join("server.pem"),
+            &cp_dir.join("server.key"),
+            pki_cli::SERVER_LIFETIME,
+        )?;
     }
     if !agent_dir.join("agent.pem").exists() {
         pki_cli::issue_agent(&cp_dir, &local_host_id(), &agent_dir, pki_cli::AGENT_LIFETIME)?;
@@ -144,13 +173,17 @@ pub async fn run(args: QuickstartArgs) -> Result<(), QuickstartError> {
     let admin_token = reuse_or_create_token(&running.store, &token_path).await?;
 
     let agent_config_path = dir.join("agent.toml");
-    std::fs::write(&agent_config_path, agent_toml(&agent_dir, &cp_dir, grpc_addr)).map_err(io_err(&agent_config_path))?;
+    std::fs::write(&agent_config_path, agent_toml(&agent_dir, &cp_dir, grpc_addr))
+        .map_err(io_err(&agent_config_path))?;
     // Validate before starting, for a clear error instead of a dead agent task.
     steward_agent::config::AgentConfig::load(&agent_config_path)?;
 
     let agent_stop = CancellationToken::new();
     let (_reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
-    let control = steward_agent::runtime::Control { stop: agent_stop.clone(), reload: reload_rx };
+    let control = steward_agent::runtime::Control {
+        stop: agent_stop.clone(),
+        reload: reload_rx,
+    };
     let agent = tokio::spawn(steward_agent::runtime::run(agent_config_path.clone(), control));
 
     let info = QuickstartInfo {
@@ -174,7 +207,10 @@ pub async fn run(args: QuickstartArgs) -> Result<(), QuickstartError> {
     println!("  details:    {}", info_path.display());
     println!();
     println!("Try:");
-    println!("  export STEWARD_SERVER={} STEWARD_TOKEN={}", info.rest_url, info.admin_token);
+    println!(
+        "  export STEWARD_SERVER={} STEWARD_TOKEN={}",
+        info.rest_url, info.admin_token
+    );
     println!("  cargo run -q -p steward-controlplane --bin stewardctl -- hosts list");
     println!();
 

@@ -12,7 +12,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ControlPlaneConfig;
-use crate::gateway::{self, GatewaySettings, SessionLimits, ingest::Ingestor, registry::Registry, session::SessionDeps};
+use crate::gateway::{
+    self, GatewaySettings, SessionLimits, ingest::Ingestor, registry::Registry, session::SessionDeps,
+};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 
@@ -71,25 +73,49 @@ impl Running {
 /// Starts every part of the control plane; returns once all listeners are bound.
 pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Result<Running, ServeError> {
     let url = cfg.database_url();
-    let store_err = |source| ServeError::Store { url: redact(&url), source };
+    let store_err = |source| ServeError::Store {
+        url: redact(&url),
+        source,
+    };
     if url.starts_with("sqlite:") {
-        std::fs::create_dir_all(&cfg.data_dir)
-            .map_err(|source| ServeError::Write { path: cfg.data_dir.display().to_string(), source })?;
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|source| ServeError::Write {
+            path: cfg.data_dir.display().to_string(),
+            source,
+        })?;
     }
     let store = Store::connect(&url).await.map_err(store_err)?;
     store.migrate().await.map_err(store_err)?;
     let metrics = Arc::new(Metrics::new());
 
     let tls = gateway::tls::server_config(&cfg.server_cert_path(), &cfg.server_key_path(), &cfg.client_ca_path())?;
-    let grpc_listener =
-        TcpListener::bind(cfg.grpc.listen).await.map_err(|source| ServeError::Bind { addr: cfg.grpc.listen, source })?;
-    let rest_listener =
-        TcpListener::bind(cfg.rest.listen).await.map_err(|source| ServeError::Bind { addr: cfg.rest.listen, source })?;
-    let grpc_addr = grpc_listener.local_addr().map_err(|source| ServeError::Bind { addr: cfg.grpc.listen, source })?;
-    let rest_addr = rest_listener.local_addr().map_err(|source| ServeError::Bind { addr: cfg.rest.listen, source })?;
+    let grpc_listener = TcpListener::bind(cfg.grpc.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: cfg.grpc.listen,
+            source,
+        })?;
+    let rest_listener = TcpListener::bind(cfg.rest.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: cfg.rest.listen,
+            source,
+        })?;
+    let grpc_addr = grpc_listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: cfg.grpc.listen,
+        source,
+    })?;
+    let rest_addr = rest_listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: cfg.rest.listen,
+        source,
+    })?;
 
     let registry = Arc::new(Registry::default());
-    let ingestor = Ingestor::start(store.clone(), metrics.clone(), cfg.ingest_workers(), cfg.grpc.ingest_max_rows);
+    let ingestor = Ingestor::start(
+        store.clone(),
+        metrics.clone(),
+        cfg.ingest_workers(),
+        cfg.grpc.ingest_max_rows,
+    );
     let deps = Arc::new(SessionDeps {
         store: store.clone(),
         ingestor,
@@ -120,7 +146,13 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
         use warp::{Filter, Reply};
         crate::api::routes(state).map(Reply::into_response).boxed()
     };
-    let rest = tokio::spawn(crate::rest_serve::serve(rest_listener, rest_tls, routes, shutdown.clone(), REST_GRACE));
+    let rest = tokio::spawn(crate::rest_serve::serve(
+        rest_listener,
+        rest_tls,
+        routes,
+        shutdown.clone(),
+        REST_GRACE,
+    ));
 
     let retention = tokio::spawn(retention_loop(
         store.clone(),
@@ -129,9 +161,19 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
         shutdown.clone(),
     ));
 
-    let endpoints = Endpoints { grpc_addr, rest_url: format!("{scheme}://{rest_addr}"), pid: std::process::id() };
+    let endpoints = Endpoints {
+        grpc_addr,
+        rest_url: format!("{scheme}://{rest_addr}"),
+        pid: std::process::id(),
+    };
     tracing::info!(grpc = %grpc_addr, rest = %endpoints.rest_url, backend = store.backend_name(), "control plane listening");
-    Ok(Running { endpoints, store, registry, tasks: vec![rest, retention], grpc })
+    Ok(Running {
+        endpoints,
+        store,
+        registry,
+        tasks: vec![rest, retention],
+        grpc,
+    })
 }
 
 /// `serve`: start, record the endpoints, run until shutdown.
@@ -145,8 +187,10 @@ pub async fn serve(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
 pub fn write_endpoints(data_dir: &Path, endpoints: &Endpoints) -> Result<(), ServeError> {
     let path = data_dir.join("endpoints.json");
     let json = serde_json::to_string_pretty(endpoints).unwrap_or_default();
-    steward_shared::pki::write_file_mode(&path, &json, 0o644)
-        .map_err(|e| ServeError::Write { path: path.display().to_string(), source: std::io::Error::other(e.to_string()) })
+    steward_shared::pki::write_file_mode(&path, &json, 0o644).map_err(|e| ServeError::Write {
+        path: path.display().to_string(),
+        source: std::io::Error::other(e.to_string()),
+    })
 }
 
 fn rest_tls_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, ServeError> {
@@ -201,7 +245,10 @@ mod tests {
 
     #[test]
     fn passwords_never_reach_logs() {
-        assert_eq!(redact("postgres://steward:s3cret@db:5432/steward"), "postgres://steward:***@db:5432/steward");
+        assert_eq!(
+            redact("postgres://steward:s3cret@db:5432/steward"),
+            "postgres://steward:***@db:5432/steward"
+        );
         assert_eq!(redact("postgres://steward@db/steward"), "postgres://steward@db/steward");
         assert_eq!(redact("sqlite:///var/lib/x.db"), "sqlite:///var/lib/x.db");
     }

@@ -38,14 +38,24 @@ impl std::error::Error for ConfigError {}
 impl ConfigError {
     /// An error about the file as a whole (unreadable, missing).
     pub fn file(file: &str, message: impl Into<String>) -> Self {
-        Self { file: file.to_string(), line: None, key: None, message: message.into() }
+        Self {
+            file: file.to_string(),
+            line: None,
+            key: None,
+            message: message.into(),
+        }
     }
 
     /// An error about `key_path` (e.g. `checks[2].warning`), placed on the
     /// line where that key (or its nearest existing parent) is written.
     pub fn at(file: &str, src: &str, key_path: &str, message: impl Into<String>) -> Self {
         let line = locate(src, key_path).map(|offset| line_of(src, offset));
-        Self { file: file.to_string(), line, key: Some(key_path.to_string()), message: message.into() }
+        Self {
+            file: file.to_string(),
+            line,
+            key: Some(key_path.to_string()),
+            message: message.into(),
+        }
     }
 }
 
@@ -65,7 +75,11 @@ pub fn parse_toml<T: DeserializeOwned>(file: &str, src: &str) -> Result<T, Confi
     };
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
-        let key = if path == "." || path.is_empty() { None } else { Some(path) };
+        let key = if path == "." || path.is_empty() {
+            None
+        } else {
+            Some(path)
+        };
         from_toml_error(file, src, e.inner(), key)
     })
 }
@@ -75,11 +89,20 @@ fn from_toml_error(file: &str, src: &str, e: &toml::de::Error, key: Option<Strin
         .span()
         .map(|s| line_of(src, s.start))
         .or_else(|| key.as_deref().and_then(|k| locate(src, k)).map(|o| line_of(src, o)));
-    ConfigError { file: file.to_string(), line, key, message: e.message().trim().to_string() }
+    ConfigError {
+        file: file.to_string(),
+        line,
+        key,
+        message: e.message().trim().to_string(),
+    }
 }
 
 fn line_of(src: &str, offset: usize) -> usize {
-    src.as_bytes()[..offset.min(src.len())].iter().filter(|b| **b == b'\n').count() + 1
+    src.as_bytes()[..offset.min(src.len())]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
 }
 
 /// Splits `a.b[2].c` into segments: Key("a"), Key("b"), Index(2), Key("c").
@@ -130,9 +153,8 @@ fn locate(src: &str, path: &str) -> Option<usize> {
                 t.get_key_value(k).map(|(key, it)| (key.span(), Node::Item(it)))
             }
             (Seg::Index(i), Node::Item(Item::ArrayOfTables(a))) => a.get(i).map(|t| (t.span(), Node::Table(t))),
-            (Seg::Index(i), Node::Item(Item::Value(Value::Array(a)))) | (Seg::Index(i), Node::Value(Value::Array(a))) => {
-                a.get(i).map(|v| (v.span(), Node::Value(v)))
-            }
+            (Seg::Index(i), Node::Item(Item::Value(Value::Array(a))))
+            | (Seg::Index(i), Node::Value(Value::Array(a))) => a.get(i).map(|v| (v.span(), Node::Value(v))),
             _ => None,
         };
         match next {
@@ -206,7 +228,10 @@ mod tests {
     fn semantic_errors_are_located_by_key_path() {
         let _: Cfg = parse_toml("x.toml", SRC).unwrap();
         assert_eq!(ConfigError::at("x.toml", SRC, "server.port", "bad").line, Some(3));
-        assert_eq!(ConfigError::at("x.toml", SRC, "checks[1].warning", "bad").line, Some(11));
+        assert_eq!(
+            ConfigError::at("x.toml", SRC, "checks[1].warning", "bad").line,
+            Some(11)
+        );
         assert_eq!(ConfigError::at("x.toml", SRC, "checks[0].name", "bad").line, Some(6));
         assert_eq!(ConfigError::at("x.toml", SRC, "checks[1]", "bad").line, Some(9));
         let missing = ConfigError::at("x.toml", SRC, "server.nothing", "bad");

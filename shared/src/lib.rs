@@ -1,12 +1,12 @@
 //! The Steward protocol crate, shared by `steward-agent` and `steward-controlplane`.
 //!
 //! Layout:
-//! - [`proto`]: the generated gRPC protocol (one bidirectional stream per agent).
-//! - [`status`]: check status and check result domain types (distinct from wire types).
-//! - [`selector`]: Kubernetes-style label selectors with a position-reporting parser.
-//! - [`units`]: human durations (`30s`, `5m`) and sizes (`64MiB`).
-//! - [`config`]: TOML config loading whose errors name file, line and key.
-//! - [`pki`]: CA creation, certificate issuance and identity extraction.
+//! - [`proto`] — the generated gRPC protocol (one bidirectional stream per agent).
+//! - [`status`] — check status and check result domain types (distinct from wire types).
+//! - [`selector`] — Kubernetes-style label selectors with a position-reporting parser.
+//! - [`units`] — human durations (`30s`, `5m`) and sizes (`64MiB`).
+//! - [`config`] — TOML config loading whose errors name file, line and key.
+//! - [`pki`] — CA creation, certificate issuance and identity extraction.
 #![forbid(unsafe_code)]
 
 pub mod config;

@@ -5,8 +5,8 @@
 //! the Steward CA with the `clientAuth` extended key usage. It is never taken
 //! from a protocol message.
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use sha2::{Digest, Sha256};
@@ -24,7 +24,9 @@ pub enum PkiError {
     File { path: String, message: String },
     #[error("invalid certificate: {0}")]
     InvalidCertificate(String),
-    #[error("invalid host id {0:?}: use 1-63 characters of a-z, 0-9, '-', '_' and '.', starting with a letter or digit")]
+    #[error(
+        "invalid host id {0:?}: use 1-63 characters of a-z, 0-9, '-', '_' and '.', starting with a letter or digit"
+    )]
     InvalidHostId(String),
 }
 
@@ -46,9 +48,15 @@ pub struct Ca {
 pub fn validate_host_id(id: &str) -> Result<(), PkiError> {
     let ok = !id.is_empty()
         && id.len() <= 63
-        && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
         && id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
-    if ok { Ok(()) } else { Err(PkiError::InvalidHostId(id.to_string())) }
+    if ok {
+        Ok(())
+    } else {
+        Err(PkiError::InvalidHostId(id.to_string()))
+    }
 }
 
 fn random_serial() -> SerialNumber {
@@ -75,18 +83,28 @@ impl Ca {
         dn.push(DnType::OrganizationName, "Steward");
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         params.serial_number = Some(random_serial());
         validity(&mut params, lifetime);
         let cert = params.self_signed(&key)?;
-        Ok(Ca { cert_pem: cert.pem(), issuer: Issuer::new(params, key) })
+        Ok(Ca {
+            cert_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        })
     }
 
     /// Loads a CA from its PEM certificate and PEM private key.
     pub fn load(cert_pem: &str, key_pem: &str) -> Result<Self, PkiError> {
         let key = KeyPair::from_pem(key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
-        Ok(Ca { cert_pem: cert_pem.to_string(), issuer })
+        Ok(Ca {
+            cert_pem: cert_pem.to_string(),
+            issuer,
+        })
     }
 
     /// Loads a CA from `ca.pem` and `ca.key` in `dir`.
@@ -116,7 +134,10 @@ impl Ca {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(names.to_vec())?;
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, names.first().map(String::as_str).unwrap_or("steward-controlplane"));
+        dn.push(
+            DnType::CommonName,
+            names.first().map(String::as_str).unwrap_or("steward-controlplane"),
+        );
         params.distinguished_name = dn;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -125,7 +146,10 @@ impl Ca {
         params.use_authority_key_identifier_extension = true;
         validity(&mut params, lifetime);
         let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(IssuedCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+        Ok(IssuedCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
     }
 
     /// Issues an agent (client) certificate whose Common Name is `host_id`.
@@ -133,7 +157,10 @@ impl Ca {
         validate_host_id(host_id)?;
         let key = KeyPair::generate()?;
         let cert_pem = self.sign_agent_key(&key, host_id, lifetime)?;
-        Ok(IssuedCert { cert_pem, key_pem: key.serialize_pem() })
+        Ok(IssuedCert {
+            cert_pem,
+            key_pem: key.serialize_pem(),
+        })
     }
 
     /// Signs an agent certificate for a public key the agent generated itself
@@ -150,9 +177,7 @@ impl Ca {
         dn.push(DnType::CommonName, host_id);
         dn.push(DnType::OrganizationalUnitName, "steward-agent");
         params.distinguished_name = dn;
-        params.subject_alt_names = vec![SanType::URI(
-            format!("urn:steward:host:{host_id}").try_into()?,
-        )];
+        params.subject_alt_names = vec![SanType::URI(format!("urn:steward:host:{host_id}").try_into()?)];
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
@@ -233,8 +258,10 @@ pub fn key_from_pem(pem: &str) -> Result<PrivateKeyDer<'static>, PkiError> {
 
 /// Reads a whole file, naming it in the error.
 pub fn read_file(path: &Path) -> Result<String, PkiError> {
-    std::fs::read_to_string(path)
-        .map_err(|e| PkiError::File { path: path.display().to_string(), message: e.to_string() })
+    std::fs::read_to_string(path).map_err(|e| PkiError::File {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })
 }
 
 /// Writes a file that only its owner may read (mode 0600), atomically: the
@@ -248,12 +275,21 @@ pub fn write_private_file(path: &Path, contents: &str) -> Result<(), PkiError> {
 pub fn write_file_mode(path: &Path, contents: &str, mode: u32) -> Result<(), PkiError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let err = |e: std::io::Error| PkiError::File { path: path.display().to_string(), message: e.to_string() };
+    let err = |e: std::io::Error| PkiError::File {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(err)?;
     }
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp).map_err(err)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(err)?;
     f.write_all(contents.as_bytes()).map_err(err)?;
     f.sync_all().map_err(err)?;
     drop(f);
@@ -276,7 +312,12 @@ mod tests {
         let reloaded = Ca::load(ca.cert_pem(), &ca.key_pem()).unwrap();
         assert_eq!(reloaded.fingerprint().unwrap(), ca.fingerprint().unwrap());
         let other = reloaded.issue_agent("web-02", Duration::from_secs(600)).unwrap();
-        assert_ne!(identity_from_cert(&first_cert_der(&other.cert_pem).unwrap()).unwrap().serial, id.serial);
+        assert_ne!(
+            identity_from_cert(&first_cert_der(&other.cert_pem).unwrap())
+                .unwrap()
+                .serial,
+            id.serial
+        );
     }
 
     #[test]

@@ -73,7 +73,11 @@ impl Selector {
     }
 
     pub fn parse(input: &str) -> Result<Self, SelectorError> {
-        Parser { chars: input.chars().collect(), pos: 0 }.selector()
+        Parser {
+            chars: input.chars().collect(),
+            pos: 0,
+        }
+        .selector()
     }
 }
 
@@ -117,7 +121,9 @@ pub fn validate_label(s: &str, what: &str) -> Result<(), String> {
         return Err(format!("label {what} is longer than 253 characters"));
     }
     if let Some(c) = s.chars().find(|c| !is_name_char(*c)) {
-        return Err(format!("label {what} {s:?} contains {c:?}; allowed: letters, digits, '.', '_', '-', '/'"));
+        return Err(format!(
+            "label {what} {s:?} contains {c:?}; allowed: letters, digits, '.', '_', '-', '/'"
+        ));
     }
     Ok(())
 }
@@ -129,7 +135,10 @@ struct Parser {
 
 impl Parser {
     fn err<T>(&self, message: impl Into<String>) -> Result<T, SelectorError> {
-        Err(SelectorError { position: self.pos, message: message.into() })
+        Err(SelectorError {
+            position: self.pos,
+            message: message.into(),
+        })
     }
 
     fn skip_ws(&mut self) {
@@ -230,7 +239,9 @@ impl Parser {
         }
         match self.peek() {
             None | Some(',') => Ok(Requirement::Exists(key)),
-            Some(c) => self.err(format!("expected '=', '!=', 'in', 'notin', ',' or end of input, found {c:?}")),
+            Some(c) => self.err(format!(
+                "expected '=', '!=', 'in', 'notin', ',' or end of input, found {c:?}"
+            )),
         }
     }
 
@@ -283,7 +294,10 @@ mod tests {
         assert!(matches!(&s.requirements[3], Requirement::NotIn(k, v) if k == "zone" && v.len() == 1));
         assert_eq!(s.requirements[4], Requirement::Exists("team".into()));
         assert_eq!(s.requirements[5], Requirement::NotExists("legacy".into()));
-        assert_eq!(Selector::parse("a==b").unwrap().requirements[0], Requirement::Equals("a".into(), "b".into()));
+        assert_eq!(
+            Selector::parse("a==b").unwrap().requirements[0],
+            Requirement::Equals("a".into(), "b".into())
+        );
     }
 
     #[test]

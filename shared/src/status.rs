@@ -42,7 +42,11 @@ impl CheckStatus {
 
     /// The worse of two statuses.
     pub fn worst(self, other: Self) -> Self {
-        if other.severity() > self.severity() { other } else { self }
+        if other.severity() > self.severity() {
+            other
+        } else {
+            self
+        }
     }
 }
 
@@ -102,7 +106,11 @@ pub struct Value {
 
 impl Value {
     pub fn new(name: impl Into<String>, value: f64, unit: impl Into<String>) -> Self {
-        Self { name: name.into(), value, unit: unit.into() }
+        Self {
+            name: name.into(),
+            value,
+            unit: unit.into(),
+        }
     }
 }
 
@@ -131,7 +139,11 @@ impl From<CheckResult> for proto::CheckResult {
             values: r
                 .values
                 .into_iter()
-                .map(|v| proto::Value { name: v.name, value: v.value, unit: v.unit })
+                .map(|v| proto::Value {
+                    name: v.name,
+                    value: v.value,
+                    unit: v.unit,
+                })
                 .collect(),
             message: r.message,
             observed_at_ms: r.observed_at_ms,
@@ -150,7 +162,11 @@ impl From<proto::CheckResult> for CheckResult {
             values: r
                 .values
                 .into_iter()
-                .map(|v| Value { name: v.name, value: v.value, unit: v.unit })
+                .map(|v| Value {
+                    name: v.name,
+                    value: v.value,
+                    unit: v.unit,
+                })
                 .collect(),
             message: r.message,
             observed_at_ms: r.observed_at_ms,

@@ -34,14 +34,18 @@ impl FromStr for Duration {
     fn from_str(input: &str) -> Result<Self, Self::Err> {
         let s = input.trim();
         if s.is_empty() {
-            return Err(UnitError("empty duration: expected a number with a unit, e.g. 30s, 5m, 1h".into()));
+            return Err(UnitError(
+                "empty duration: expected a number with a unit, e.g. 30s, 5m, 1h".into(),
+            ));
         }
         let mut total: u128 = 0;
         let mut rest = s;
         while !rest.is_empty() {
             let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
             if digits == 0 {
-                return Err(UnitError(format!("invalid duration {input:?}: expected a number at {rest:?}")));
+                return Err(UnitError(format!(
+                    "invalid duration {input:?}: expected a number at {rest:?}"
+                )));
             }
             let n: u128 = rest[..digits]
                 .parse()
@@ -68,11 +72,15 @@ impl FromStr for Duration {
                 }
             };
             total = total
-                .checked_add(n.checked_mul(nanos).ok_or_else(|| UnitError(format!("duration {input:?} is too large")))?)
+                .checked_add(
+                    n.checked_mul(nanos)
+                        .ok_or_else(|| UnitError(format!("duration {input:?} is too large")))?,
+                )
                 .ok_or_else(|| UnitError(format!("duration {input:?} is too large")))?;
             rest = &rest[unit_len..];
         }
-        let secs = u64::try_from(total / 1_000_000_000).map_err(|_| UnitError(format!("duration {input:?} is too large")))?;
+        let secs =
+            u64::try_from(total / 1_000_000_000).map_err(|_| UnitError(format!("duration {input:?} is too large")))?;
         Ok(Duration(StdDuration::new(secs, (total % 1_000_000_000) as u32)))
     }
 }
@@ -121,9 +129,13 @@ impl FromStr for ByteSize {
         let s = input.trim();
         let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         if digits == 0 {
-            return Err(UnitError(format!("invalid size {input:?}: expected a number with a unit, e.g. 64MiB")));
+            return Err(UnitError(format!(
+                "invalid size {input:?}: expected a number with a unit, e.g. 64MiB"
+            )));
         }
-        let n: u64 = s[..digits].parse().map_err(|_| UnitError(format!("invalid size {input:?}: number too large")))?;
+        let n: u64 = s[..digits]
+            .parse()
+            .map_err(|_| UnitError(format!("invalid size {input:?}: number too large")))?;
         let mult: u64 = match s[digits..].trim() {
             "" | "B" => 1,
             "KB" | "kB" => 1000,
@@ -140,14 +152,21 @@ impl FromStr for ByteSize {
                 )));
             }
         };
-        n.checked_mul(mult).map(ByteSize).ok_or_else(|| UnitError(format!("size {input:?} is too large")))
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| UnitError(format!("size {input:?} is too large")))
     }
 }
 
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0;
-        for (unit, size) in [("TiB", 1u64 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+        for (unit, size) in [
+            ("TiB", 1u64 << 40),
+            ("GiB", 1 << 30),
+            ("MiB", 1 << 20),
+            ("KiB", 1 << 10),
+        ] {
             if n >= size && n.is_multiple_of(size) {
                 return write!(f, "{}{unit}", n / size);
             }
@@ -174,7 +193,9 @@ impl<'de> Deserialize<'de> for ByteSize {
                 Ok(ByteSize(v))
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ByteSize, E> {
-                u64::try_from(v).map(ByteSize).map_err(|_| E::custom("size must not be negative"))
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom("size must not be negative"))
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ByteSize, E> {
                 v.parse().map_err(E::custom)

@@ -52,11 +52,19 @@ where
 /// Runs a command to completion and returns (status, stdout, stderr).
 pub fn run_cmd(cmd: &mut Command) -> (ExitStatus, String, String) {
     let out = cmd.stdin(Stdio::null()).output().expect("spawn");
-    (out.status, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 /// A control plane process and its files.
@@ -103,7 +111,13 @@ impl ControlPlane {
                 database_url
             ),
         )?;
-        let (st, out, err) = run_cmd(Command::new(&cp).arg("--config").arg(&config).args(["admin", "create-token", "--name", "e2e"]));
+        let (st, out, err) =
+            run_cmd(
+                Command::new(&cp)
+                    .arg("--config")
+                    .arg(&config)
+                    .args(["admin", "create-token", "--name", "e2e"]),
+            );
         if !st.success() {
             bail!("admin create-token failed: {err}");
         }
@@ -124,7 +138,10 @@ impl ControlPlane {
     /// Starts (or restarts) the `serve` process and waits until it is ready.
     pub async fn spawn(&mut self) -> Result<()> {
         let _ = std::fs::remove_file(self.dir.join("endpoints.json"));
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("controlplane.log"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("controlplane.log"))?;
         let child = Command::new(bin("steward-controlplane"))
             .arg("--config")
             .arg(&self.config)
@@ -198,19 +215,29 @@ impl ControlPlane {
                 .args(["--host", host, "--out"])
                 .arg(out),
         );
-        if st.success() { Ok(()) } else { bail!("issue-agent failed: {err}") }
+        if st.success() {
+            Ok(())
+        } else {
+            bail!("issue-agent failed: {err}")
+        }
     }
 
     /// The sequences stored for `host`, ascending, read from the database itself.
     pub async fn stored_seqs(&self, host: &str) -> Result<Vec<i64>> {
         let sql = "SELECT seq FROM check_results WHERE host_id = $1 ORDER BY seq";
         if self.database_url.starts_with("sqlite:") {
-            let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect(&self.database_url).await?;
+            let pool = sqlx::sqlite::SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect(&self.database_url)
+                .await?;
             let rows: Vec<(i64,)> = sqlx::query_as(sql).bind(host).fetch_all(&pool).await?;
             pool.close().await;
             Ok(rows.into_iter().map(|r| r.0).collect())
         } else {
-            let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&self.database_url).await?;
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .connect(&self.database_url)
+                .await?;
             let rows: Vec<(i64,)> = sqlx::query_as(sql).bind(host).fetch_all(&pool).await?;
             pool.close().await;
             Ok(rows.into_iter().map(|r| r.0).collect())
@@ -257,7 +284,12 @@ impl Agent {
                 cp.grpc_addr.port()
             ),
         )?;
-        Ok(Agent { host: host.to_string(), dir, config, child: None })
+        Ok(Agent {
+            host: host.to_string(),
+            dir,
+            config,
+            child: None,
+        })
     }
 
     pub async fn start(root: &Path, cp: &ControlPlane, host: &str, checks: &str) -> Result<Agent> {
@@ -267,7 +299,10 @@ impl Agent {
     }
 
     pub fn spawn(&mut self) -> Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("agent.log"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("agent.log"))?;
         let child = Command::new(bin("steward-agent"))
             .arg("--config")
             .arg(&self.config)
@@ -291,7 +326,10 @@ impl Agent {
 
     pub fn sighup(&self) {
         if let Some(c) = &self.child {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGHUP);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGHUP,
+            );
         }
     }
 
@@ -324,12 +362,20 @@ impl Drop for Agent {
 }
 
 fn sigterm(c: &Child) {
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(c.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
 }
 
 /// Asserts `seqs` is exactly `1..=n`: nothing lost, nothing twice.
 pub fn assert_contiguous(seqs: &[i64], n: u64) {
-    assert_eq!(seqs.len() as u64, n, "expected {n} stored reports, found {}", seqs.len());
+    assert_eq!(
+        seqs.len() as u64,
+        n,
+        "expected {n} stored reports, found {}",
+        seqs.len()
+    );
     for (i, s) in seqs.iter().enumerate() {
         assert_eq!(*s, i as i64 + 1, "gap or duplicate at position {i}");
     }

@@ -75,10 +75,8 @@ impl Trust {
 
     /// The certificates of a PEM file.
     pub fn from_pem_file(path: &std::path::Path) -> Result<Self, String> {
-        let pem = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let ders = steward_shared::pki::certs_from_pem(&pem)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let pem = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let ders = steward_shared::pki::certs_from_pem(&pem).map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(Self::from_ders(ders))
     }
 
@@ -131,12 +129,7 @@ impl ServerCertVerifier for Recorder {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -145,18 +138,11 @@ impl ServerCertVerifier for Recorder {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -236,17 +222,9 @@ pub(crate) fn date(ts: i64) -> String {
 /// "expires in 12.5 days (2026-03-01)" or "expired 3 days ago (…)".
 fn expiry_text(days_left: f64, not_after: i64) -> String {
     if days_left >= 0.0 {
-        format!(
-            "expires in {} days ({})",
-            trim_float(days_left),
-            date(not_after)
-        )
+        format!("expires in {} days ({})", trim_float(days_left), date(not_after))
     } else {
-        format!(
-            "expired {} days ago ({})",
-            trim_float(-days_left),
-            date(not_after)
-        )
+        format!("expired {} days ago ({})", trim_float(-days_left), date(not_after))
     }
 }
 
@@ -283,8 +261,7 @@ pub(crate) fn judge_chain(
         )
         .map_err(|e| e.to_string())
     };
-    let name_result =
-        rustls::client::verify_server_name(&leaf, server_name).map_err(|e| e.to_string());
+    let name_result = rustls::client::verify_server_name(&leaf, server_name).map_err(|e| e.to_string());
 
     let path = expiry_path(&certs, &trust.subjects);
     let first = path
@@ -295,16 +272,8 @@ pub(crate) fn judge_chain(
     let days_left = (first.not_after - now) as f64 / 86_400.0;
     let values = vec![
         Value::new("days_left", days_left, "days"),
-        Value::new(
-            "chain_valid",
-            if chain_result.is_ok() { 1.0 } else { 0.0 },
-            "",
-        ),
-        Value::new(
-            "hostname_valid",
-            if name_result.is_ok() { 1.0 } else { 0.0 },
-            "",
-        ),
+        Value::new("chain_valid", if chain_result.is_ok() { 1.0 } else { 0.0 }, ""),
+        Value::new("hostname_valid", if name_result.is_ok() { 1.0 } else { 0.0 }, ""),
     ];
     let day_status = days.status(days_left);
     let who = if std::ptr::eq(first, &certs[0]) {
@@ -324,10 +293,7 @@ pub(crate) fn judge_chain(
     }
     if let Err(e) = &name_result {
         status = CheckStatus::Critical;
-        message = format!(
-            "certificate not valid for {}: {e}; {message}",
-            server_name.to_str()
-        );
+        message = format!("certificate not valid for {}: {e}; {message}", server_name.to_str());
     }
     Outcome::new(status, values, message)
 }
@@ -341,12 +307,7 @@ pub(crate) struct TlsProbe {
 }
 
 impl TlsProbe {
-    pub fn new(
-        address: String,
-        server_name: ServerName<'static>,
-        ca_file: Option<PathBuf>,
-        days: Thresholds,
-    ) -> Self {
+    pub fn new(address: String, server_name: ServerName<'static>, ca_file: Option<PathBuf>, days: Thresholds) -> Self {
         Self {
             address,
             server_name,
@@ -366,9 +327,7 @@ impl TlsProbe {
         };
         let provider = provider();
         let recorder = Arc::new(Recorder::new(Arc::clone(&provider)));
-        let config = match rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-        {
+        let config = match rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions() {
             Ok(b) => b
                 .dangerous()
                 .with_custom_certificate_verifier(recorder.clone())
@@ -394,13 +353,7 @@ impl TlsProbe {
                 error_chain(&e)
             ));
         }
-        judge_chain(
-            &chain,
-            &trust,
-            &self.server_name,
-            &self.days,
-            now_secs(),
-        )
+        judge_chain(&chain, &trust, &self.server_name, &self.days, now_secs())
     }
 }
 
@@ -454,11 +407,7 @@ impl CertFileProbe {
             expiry_text(days_left, *not_after),
             verdict(status, &self.days)
         );
-        Outcome::new(
-            status,
-            vec![Value::new("days_left", days_left, "days")],
-            message,
-        )
+        Outcome::new(status, vec![Value::new("days_left", days_left, "days")], message)
     }
 }
 
@@ -548,11 +497,7 @@ pub(crate) mod tests {
         assert!((value(&out, "days_left") - 90.0).abs() < 0.1, "{out:?}");
         assert_eq!(value(&out, "chain_valid"), 1.0);
         assert_eq!(value(&out, "hostname_valid"), 1.0);
-        assert!(
-            out.message.starts_with("certificate expires in 90"),
-            "{}",
-            out.message
-        );
+        assert!(out.message.starts_with("certificate expires in 90"), "{}", out.message);
 
         // The default server name is the host of the address: an IP SAN.
         let out = probe(addr, "127.0.0.1", Some(ca_file)).run().await;
@@ -570,15 +515,8 @@ pub(crate) mod tests {
         assert_eq!(out.status, CheckStatus::Critical, "{out:?}");
         assert_eq!(value(&out, "hostname_valid"), 0.0);
         assert_eq!(value(&out, "chain_valid"), 1.0);
-        assert!(
-            out.message.contains("not valid for wrong.example"),
-            "{}",
-            out.message
-        );
-        assert!(
-            (value(&out, "days_left") - 90.0).abs() < 0.1,
-            "days are still reported"
-        );
+        assert!(out.message.contains("not valid for wrong.example"), "{}", out.message);
+        assert!((value(&out, "days_left") - 90.0).abs() < 0.1, "days are still reported");
     }
 
     #[tokio::test]
@@ -609,14 +547,8 @@ pub(crate) mod tests {
             .unwrap();
         let out = probe(closed, "localhost", Some(ca_file)).run().await;
         assert_eq!(out.status, CheckStatus::Critical, "{out:?}");
-        let out = probe(addr, "localhost", Some(dir.path().join("nope.pem")))
-            .run()
-            .await;
-        assert_eq!(
-            out.status,
-            CheckStatus::Unknown,
-            "unreadable CA file: {out:?}"
-        );
+        let out = probe(addr, "localhost", Some(dir.path().join("nope.pem"))).run().await;
+        assert_eq!(out.status, CheckStatus::Unknown, "unreadable CA file: {out:?}");
     }
 
     #[test]
@@ -628,11 +560,7 @@ pub(crate) mod tests {
             not_after: t,
         };
         // leaf <- R3 <- X1 (anchor); the server also sends X1 cross-signed by an expired DST root.
-        let certs = [
-            cert("leaf", "R3", 500),
-            cert("R3", "X1", 900),
-            cert("X1", "DST", 100),
-        ];
+        let certs = [cert("leaf", "R3", 500), cert("R3", "X1", 900), cert("X1", "DST", 100)];
         assert_eq!(expiry_path(&certs, &[b"X1".to_vec()]), [0, 1]);
         // A client that only trusts DST needs the cross-sign, and its expiry counts.
         assert_eq!(expiry_path(&certs, &[b"DST".to_vec()]), [0, 1, 2]);
@@ -668,11 +596,7 @@ pub(crate) mod tests {
         let later = now_secs() + 25 * 86_400;
         let out = probe.evaluate(&std::fs::read_to_string(&path).unwrap(), later);
         assert_eq!(out.status, CheckStatus::Critical);
-        assert!(
-            out.message.contains("expired 5 days ago"),
-            "{}",
-            out.message
-        );
+        assert!(out.message.contains("expired 5 days ago"), "{}", out.message);
 
         std::fs::write(&path, "not a certificate").unwrap();
         assert_eq!(probe.run().status, CheckStatus::Critical);

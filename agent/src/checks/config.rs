@@ -217,12 +217,7 @@ pub(crate) struct Resolved {
 
 /// Validates every check: names unique, keys that apply to the kind, required
 /// keys present, schedules and thresholds well formed and ordered.
-pub fn validate(
-    checks: &[CheckConfig],
-    cfg: &AgentConfig,
-    file: &str,
-    src: &str,
-) -> Result<(), ConfigError> {
+pub fn validate(checks: &[CheckConfig], cfg: &AgentConfig, file: &str, src: &str) -> Result<(), ConfigError> {
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for (i, check) in checks.iter().enumerate() {
         if let Some(first) = seen.get(check.name.as_str()) {
@@ -248,10 +243,7 @@ pub(crate) fn resolve(c: &CheckConfig, agent: &AgentSection) -> Result<Resolved,
     check_applicable(c)?;
     let schedule = match (&c.interval, &c.cron) {
         (Some(_), Some(_)) => {
-            return Err(Invalid::new(
-                "cron",
-                "set either `interval` or `cron`, not both",
-            ));
+            return Err(Invalid::new("cron", "set either `interval` or `cron`, not both"));
         }
         (Some(every), None) => {
             if every.as_std() < StdDuration::from_secs(1) {
@@ -259,9 +251,7 @@ pub(crate) fn resolve(c: &CheckConfig, agent: &AgentSection) -> Result<Resolved,
             }
             Schedule::Every(every.as_std())
         }
-        (None, Some(expr)) => {
-            Schedule::Cron(normalize_cron(expr).map_err(|m| Invalid::new("cron", m))?)
-        }
+        (None, Some(expr)) => Schedule::Cron(normalize_cron(expr).map_err(|m| Invalid::new("cron", m))?),
         (None, None) => Schedule::Every(agent.default_interval.as_std()),
     };
     let timeout = match c.timeout {
@@ -332,17 +322,11 @@ pub(crate) fn resolve(c: &CheckConfig, agent: &AgentSection) -> Result<Resolved,
                     ));
                 }
                 (None, None) => {
-                    return Err(Invalid::new(
-                        "process_name",
-                        "missing: set `process_name` or `pidfile`",
-                    ));
+                    return Err(Invalid::new("process_name", "missing: set `process_name` or `pidfile`"));
                 }
                 (Some(name), None) => {
                     if name.is_empty() || name.contains('/') || name.contains('\0') {
-                        return Err(Invalid::new(
-                            "process_name",
-                            "must be a non-empty name without '/'",
-                        ));
+                        return Err(Invalid::new("process_name", "must be a non-empty name without '/'"));
                     }
                     process::Target::Name(name.clone())
                 }
@@ -353,10 +337,7 @@ pub(crate) fn resolve(c: &CheckConfig, agent: &AgentSection) -> Result<Resolved,
                 && max < min
             {
                 let key = if c.min.is_some() { "min" } else { "max" };
-                return Err(Invalid::new(
-                    key,
-                    format!("min ({min}) must not be above max ({max})"),
-                ));
+                return Err(Invalid::new(key, format!("min ({min}) must not be above max ({max})")));
             }
             Probe::Process(process::ProcessProbe {
                 target,
@@ -374,11 +355,9 @@ pub(crate) fn resolve(c: &CheckConfig, agent: &AgentSection) -> Result<Resolved,
         }
         CheckKind::Http => {
             let url = required(&c.url, "url")?;
-            let parsed = reqwest::Url::parse(url)
-                .map_err(|e| Invalid::new("url", format!("{url:?} is not a URL: {e}")))?;
-            if !matches!(parsed.scheme(), "http" | "https")
-                || parsed.host_str().is_none_or(str::is_empty)
-            {
+            let parsed =
+                reqwest::Url::parse(url).map_err(|e| Invalid::new("url", format!("{url:?} is not a URL: {e}")))?;
+            if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none_or(str::is_empty) {
                 return Err(Invalid::new(
                     "url",
                     format!("{url:?} must be an http:// or https:// URL with a host"),
@@ -386,10 +365,7 @@ pub(crate) fn resolve(c: &CheckConfig, agent: &AgentSection) -> Result<Resolved,
             }
             if let Some(codes) = &c.expect_status {
                 if codes.is_empty() {
-                    return Err(Invalid::new(
-                        "expect_status",
-                        "must list at least one status code",
-                    ));
+                    return Err(Invalid::new("expect_status", "must list at least one status code"));
                 }
                 if let Some(bad) = codes.iter().find(|c| !(100..=599).contains(*c)) {
                     return Err(Invalid::new(
@@ -403,10 +379,7 @@ pub(crate) fn resolve(c: &CheckConfig, agent: &AgentSection) -> Result<Resolved,
             }
             let tls_verify = c.tls_verify.unwrap_or(true);
             if !tls_verify && c.ca_file.is_some() {
-                return Err(Invalid::new(
-                    "ca_file",
-                    "has no effect with tls_verify = false",
-                ));
+                return Err(Invalid::new("ca_file", "has no effect with tls_verify = false"));
             }
             Probe::Http(http::HttpProbe::new(http::HttpSpec {
                 url: parsed,
@@ -425,10 +398,8 @@ pub(crate) fn resolve(c: &CheckConfig, agent: &AgentSection) -> Result<Resolved,
                 Some(n) => ("server_name", n.clone()),
                 None => ("address", host),
             };
-            let server_name =
-                rustls_pki_types::ServerName::try_from(name.clone()).map_err(|_| {
-                    Invalid::new(key, format!("{name:?} is not a valid TLS server name"))
-                })?;
+            let server_name = rustls_pki_types::ServerName::try_from(name.clone())
+                .map_err(|_| Invalid::new(key, format!("{name:?} is not a valid TLS server name")))?;
             Probe::Tls(certs::TlsProbe::new(
                 address.clone(),
                 server_name,
@@ -555,24 +526,14 @@ impl Metric {
 }
 
 /// The kind's main `warning`/`critical` pair.
-fn thresholds(
-    c: &CheckConfig,
-    m: Metric,
-    dw: Option<f64>,
-    dc: Option<f64>,
-) -> Result<Thresholds, Invalid> {
+fn thresholds(c: &CheckConfig, m: Metric, dw: Option<f64>, dc: Option<f64>) -> Result<Thresholds, Invalid> {
     let w = limit(c.warning, "warning", m.form)?;
     let cr = limit(c.critical, "critical", m.form)?;
     ordered(("warning", w, dw), ("critical", cr, dc), m)
 }
 
 /// A secondary pair of plain-number thresholds without defaults.
-fn pair(
-    w: Option<f64>,
-    c: Option<f64>,
-    keys: (&'static str, &'static str),
-    m: Metric,
-) -> Result<Thresholds, Invalid> {
+fn pair(w: Option<f64>, c: Option<f64>, keys: (&'static str, &'static str), m: Metric) -> Result<Thresholds, Invalid> {
     ordered((keys.0, w, None), (keys.1, c, None), m)
 }
 
@@ -614,11 +575,7 @@ fn ordered(
         if let Some(max) = m.max
             && v > max
         {
-            let message = format!(
-                "{} must be between 0 and {}",
-                trim_float(v),
-                trim_float(max)
-            );
+            let message = format!("{} must be between 0 and {}", trim_float(v), trim_float(max));
             return Err(Invalid::new(key, message));
         }
     }
@@ -690,9 +647,7 @@ pub(crate) fn split_host_port(address: &str) -> Result<(String, u16), String> {
             .rsplit_once(':')
             .ok_or_else(|| format!("{address:?} must be HOST:PORT"))?;
         if h.contains(':') {
-            return Err(format!(
-                "{address:?}: write IPv6 addresses in brackets, e.g. [::1]:443"
-            ));
+            return Err(format!("{address:?}: write IPv6 addresses in brackets, e.g. [::1]:443"));
         }
         (h, p)
     };
@@ -791,22 +746,12 @@ path = "/etc/ssl/site.pem"
     fn every_kind_parses_with_defaults_applied() {
         let cfg = parse(GOOD).unwrap();
         assert_eq!(cfg.checks.len(), 10);
-        let resolved: Vec<Resolved> = cfg
-            .checks
-            .iter()
-            .map(|c| resolve(c, &cfg.agent).unwrap())
-            .collect();
-        assert_eq!(
-            resolved[0].schedule,
-            Schedule::Every(StdDuration::from_secs(20))
-        );
+        let resolved: Vec<Resolved> = cfg.checks.iter().map(|c| resolve(c, &cfg.agent).unwrap()).collect();
+        assert_eq!(resolved[0].schedule, Schedule::Every(StdDuration::from_secs(20)));
         assert_eq!(resolved[1].schedule, Schedule::Cron("0 */5 * * * *".into()));
         assert_eq!(resolved[2].timeout, StdDuration::from_secs(2));
         assert_eq!(resolved[0].timeout, StdDuration::from_secs(10));
-        assert_eq!(
-            resolved[7].schedule,
-            Schedule::Every(StdDuration::from_secs(60))
-        );
+        assert_eq!(resolved[7].schedule, Schedule::Every(StdDuration::from_secs(60)));
         match &resolved[0].probe {
             Probe::Disk(d) => {
                 assert_eq!(d.used.warning, Some(85.0));
@@ -836,16 +781,14 @@ path = "/etc/ssl/site.pem"
         let src = "[[checks]]\nname = \"root\"\nkind = \"disk\"\nmountpoint = \"/\"\n";
         let e = err(src);
         assert_eq!(e.line, Some(4), "{e}");
-        assert!(
-            e.key.as_deref().unwrap_or("").starts_with("checks[0]"),
-            "{e}"
-        );
+        assert!(e.key.as_deref().unwrap_or("").starts_with("checks[0]"), "{e}");
         assert!(e.message.contains("mountpoint"), "{e}");
     }
 
     #[test]
     fn key_of_another_kind_names_line_and_key() {
-        let src = "[[checks]]\nname = \"a\"\nkind = \"disk\"\n\n[[checks]]\nname = \"m\"\nkind = \"memory\"\nmount = \"/\"\n";
+        let src =
+            "[[checks]]\nname = \"a\"\nkind = \"disk\"\n\n[[checks]]\nname = \"m\"\nkind = \"memory\"\nmount = \"/\"\n";
         let e = err(src);
         assert_eq!(e.line, Some(8), "{e}");
         assert_eq!(e.key.as_deref(), Some("checks[1].mount"), "{e}");
@@ -867,10 +810,7 @@ path = "/etc/ssl/site.pem"
         let e = err("[agent]\n\n[[checks]]\nname = \"x\"\n");
         assert_eq!(e.line, Some(3), "{e}");
         assert!(e.message.contains("kind"), "{e}");
-        assert!(
-            e.key.as_deref().unwrap_or("").starts_with("checks[0]"),
-            "{e}"
-        );
+        assert!(e.key.as_deref().unwrap_or("").starts_with("checks[0]"), "{e}");
 
         // A kind's required key missing: placed on the check's table.
         let src = "[[checks]]\nname = \"a\"\nkind = \"disk\"\n\n[[checks]]\nname = \"web\"\nkind = \"http\"\n";
@@ -889,7 +829,8 @@ path = "/etc/ssl/site.pem"
         assert!(e.message.contains("must not be above"), "{e}");
 
         // Lower is worse: the warning level must be at or above the critical one.
-        let src = "[[checks]]\nname = \"c\"\nkind = \"certificate_file\"\npath = \"/x.pem\"\nwarning = 5\ncritical = 10\n";
+        let src =
+            "[[checks]]\nname = \"c\"\nkind = \"certificate_file\"\npath = \"/x.pem\"\nwarning = 5\ncritical = 10\n";
         let e = err(src);
         assert_eq!(e.line, Some(5), "{e}");
         assert_eq!(e.key.as_deref(), Some("checks[0].warning"), "{e}");
@@ -948,40 +889,23 @@ path = "/etc/ssl/site.pem"
 
     #[test]
     fn schedule_mistakes_are_refused() {
-        let e = err(
-            "[[checks]]\nname = \"x\"\nkind = \"cpu\"\ninterval = \"10s\"\ncron = \"* * * * *\"\n",
-        );
-        assert_eq!(
-            (e.line, e.key.as_deref()),
-            (Some(5), Some("checks[0].cron")),
-            "{e}"
-        );
+        let e = err("[[checks]]\nname = \"x\"\nkind = \"cpu\"\ninterval = \"10s\"\ncron = \"* * * * *\"\n");
+        assert_eq!((e.line, e.key.as_deref()), (Some(5), Some("checks[0].cron")), "{e}");
         let e = err("[[checks]]\nname = \"x\"\nkind = \"cpu\"\ncron = \"* * *\"\n");
         assert_eq!(e.line, Some(4), "{e}");
         assert!(e.message.contains("3 fields"), "{e}");
         let e = err("[[checks]]\nname = \"x\"\nkind = \"cpu\"\ncron = \"61 * * * *\"\n");
         assert!(e.message.contains("not a valid cron"), "{e}");
         let e = err("[[checks]]\nname = \"x\"\nkind = \"cpu\"\ninterval = \"500ms\"\n");
-        assert_eq!(
-            (e.line, e.key.as_deref()),
-            (Some(4), Some("checks[0].interval")),
-            "{e}"
-        );
+        assert_eq!((e.line, e.key.as_deref()), (Some(4), Some("checks[0].interval")), "{e}");
         let e = err("[[checks]]\nname = \"x\"\nkind = \"cpu\"\ntimeout = \"soon\"\n");
-        assert_eq!(
-            (e.line, e.key.as_deref()),
-            (Some(4), Some("checks[0].timeout")),
-            "{e}"
-        );
+        assert_eq!((e.line, e.key.as_deref()), (Some(4), Some("checks[0].timeout")), "{e}");
     }
 
     #[test]
     fn cron_is_normalised_to_six_fields() {
         assert_eq!(normalize_cron("*/5 * * * *").unwrap(), "0 */5 * * * *");
-        assert_eq!(
-            normalize_cron("  */1  * * * * * ").unwrap(),
-            "*/1 * * * * *"
-        );
+        assert_eq!(normalize_cron("  */1  * * * * * ").unwrap(), "*/1 * * * * *");
         assert_eq!(normalize_cron("0 3 * * 1").unwrap(), "0 0 3 * * 1");
         assert!(normalize_cron("* * * * * * *").is_err());
         assert!(normalize_cron("").is_err());
@@ -992,11 +916,7 @@ path = "/etc/ssl/site.pem"
     fn duplicate_names_are_refused_on_the_second() {
         let src = "[[checks]]\nname = \"x\"\nkind = \"cpu\"\n\n[[checks]]\nname = \"x\"\nkind = \"memory\"\n";
         let e = err(src);
-        assert_eq!(
-            (e.line, e.key.as_deref()),
-            (Some(6), Some("checks[1].name")),
-            "{e}"
-        );
+        assert_eq!((e.line, e.key.as_deref()), (Some(6), Some("checks[1].name")), "{e}");
         assert!(e.message.contains("duplicate"), "{e}");
     }
 
@@ -1017,10 +937,7 @@ path = "/etc/ssl/site.pem"
                 "kind = \"process\"\nprocess_name = \"a\"\nmin = 3\nmax = 2",
                 "checks[0].min",
             ),
-            (
-                "kind = \"tcp\"\naddress = \"localhost\"",
-                "checks[0].address",
-            ),
+            ("kind = \"tcp\"\naddress = \"localhost\"", "checks[0].address"),
             ("kind = \"tcp\"\naddress = \"::1:80\"", "checks[0].address"),
             ("kind = \"http\"\nurl = \"ftp://x/\"", "checks[0].url"),
             (
@@ -1048,20 +965,9 @@ path = "/etc/ssl/site.pem"
 
     #[test]
     fn host_port_splitting() {
-        assert_eq!(
-            split_host_port("example.com:443").unwrap(),
-            ("example.com".into(), 443)
-        );
+        assert_eq!(split_host_port("example.com:443").unwrap(), ("example.com".into(), 443));
         assert_eq!(split_host_port("[::1]:8443").unwrap(), ("::1".into(), 8443));
-        for bad in [
-            "example.com",
-            ":80",
-            "h:0",
-            "h:70000",
-            "[::1]",
-            "::1:80",
-            "a b:1",
-        ] {
+        for bad in ["example.com", ":80", "h:0", "h:70000", "[::1]", "::1:80", "a b:1"] {
             assert!(split_host_port(bad).is_err(), "{bad:?}");
         }
     }

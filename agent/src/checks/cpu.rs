@@ -43,13 +43,7 @@ pub(crate) fn parse_stat(text: &str) -> Result<(CpuTimes, usize), String> {
                     idle,
                 });
             }
-            Some(f)
-                if f.len() > 3
-                    && f.starts_with("cpu")
-                    && f[3..].bytes().all(|b| b.is_ascii_digit()) =>
-            {
-                cores += 1
-            }
+            Some(f) if f.len() > 3 && f.starts_with("cpu") && f[3..].bytes().all(|b| b.is_ascii_digit()) => cores += 1,
             _ => {}
         }
     }
@@ -174,26 +168,14 @@ cpu1 50 3 25 400 10 2 1 5 4 0\nintr 12345 0 0\nctxt 999\nbtime 1700000000\ncpus_
     fn parses_stat_and_counts_cores() {
         let (t, cores) = parse_stat(STAT).unwrap();
         assert_eq!(cores, 2, "cpus_running is not a core");
-        assert_eq!(
-            t,
-            CpuTimes {
-                total: 990,
-                idle: 820
-            }
-        );
+        assert_eq!(t, CpuTimes { total: 990, idle: 820 });
         assert!(parse_stat("intr 1\n").is_err());
     }
 
     #[test]
     fn busy_percent_from_deltas() {
-        let a = CpuTimes {
-            total: 1000,
-            idle: 800,
-        };
-        let b = CpuTimes {
-            total: 1200,
-            idle: 850,
-        };
+        let a = CpuTimes { total: 1000, idle: 800 };
+        let b = CpuTimes { total: 1200, idle: 850 };
         assert_eq!(busy_percent(a, b), Some(75.0));
         assert_eq!(busy_percent(a, a), None, "no time passed");
         assert_eq!(busy_percent(b, a), None, "counters went backwards");
@@ -201,10 +183,7 @@ cpu1 50 3 25 400 10 2 1 5 4 0\nintr 12345 0 0\nctxt 999\nbtime 1700000000\ncpus_
 
     #[test]
     fn parses_loadavg() {
-        assert_eq!(
-            parse_loadavg("0.29 0.57 0.28 1/82 9557\n").unwrap(),
-            [0.29, 0.57, 0.28]
-        );
+        assert_eq!(parse_loadavg("0.29 0.57 0.28 1/82 9557\n").unwrap(), [0.29, 0.57, 0.28]);
         assert!(parse_loadavg("garbage").is_err());
     }
 
@@ -228,10 +207,7 @@ cpu1 50 3 25 400 10 2 1 5 4 0\nintr 12345 0 0\nctxt 999\nbtime 1700000000\ncpus_
     fn first_run_reports_load_and_second_adds_busy() {
         let p = probe();
         let first = p.run();
-        assert!(
-            !first.values.iter().any(|v| v.name == "busy_percent"),
-            "{first:?}"
-        );
+        assert!(!first.values.iter().any(|v| v.name == "busy_percent"), "{first:?}");
         // The counters move in 10 ms ticks, so two quick reads may show no
         // change; busy_percent is then left out rather than reported as 0.
         let second = p.run();

@@ -92,15 +92,8 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4]
-                .iter()
-                .all(|b| (b'0'..=b'7').contains(b))
-        {
-            let v = (bytes[i + 1] - b'0') as u32 * 64
-                + (bytes[i + 2] - b'0') as u32 * 8
-                + (bytes[i + 3] - b'0') as u32;
+        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+            let v = (bytes[i + 1] - b'0') as u32 * 64 + (bytes[i + 2] - b'0') as u32 * 8 + (bytes[i + 3] - b'0') as u32;
             if let Ok(b) = u8::try_from(v) {
                 out.push(b);
                 i += 4;
@@ -152,8 +145,8 @@ pub(crate) fn usage(
     if blocks == 0 || denominator == 0 {
         return None;
     }
-    let inodes_used_percent = (files > 0 && files_free <= files)
-        .then(|| (files - files_free) as f64 * 100.0 / files as f64);
+    let inodes_used_percent =
+        (files > 0 && files_free <= files).then(|| (files - files_free) as f64 * 100.0 / files as f64);
     Some(Usage {
         used_percent: used as f64 * 100.0 / denominator as f64,
         inodes_used_percent,
@@ -224,9 +217,7 @@ impl DiskProbe {
 
     pub fn evaluate(&self, measured: &[(String, Result<Usage, String>)]) -> Outcome {
         if measured.is_empty() {
-            return Outcome::unknown(
-                "no real filesystems found in /proc/self/mountinfo; set `mount`",
-            );
+            return Outcome::unknown("no real filesystems found in /proc/self/mountinfo; set `mount`");
         }
         let mut status = CheckStatus::Ok;
         let mut values = Vec::with_capacity(measured.len() * 3);
@@ -250,11 +241,7 @@ impl DiskProbe {
             );
             text.push_str(&format!(", {} free", human_bytes(u.free_bytes)));
             let mut mount_status = used_status;
-            values.push(Value::new(
-                format!("used_percent:{mount}"),
-                u.used_percent,
-                "percent",
-            ));
+            values.push(Value::new(format!("used_percent:{mount}"), u.used_percent, "percent"));
             if let Some(inodes) = u.inodes_used_percent {
                 let inode_status = self.inodes.status(inodes);
                 mount_status = mount_status.worst(inode_status);
@@ -263,17 +250,9 @@ impl DiskProbe {
                     trim_float(inodes),
                     verdict(inode_status, &self.inodes)
                 ));
-                values.push(Value::new(
-                    format!("inodes_used_percent:{mount}"),
-                    inodes,
-                    "percent",
-                ));
+                values.push(Value::new(format!("inodes_used_percent:{mount}"), inodes, "percent"));
             }
-            values.push(Value::new(
-                format!("free_bytes:{mount}"),
-                u.free_bytes as f64,
-                "bytes",
-            ));
+            values.push(Value::new(format!("free_bytes:{mount}"), u.free_bytes as f64, "bytes"));
             status = status.worst(mount_status);
             if mount_status != CheckStatus::Ok {
                 problems.push(text.clone());
@@ -284,11 +263,7 @@ impl DiskProbe {
             }
         }
         let message = if measured.len() == 1 {
-            problems
-                .into_iter()
-                .chain(details)
-                .next()
-                .unwrap_or_default()
+            problems.into_iter().chain(details).next().unwrap_or_default()
         } else if problems.is_empty() {
             let (m, pct) = fullest.unwrap_or(("-", 0.0));
             format!(
@@ -297,11 +272,7 @@ impl DiskProbe {
                 trim_float(pct)
             )
         } else {
-            format!(
-                "{} (of {} filesystems)",
-                problems.join("; "),
-                measured.len()
-            )
+            format!("{} (of {} filesystems)", problems.join("; "), measured.len())
         };
         Outcome::new(status, values, message)
     }
@@ -366,9 +337,7 @@ garbage line
         assert_eq!(u.free_bytes, 250 * 4096);
         assert_eq!(u.inodes_used_percent, Some(75.0));
         assert_eq!(
-            usage(4096, 1000, 300, 250, 0, 0)
-                .unwrap()
-                .inodes_used_percent,
+            usage(4096, 1000, 300, 250, 0, 0).unwrap().inodes_used_percent,
             None,
             "no inode count (btrfs)"
         );
@@ -398,11 +367,7 @@ garbage line
             "{}",
             out.message
         );
-        assert!(
-            out.message.contains("/nfs: cannot measure"),
-            "{}",
-            out.message
-        );
+        assert!(out.message.contains("/nfs: cannot measure"), "{}", out.message);
         let names: Vec<&str> = out.values.iter().map(|v| v.name.as_str()).collect();
         assert_eq!(
             names,
@@ -436,18 +401,9 @@ garbage line
         p.mount = Some("/".into());
         let out = p.run().await;
         assert_ne!(out.status, CheckStatus::Unknown, "{out:?}");
-        assert!(
-            out.values.iter().any(|v| v.name == "used_percent:/"),
-            "{out:?}"
-        );
+        assert!(out.values.iter().any(|v| v.name == "used_percent:/"), "{out:?}");
         let all = probe().run().await;
-        assert!(
-            !all.values.is_empty() || all.status == CheckStatus::Unknown,
-            "{all:?}"
-        );
-        assert!(
-            !p.in_flight.load(Ordering::Acquire),
-            "flag cleared after the run"
-        );
+        assert!(!all.values.is_empty() || all.status == CheckStatus::Unknown, "{all:?}");
+        assert!(!p.in_flight.load(Ordering::Acquire), "flag cleared after the run");
     }
 }

@@ -66,10 +66,7 @@ fn tls_config(spec: &HttpSpec) -> Result<rustls::ClientConfig, String> {
 
 fn same_host_redirects() -> redirect::Policy {
     redirect::Policy::custom(|attempt| {
-        let first_host = attempt
-            .previous()
-            .first()
-            .and_then(|u| u.host_str().map(str::to_owned));
+        let first_host = attempt.previous().first().and_then(|u| u.host_str().map(str::to_owned));
         if attempt.previous().len() > MAX_REDIRECTS {
             attempt.stop()
         } else if first_host.as_deref() == attempt.url().host_str() {
@@ -127,11 +124,7 @@ impl HttpProbe {
 
     fn expected(&self) -> String {
         match &self.spec.expect_status {
-            Some(codes) => codes
-                .iter()
-                .map(u16::to_string)
-                .collect::<Vec<_>>()
-                .join(", "),
+            Some(codes) => codes.iter().map(u16::to_string).collect::<Vec<_>>().join(", "),
             None => "200-399".into(),
         }
     }
@@ -162,10 +155,7 @@ impl HttpProbe {
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        return Outcome::critical(format!(
-                            "GET {url}: reading the body failed: {}",
-                            error_chain(&e)
-                        ));
+                        return Outcome::critical(format!("GET {url}: reading the body failed: {}", error_chain(&e)));
                     }
                 }
             }
@@ -183,16 +173,12 @@ impl HttpProbe {
             String::new()
         };
         if !self.status_ok(code) {
-            let message = format!(
-                "GET {url}: status {code}{via}, expected {}",
-                self.expected()
-            );
+            let message = format!("GET {url}: status {code}{via}, expected {}", self.expected());
             return Outcome::new(CheckStatus::Critical, values, message);
         }
         if let (Some((false, read)), Some(needle)) = (body_found, &self.spec.body_contains) {
-            let message = format!(
-                "GET {url}: status {code}{via}, but the body ({read} bytes read) does not contain {needle:?}"
-            );
+            let message =
+                format!("GET {url}: status {code}{via}, but the body ({read} bytes read) does not contain {needle:?}");
             return Outcome::new(CheckStatus::Critical, values, message);
         }
         let status = self.spec.latency.status(ms);
@@ -226,26 +212,14 @@ mod tests {
         let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
         let (status, extra, body) = match path.as_str() {
             "/health" => ("200 OK", String::new(), "status: all good".to_string()),
-            "/broken" => (
-                "500 Internal Server Error",
-                String::new(),
-                "oops".to_string(),
-            ),
-            "/moved" => (
-                "302 Found",
-                "Location: /health\r\n".to_string(),
-                String::new(),
-            ),
+            "/broken" => ("500 Internal Server Error", String::new(), "oops".to_string()),
+            "/moved" => ("302 Found", "Location: /health\r\n".to_string(), String::new()),
             "/elsewhere" => (
                 "302 Found",
                 format!("Location: http://localhost:{other_port}/health\r\n"),
                 String::new(),
             ),
-            "/big" => (
-                "200 OK",
-                String::new(),
-                "x".repeat(BODY_LIMIT + 10) + "needle",
-            ),
+            "/big" => ("200 OK", String::new(), "x".repeat(BODY_LIMIT + 10) + "needle"),
             _ => ("404 Not Found", String::new(), String::new()),
         };
         let response = format!(
@@ -311,11 +285,7 @@ mod tests {
 
         let out = HttpProbe::new(spec(format!("{base}/broken"))).run().await;
         assert_eq!(out.status, CheckStatus::Critical, "{out:?}");
-        assert!(
-            out.message.contains("status 500, expected 200-399"),
-            "{}",
-            out.message
-        );
+        assert!(out.message.contains("status 500, expected 200-399"), "{}", out.message);
 
         let mut s = spec(format!("{base}/broken"));
         s.expect_status = Some(vec![500]);
@@ -329,11 +299,7 @@ mod tests {
         s.body_contains = Some("all bad".into());
         let out = HttpProbe::new(s).run().await;
         assert_eq!(out.status, CheckStatus::Critical, "{out:?}");
-        assert!(
-            out.message.contains("does not contain \"all bad\""),
-            "{}",
-            out.message
-        );
+        assert!(out.message.contains("does not contain \"all bad\""), "{}", out.message);
     }
 
     #[tokio::test]
@@ -342,11 +308,7 @@ mod tests {
         let mut s = spec(format!("http://{addr}/big"));
         s.body_contains = Some("needle".into());
         let out = HttpProbe::new(s).run().await;
-        assert_eq!(
-            out.status,
-            CheckStatus::Critical,
-            "needle lies past 1 MiB: {out:?}"
-        );
+        assert_eq!(out.status, CheckStatus::Critical, "needle lies past 1 MiB: {out:?}");
         assert!(
             out.message.contains(&format!("({BODY_LIMIT} bytes read)")),
             "{}",
@@ -357,25 +319,15 @@ mod tests {
     #[tokio::test]
     async fn redirects_are_followed_on_the_same_host_only() {
         let addr = server(None).await;
-        let out = HttpProbe::new(spec(format!("http://{addr}/moved")))
-            .run()
-            .await;
-        assert_eq!(
-            (out.status, code(&out)),
-            (CheckStatus::Ok, 200.0),
-            "{out:?}"
-        );
+        let out = HttpProbe::new(spec(format!("http://{addr}/moved"))).run().await;
+        assert_eq!((out.status, code(&out)), (CheckStatus::Ok, 200.0), "{out:?}");
         assert!(out.message.contains("via"), "{}", out.message);
 
         // 127.0.0.1 -> localhost is another host: not followed, the 302 is judged.
         let mut s = spec(format!("http://{addr}/elsewhere"));
         s.expect_status = Some(vec![200]);
         let out = HttpProbe::new(s).run().await;
-        assert_eq!(
-            (out.status, code(&out)),
-            (CheckStatus::Critical, 302.0),
-            "{out:?}"
-        );
+        assert_eq!((out.status, code(&out)), (CheckStatus::Critical, 302.0), "{out:?}");
 
         let mut s = spec(format!("http://{addr}/moved"));
         s.follow_redirects = false;
@@ -388,9 +340,7 @@ mod tests {
             .unwrap()
             .local_addr()
             .unwrap();
-        let out = HttpProbe::new(spec(format!("http://{closed}/")))
-            .run()
-            .await;
+        let out = HttpProbe::new(spec(format!("http://{closed}/"))).run().await;
         assert_eq!(out.status, CheckStatus::Critical, "{out:?}");
         assert!(out.message.contains("failed"), "{}", out.message);
     }

@@ -24,8 +24,7 @@ pub(crate) struct MemInfo {
 /// Parses `/proc/meminfo`. `MemAvailable` (Linux ≥ 3.14) is preferred; older
 /// kernels fall back to `MemFree + Buffers + Cached`.
 pub(crate) fn parse_meminfo(text: &str) -> Result<MemInfo, String> {
-    let (mut total, mut available, mut free, mut buffers, mut cached) =
-        (None, None, None, None, None);
+    let (mut total, mut available, mut free, mut buffers, mut cached) = (None, None, None, None, None);
     let (mut swap_total, mut swap_free) = (None, None);
     for line in text.lines() {
         let Some((key, rest)) = line.split_once(':') else {
@@ -53,9 +52,7 @@ pub(crate) fn parse_meminfo(text: &str) -> Result<MemInfo, String> {
         };
         *slot = Some(n.saturating_mul(scale));
     }
-    let total = total
-        .filter(|t| *t > 0)
-        .ok_or("no MemTotal in /proc/meminfo")?;
+    let total = total.filter(|t| *t > 0).ok_or("no MemTotal in /proc/meminfo")?;
     let available = match available {
         Some(a) => a,
         None => free.unwrap_or(0) + buffers.unwrap_or(0) + cached.unwrap_or(0),
@@ -150,9 +147,7 @@ SwapTotal:       1000000 kB\nSwapFree:         250000 kB\nHugePages_Total:      
 
     #[test]
     fn old_kernels_without_memavailable_fall_back() {
-        let m =
-            parse_meminfo("MemTotal: 1000 kB\nMemFree: 100 kB\nBuffers: 50 kB\nCached: 250 kB\n")
-                .unwrap();
+        let m = parse_meminfo("MemTotal: 1000 kB\nMemFree: 100 kB\nBuffers: 50 kB\nCached: 250 kB\n").unwrap();
         assert_eq!(m.available, 400 * 1024);
         assert_eq!(m.swap_total, 0);
         assert!(parse_meminfo("MemFree: 1 kB\n").is_err());

@@ -152,20 +152,11 @@ impl Check {
 
     /// An `unknown` result for a run that could not happen at all.
     pub(crate) fn failed(&self, message: impl Into<String>) -> CheckResult {
-        self.result(
-            Outcome::unknown(message),
-            steward_shared::now_ms(),
-            Instant::now(),
-        )
+        self.result(Outcome::unknown(message), steward_shared::now_ms(), Instant::now())
     }
 
     #[cfg(test)]
-    pub(crate) fn for_test(
-        name: &str,
-        schedule: Schedule,
-        timeout: StdDuration,
-        probe: test_probe::TestProbe,
-    ) -> Self {
+    pub(crate) fn for_test(name: &str, schedule: Schedule, timeout: StdDuration, probe: test_probe::TestProbe) -> Self {
         Check {
             name: name.into(),
             kind: "test",

@@ -57,10 +57,7 @@ pub(crate) fn count_by_name(proc_dir: &Path, name: &str) -> std::io::Result<u32>
     for entry in std::fs::read_dir(proc_dir)? {
         let Ok(entry) = entry else { continue };
         let file_name = entry.file_name();
-        let Some(pid) = file_name
-            .to_str()
-            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
-        else {
+        let Some(pid) = file_name.to_str().filter(|s| s.bytes().all(|b| b.is_ascii_digit())) else {
             continue;
         };
         let dir = proc_dir.join(pid);
@@ -84,8 +81,7 @@ pub(crate) fn count_by_name(proc_dir: &Path, name: &str) -> std::io::Result<u32>
 
 /// Whether the process named in `pidfile` is alive: `Ok(Some(pid))` if so.
 pub(crate) fn pidfile_alive(proc_dir: &Path, pidfile: &Path) -> Result<Option<u32>, String> {
-    let text = std::fs::read_to_string(pidfile)
-        .map_err(|e| format!("cannot read {}: {e}", pidfile.display()))?;
+    let text = std::fs::read_to_string(pidfile).map_err(|e| format!("cannot read {}: {e}", pidfile.display()))?;
     let pid: u32 = text
         .trim()
         .parse()
@@ -122,11 +118,9 @@ impl ProcessProbe {
         match job.await {
             Ok(Ok((count, what))) => self.evaluate(count, &what),
             // A missing or garbled pid file means the service is not running as configured.
-            Ok(Err(e)) if matches!(self.target, Target::Pidfile(_)) => Outcome::new(
-                CheckStatus::Critical,
-                vec![Value::new("count", 0.0, "count")],
-                e,
-            ),
+            Ok(Err(e)) if matches!(self.target, Target::Pidfile(_)) => {
+                Outcome::new(CheckStatus::Critical, vec![Value::new("count", 0.0, "count")], e)
+            }
             Ok(Err(e)) => Outcome::unknown(e),
             Err(e) => Outcome::unknown(format!("process scan failed: {e}")),
         }
@@ -149,11 +143,7 @@ impl ProcessProbe {
         if !in_range {
             message.push_str(&format!(", expected {expected}"));
         }
-        Outcome::new(
-            status,
-            vec![Value::new("count", count as f64, "count")],
-            message,
-        )
+        Outcome::new(status, vec![Value::new("count", count as f64, "count")], message)
     }
 }
 
@@ -220,10 +210,7 @@ mod tests {
             max: Some(3),
         };
         assert_eq!(p.evaluate(0, "named x").status, CheckStatus::Critical);
-        assert_eq!(
-            p.evaluate(0, "named x").message,
-            "0 processes named x, expected 1..3"
-        );
+        assert_eq!(p.evaluate(0, "named x").message, "0 processes named x, expected 1..3");
         assert_eq!(p.evaluate(1, "named x").status, CheckStatus::Ok);
         assert_eq!(p.evaluate(3, "named x").status, CheckStatus::Ok);
         assert_eq!(p.evaluate(4, "named x").status, CheckStatus::Critical);
@@ -231,10 +218,7 @@ mod tests {
 
     #[tokio::test]
     async fn finds_this_test_process_and_misses_a_stale_pidfile() {
-        let comm = std::fs::read_to_string("/proc/self/comm")
-            .unwrap()
-            .trim()
-            .to_string();
+        let comm = std::fs::read_to_string("/proc/self/comm").unwrap().trim().to_string();
         let p = ProcessProbe {
             target: Target::Name(comm),
             min: 1,

@@ -74,9 +74,7 @@ pub(crate) fn evaluate(unit: &str, expected: &str, s: &UnitState) -> Outcome {
     }
     let status = match (expected, s.active_state.as_str()) {
         (e, a) if e == a => CheckStatus::Ok,
-        ("active", "activating" | "reloading" | "refreshing" | "deactivating") => {
-            CheckStatus::Warning
-        }
+        ("active", "activating" | "reloading" | "refreshing" | "deactivating") => CheckStatus::Warning,
         ("inactive", "deactivating" | "failed") => CheckStatus::Warning,
         _ => CheckStatus::Critical,
     };
@@ -172,10 +170,7 @@ mod tests {
         assert_eq!(ok.values[0].value, 1.0);
         let failed = evaluate("nginx.service", "active", &state("failed", "failed"));
         assert_eq!(failed.status, CheckStatus::Critical);
-        assert_eq!(
-            failed.message,
-            "nginx.service is failed (failed), expected active"
-        );
+        assert_eq!(failed.message, "nginx.service is failed (failed), expected active");
         assert_eq!(
             evaluate("a", "active", &state("inactive", "dead")).status,
             CheckStatus::Critical
@@ -201,10 +196,7 @@ mod tests {
             evaluate("nope.service", "active", &missing).message,
             "nope.service not found"
         );
-        assert_eq!(
-            evaluate("nope.service", "inactive", &missing).status,
-            CheckStatus::Ok
-        );
+        assert_eq!(evaluate("nope.service", "inactive", &missing).status, CheckStatus::Ok);
         assert_eq!(
             evaluate("a", "active", &UnitState::default()).status,
             CheckStatus::Unknown
@@ -227,11 +219,7 @@ mod tests {
         probe.runtime_dir = dir.path().join("no-systemd-here");
         let out = probe.run().await;
         assert_eq!(out.status, CheckStatus::Unknown);
-        assert!(
-            out.message.contains("systemd is not running"),
-            "{}",
-            out.message
-        );
+        assert!(out.message.contains("systemd is not running"), "{}", out.message);
     }
 
     #[tokio::test]
@@ -245,11 +233,7 @@ mod tests {
             assert_ne!(out.status, CheckStatus::Ok, "{out:?}");
         } else {
             assert_eq!(out.status, CheckStatus::Unknown, "{out:?}");
-            assert!(
-                out.message.contains("/run/systemd/system"),
-                "{}",
-                out.message
-            );
+            assert!(out.message.contains("/run/systemd/system"), "{}", out.message);
         }
     }
 }

@@ -125,11 +125,7 @@ mod tests {
             critical: Some(5.0),
             direction: Direction::HigherIsWorse,
         };
-        assert_eq!(
-            equal.status(5.0),
-            Critical,
-            "critical wins when both are reached"
-        );
+        assert_eq!(equal.status(5.0), Critical, "critical wins when both are reached");
     }
 
     #[test]

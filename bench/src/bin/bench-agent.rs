@@ -70,7 +70,10 @@ async fn main() -> Result<()> {
         Duration::from_secs(86_400),
     )?;
     steward_controlplane::pki_cli::issue_agent(&cp_dir, "bench-agent", &agent_dir, Duration::from_secs(86_400))?;
-    let mut cfg = ControlPlaneConfig::parse("<bench>", "[grpc]\nlisten = \"127.0.0.1:0\"\n[rest]\nlisten = \"127.0.0.1:0\"\n")?;
+    let mut cfg = ControlPlaneConfig::parse(
+        "<bench>",
+        "[grpc]\nlisten = \"127.0.0.1:0\"\n[rest]\nlisten = \"127.0.0.1:0\"\n",
+    )?;
     cfg.data_dir = cp_dir.clone();
     let shutdown = CancellationToken::new();
     let running = steward_controlplane::server::start(&cfg, shutdown.clone()).await?;

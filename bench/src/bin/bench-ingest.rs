@@ -12,7 +12,9 @@ use anyhow::Result;
 use clap::Parser;
 use steward_controlplane::config::ControlPlaneConfig;
 use steward_shared::pki::Ca;
-use steward_shared::proto::{self, AgentMessage, agent_gateway_client::AgentGatewayClient, agent_message, control_message, report};
+use steward_shared::proto::{
+    self, AgentMessage, agent_gateway_client::AgentGatewayClient, agent_message, control_message, report,
+};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -45,7 +47,11 @@ fn result(seq: u64, i: usize) -> proto::Report {
             name: format!("check-{}", i % 20),
             kind: "disk".into(),
             status: proto::CheckStatus::Ok as i32,
-            values: vec![proto::Value { name: "used_percent:/".into(), value: 42.0, unit: "percent".into() }],
+            values: vec![proto::Value {
+                name: "used_percent:/".into(),
+                value: 42.0,
+                unit: "percent".into(),
+            }],
             message: "42.0% used".into(),
             observed_at_ms: steward_shared::now_ms(),
             duration_us: 120,
@@ -62,14 +68,31 @@ async fn agent(
     acked: Arc<AtomicU64>,
     stop: CancellationToken,
 ) -> Result<()> {
-    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)).identity(Identity::from_pem(cert, key)).domain_name("localhost");
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .identity(Identity::from_pem(cert, key))
+        .domain_name("localhost");
     let ch = Endpoint::from_shared(url)?.tls_config(tls)?.connect().await?;
     let (tx, rx) = mpsc::channel(args.window + 2);
-    let hello = proto::Hello { agent_version: "bench".into(), protocol: 1, ..Default::default() };
-    tx.send(AgentMessage { msg: Some(agent_message::Msg::Hello(hello)) }).await?;
-    let mut inbound = AgentGatewayClient::new(ch).max_encoding_message_size(16 << 20).session(ReceiverStream::new(rx)).await?.into_inner();
+    let hello = proto::Hello {
+        agent_version: "bench".into(),
+        protocol: 1,
+        ..Default::default()
+    };
+    tx.send(AgentMessage {
+        msg: Some(agent_message::Msg::Hello(hello)),
+    })
+    .await?;
+    let mut inbound = AgentGatewayClient::new(ch)
+        .max_encoding_message_size(16 << 20)
+        .session(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
     let first = inbound.message().await?;
-    let Some(proto::ControlMessage { msg: Some(control_message::Msg::Welcome(w)) }) = first else {
+    let Some(proto::ControlMessage {
+        msg: Some(control_message::Msg::Welcome(w)),
+    }) = first
+    else {
         anyhow::bail!("no welcome");
     };
     let batch = args.batch.min(w.max_batch as usize);
@@ -80,14 +103,22 @@ async fn agent(
         while in_flight < args.window && !stop.is_cancelled() {
             let reports: Vec<_> = (0..batch).map(|i| result(next_seq + i as u64, i)).collect();
             next_seq += batch as u64;
-            tx.send(AgentMessage { msg: Some(agent_message::Msg::Reports(proto::ReportBatch { reports, spool_dropped_total: 0 })) }).await?;
+            tx.send(AgentMessage {
+                msg: Some(agent_message::Msg::Reports(proto::ReportBatch {
+                    reports,
+                    spool_dropped_total: 0,
+                })),
+            })
+            .await?;
             in_flight += 1;
         }
         if in_flight == 0 {
             return Ok(());
         }
         match inbound.message().await? {
-            Some(proto::ControlMessage { msg: Some(control_message::Msg::Ack(a)) }) => {
+            Some(proto::ControlMessage {
+                msg: Some(control_message::Msg::Ack(a)),
+            }) => {
                 acked.fetch_add(a.acked_seq - last_acked, Ordering::Relaxed);
                 last_acked = a.acked_seq;
                 in_flight -= 1;
@@ -113,7 +144,10 @@ async fn main() -> Result<()> {
         Duration::from_secs(3600),
     )?;
     let database_url = if args.postgres {
-        steward_controlplane::store::testdb::fresh_database_url(steward_controlplane::store::testdb::TestBackend::Postgres).await
+        steward_controlplane::store::testdb::fresh_database_url(
+            steward_controlplane::store::testdb::TestBackend::Postgres,
+        )
+        .await
     } else {
         format!("sqlite://{}", data.join("steward.db").display())
     };
@@ -134,19 +168,39 @@ async fn main() -> Result<()> {
     let mut tasks = Vec::new();
     for i in 0..args.agents {
         let id = ca.issue_agent(&format!("bench-{i:05}"), Duration::from_secs(3600))?;
-        tasks.push(tokio::spawn(agent(url.clone(), ca_pem.clone(), id.cert_pem, id.key_pem, args.clone(), acked.clone(), stop.clone())));
+        tasks.push(tokio::spawn(agent(
+            url.clone(),
+            ca_pem.clone(),
+            id.cert_pem,
+            id.key_pem,
+            args.clone(),
+            acked.clone(),
+            stop.clone(),
+        )));
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (start_n, start_t, start_cpu) = (acked.load(Ordering::Relaxed), Instant::now(), steward_bench::process_cpu_secs());
+    let (start_n, start_t, start_cpu) = (
+        acked.load(Ordering::Relaxed),
+        Instant::now(),
+        steward_bench::process_cpu_secs(),
+    );
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
-    let (n, secs, cpu) = (acked.load(Ordering::Relaxed) - start_n, start_t.elapsed().as_secs_f64(), steward_bench::process_cpu_secs() - start_cpu);
+    let (n, secs, cpu) = (
+        acked.load(Ordering::Relaxed) - start_n,
+        start_t.elapsed().as_secs_f64(),
+        steward_bench::process_cpu_secs() - start_cpu,
+    );
     stop.cancel();
     for t in tasks {
         if let Ok(Err(e)) = t.await {
             eprintln!("agent: {e:#}");
         }
     }
-    let backend = if database_url.starts_with("sqlite:") { "sqlite" } else { "postgres" };
+    let backend = if database_url.starts_with("sqlite:") {
+        "sqlite"
+    } else {
+        "postgres"
+    };
     println!(
         "{}",
         serde_json::json!({

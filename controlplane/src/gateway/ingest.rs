@@ -47,14 +47,19 @@ impl Ingestor {
             senders.push(tx);
             tokio::spawn(writer(rx, store.clone(), metrics.clone(), max_rows));
         }
-        Ingestor { workers: Arc::new(senders) }
+        Ingestor {
+            workers: Arc::new(senders),
+        }
     }
 
     /// Stores one host's batch; returns once it is committed.
     pub async fn submit(&self, batch: IngestBatch) -> Result<(), IngestError> {
         let idx = worker_for(&batch.host_id, self.workers.len());
         let (reply, done) = oneshot::channel();
-        self.workers[idx].send(Item { batch, reply }).await.map_err(|_| IngestError::Closed)?;
+        self.workers[idx]
+            .send(Item { batch, reply })
+            .await
+            .map_err(|_| IngestError::Closed)?;
         match done.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(IngestError::Store(e)),

@@ -15,6 +15,7 @@ use steward_shared::proto::{AgentMessage, ControlMessage};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use session::SessionDeps;
 use tls::AgentConnInfo;
@@ -28,7 +29,10 @@ pub struct GatewayService {
 impl AgentGateway for GatewayService {
     type SessionStream = ReceiverStream<Result<ControlMessage, Status>>;
 
-    async fn session(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<Self::SessionStream>, Status> {
+    async fn session(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
         // Identity comes only from the verified certificate, attached by the accept loop.
         let conn = request
             .extensions()
@@ -36,7 +40,8 @@ impl AgentGateway for GatewayService {
             .cloned()
             .ok_or_else(|| Status::unauthenticated("no verified client certificate"))?;
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        tokio::spawn(session::run(self.deps.clone(), conn, request.into_inner(), tx));
+        let span = tracing::info_span!("session", host = %conn.identity.host_id, remote = %conn.remote);
+        tokio::spawn(session::run(self.deps.clone(), conn, request.into_inner(), tx).instrument(span));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
@@ -51,7 +56,11 @@ pub struct GatewaySettings {
 
 /// Serves the gateway on `listener` until `deps.shutdown` is cancelled; live
 /// sessions are told to go away, then the server stops.
-pub async fn serve(listener: TcpListener, settings: GatewaySettings, deps: Arc<SessionDeps>) -> Result<(), tonic::transport::Error> {
+pub async fn serve(
+    listener: TcpListener,
+    settings: GatewaySettings,
+    deps: Arc<SessionDeps>,
+) -> Result<(), tonic::transport::Error> {
     let shutdown = deps.shutdown.clone();
     let incoming = tls::accept_loop(
         listener,
@@ -62,7 +71,9 @@ pub async fn serve(listener: TcpListener, settings: GatewaySettings, deps: Arc<S
         shutdown.clone(),
     );
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<AgentGatewayServer<GatewayService>>().await;
+    health_reporter
+        .set_serving::<AgentGatewayServer<GatewayService>>()
+        .await;
     let service = AgentGatewayServer::new(GatewayService { deps })
         .max_decoding_message_size(settings.max_message_size)
         .max_encoding_message_size(settings.max_message_size);

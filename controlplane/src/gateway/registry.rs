@@ -31,7 +31,11 @@ impl Registry {
         if let Some((_, old_cancel)) = old {
             old_cancel.cancel();
         }
-        SessionHandle { host_id: host_id.to_string(), generation, cancel }
+        SessionHandle {
+            host_id: host_id.to_string(),
+            generation,
+            cancel,
+        }
     }
 
     /// Removes the session if it is still the current one for its host;

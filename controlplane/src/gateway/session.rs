@@ -44,49 +44,66 @@ pub struct SessionDeps {
 
 type Out = mpsc::Sender<Result<ControlMessage, Status>>;
 
-/// Runs one session to its end. Errors are sent to the agent as the stream's final status.
+/// Runs one session to its end (the caller wraps it in a `session` span with
+/// host and remote address). Errors are sent to the agent as the stream's final status.
 pub async fn run(deps: Arc<SessionDeps>, conn: AgentConnInfo, mut inbound: Streaming<proto::AgentMessage>, out: Out) {
     let host_id = conn.identity.host_id.clone();
-    let span = tracing::info_span!("session", host = %host_id, remote = %conn.remote);
-    let _enter = span.enter();
-    drop(_enter);
 
     // The first message must be Hello, within the deadline.
     let hello = match tokio::time::timeout(deps.limits.hello_timeout, inbound.message()).await {
-        Ok(Ok(Some(proto::AgentMessage { msg: Some(agent_message::Msg::Hello(h)) }))) => h,
+        Ok(Ok(Some(proto::AgentMessage {
+            msg: Some(agent_message::Msg::Hello(h)),
+        }))) => h,
         Ok(Ok(Some(_))) => {
             deps.metrics.stream_rejected("protocol");
-            let _ = out.send(Err(Status::invalid_argument("the first message must be hello"))).await;
+            let _ = out
+                .send(Err(Status::invalid_argument("the first message must be hello")))
+                .await;
             return;
         }
         Ok(Ok(None)) => return,
         Ok(Err(status)) => {
-            tracing::info!(parent: &span, %status, "stream failed before hello");
+            tracing::info!(%status, "stream failed before hello");
             return;
         }
         Err(_) => {
             deps.metrics.stream_rejected("protocol");
-            let _ = out.send(Err(Status::deadline_exceeded("no hello within the deadline"))).await;
+            let _ = out
+                .send(Err(Status::deadline_exceeded("no hello within the deadline")))
+                .await;
             return;
         }
     };
-    let facts = hello.facts.into_iter().filter(|(k, v)| k.len() <= 64 && v.len() <= 1024).take(64).collect();
+    let facts = hello
+        .facts
+        .into_iter()
+        .filter(|(k, v)| k.len() <= 64 && v.len() <= 1024)
+        .take(64)
+        .collect();
     let info = AgentHello {
         agent_version: hello.agent_version.chars().take(64).collect(),
         facts,
         spool_dropped_total: hello.spool_dropped_total,
     };
-    let acked = match deps.store.agent_connected(&host_id, &info, steward_shared::now_ms()).await {
+    let acked = match deps
+        .store
+        .agent_connected(&host_id, &info, steward_shared::now_ms())
+        .await
+    {
         Ok(acked) => acked,
         Err(error) => {
-            tracing::error!(parent: &span, %error, "cannot record the connection");
-            let _ = out.send(Err(Status::unavailable("the control plane cannot store data right now"))).await;
+            tracing::error!(%error, "cannot record the connection");
+            let _ = out
+                .send(Err(Status::unavailable(
+                    "the control plane cannot store data right now",
+                )))
+                .await;
             return;
         }
     };
     let handle = deps.registry.register(&host_id);
     deps.metrics.agent_connected();
-    tracing::info!(parent: &span, version = %info.agent_version, acked, agent_acked = hello.last_acked_seq, "agent connected");
+    tracing::info!(version = %info.agent_version, acked, agent_acked = hello.last_acked_seq, "agent connected");
 
     let welcome = proto::Welcome {
         host_id: host_id.clone(),
@@ -114,8 +131,11 @@ pub async fn run(deps: Arc<SessionDeps>, conn: AgentConnInfo, mut inbound: Strea
             Ok(None) => break,
             Err(status) => {
                 // Oversized or undecodable messages land here; only this stream ends.
-                tracing::info!(parent: &span, %status, "stream ended with an error");
-                if matches!(status.code(), tonic::Code::OutOfRange | tonic::Code::ResourceExhausted | tonic::Code::Internal) {
+                tracing::info!(%status, "stream ended with an error");
+                if matches!(
+                    status.code(),
+                    tonic::Code::OutOfRange | tonic::Code::ResourceExhausted | tonic::Code::Internal
+                ) {
                     deps.metrics.stream_rejected("protocol");
                     // Tell the agent why (e.g. "message length too large"), if it still listens.
                     let _ = out.send(Err(status)).await;
@@ -129,35 +149,56 @@ pub async fn run(deps: Arc<SessionDeps>, conn: AgentConnInfo, mut inbound: Strea
                     Ok(b) => b,
                     Err(reason) => {
                         deps.metrics.stream_rejected("protocol");
-                        tracing::warn!(parent: &span, %reason, "malformed batch");
+                        tracing::warn!(%reason, "malformed batch");
                         let _ = out.send(Err(Status::invalid_argument(reason))).await;
                         break;
                     }
                 };
                 let top = batch.results.last().map(|(s, _)| *s).unwrap_or(last_acked);
                 if let Err(error) = deps.ingestor.submit(batch).await {
-                    tracing::error!(parent: &span, %error, "batch not stored");
-                    let _ = out.send(Err(Status::unavailable("the control plane cannot store data right now"))).await;
+                    tracing::error!(%error, "batch not stored");
+                    let _ = out
+                        .send(Err(Status::unavailable(
+                            "the control plane cannot store data right now",
+                        )))
+                        .await;
                     break;
                 }
                 last_acked = last_acked.max(top);
-                ended = out.send(Ok(msg(control_message::Msg::Ack(proto::Ack { acked_seq: last_acked })))).await.is_err();
+                ended = out
+                    .send(Ok(msg(control_message::Msg::Ack(proto::Ack { acked_seq: last_acked }))))
+                    .await
+                    .is_err();
             }
             Some(agent_message::Msg::Heartbeat(hb)) => {
-                let touch = IngestBatch { host_id: host_id.clone(), results: Vec::new(), spool_dropped_total: hb.spool_dropped_total };
+                let touch = IngestBatch {
+                    host_id: host_id.clone(),
+                    results: Vec::new(),
+                    spool_dropped_total: hb.spool_dropped_total,
+                };
                 if let Err(error) = deps.ingestor.submit(touch).await {
-                    tracing::error!(parent: &span, %error, "heartbeat not stored");
-                    let _ = out.send(Err(Status::unavailable("the control plane cannot store data right now"))).await;
+                    tracing::error!(%error, "heartbeat not stored");
+                    let _ = out
+                        .send(Err(Status::unavailable(
+                            "the control plane cannot store data right now",
+                        )))
+                        .await;
                     break;
                 }
             }
             Some(agent_message::Msg::Hello(_)) => {
                 deps.metrics.stream_rejected("protocol");
-                let _ = out.send(Err(Status::invalid_argument("hello may only be sent once per stream"))).await;
+                let _ = out
+                    .send(Err(Status::invalid_argument("hello may only be sent once per stream")))
+                    .await;
                 break;
             }
             Some(agent_message::Msg::JobAccepted(_)) | Some(agent_message::Msg::Renew(_)) => {
-                let _ = out.send(Err(Status::unimplemented("this control plane does not support that message yet"))).await;
+                let _ = out
+                    .send(Err(Status::unimplemented(
+                        "this control plane does not support that message yet",
+                    )))
+                    .await;
                 break;
             }
             None => {
@@ -168,13 +209,13 @@ pub async fn run(deps: Arc<SessionDeps>, conn: AgentConnInfo, mut inbound: Strea
         }
     }
 
-    if deps.registry.unregister(&handle) {
-        if let Err(error) = deps.store.agent_disconnected(&host_id, steward_shared::now_ms()).await {
-            tracing::warn!(parent: &span, %error, "cannot record the disconnection");
-        }
+    if deps.registry.unregister(&handle)
+        && let Err(error) = deps.store.agent_disconnected(&host_id, steward_shared::now_ms()).await
+    {
+        tracing::warn!(%error, "cannot record the disconnection");
     }
     deps.metrics.agent_disconnected();
-    tracing::info!(parent: &span, acked = last_acked, "agent disconnected");
+    tracing::info!(acked = last_acked, "agent disconnected");
 }
 
 fn msg(m: control_message::Msg) -> ControlMessage {
@@ -184,12 +225,20 @@ fn msg(m: control_message::Msg) -> ControlMessage {
 /// Checks a batch from the wire and converts it to the domain type.
 /// Reports at or below `acked` are resends of stored data: they are skipped,
 /// not refused (ingest is idempotent anyway).
-pub fn validate_batch(host_id: &str, batch: proto::ReportBatch, max_batch: u32, acked: u64) -> Result<IngestBatch, String> {
+pub fn validate_batch(
+    host_id: &str,
+    batch: proto::ReportBatch,
+    max_batch: u32,
+    acked: u64,
+) -> Result<IngestBatch, String> {
     if batch.reports.is_empty() {
         return Err("a report batch must not be empty".into());
     }
     if batch.reports.len() > max_batch as usize {
-        return Err(format!("a report batch holds at most {max_batch} reports, got {}", batch.reports.len()));
+        return Err(format!(
+            "a report batch holds at most {max_batch} reports, got {}",
+            batch.reports.len()
+        ));
     }
     let mut results = Vec::with_capacity(batch.reports.len());
     let mut prev = 0u64;
@@ -217,12 +266,19 @@ pub fn validate_batch(host_id: &str, batch: proto::ReportBatch, max_batch: u32, 
                 }
             }
             Some(report::Body::Job(_)) => {
-                return Err(format!("report {}: job events are not supported by this control plane version", r.seq));
+                return Err(format!(
+                    "report {}: job events are not supported by this control plane version",
+                    r.seq
+                ));
             }
             None => return Err(format!("report {} has no body", r.seq)),
         }
     }
-    Ok(IngestBatch { host_id: host_id.to_string(), results, spool_dropped_total: batch.spool_dropped_total })
+    Ok(IngestBatch {
+        host_id: host_id.to_string(),
+        results,
+        spool_dropped_total: batch.spool_dropped_total,
+    })
 }
 
 #[cfg(test)]
@@ -232,13 +288,20 @@ mod tests {
     fn report(seq: u64, name: &str) -> proto::Report {
         proto::Report {
             seq,
-            body: Some(report::Body::Check(proto::CheckResult { name: name.into(), kind: "disk".into(), ..Default::default() })),
+            body: Some(report::Body::Check(proto::CheckResult {
+                name: name.into(),
+                kind: "disk".into(),
+                ..Default::default()
+            })),
         }
     }
 
     #[test]
     fn valid_batches_convert_and_skip_acked_reports() {
-        let b = proto::ReportBatch { reports: vec![report(4, "a"), report(5, "b"), report(9, "c")], spool_dropped_total: 3 };
+        let b = proto::ReportBatch {
+            reports: vec![report(4, "a"), report(5, "b"), report(9, "c")],
+            spool_dropped_total: 3,
+        };
         let out = validate_batch("web", b, 10, 4).unwrap();
         assert_eq!(out.results.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![5, 9]);
         assert_eq!(out.spool_dropped_total, 3);
@@ -257,7 +320,16 @@ mod tests {
             ((1..=11).map(|i| report(i, "x")).collect(), "at most 10"),
         ];
         for (reports, expect) in cases {
-            let err = validate_batch("h", proto::ReportBatch { reports, spool_dropped_total: 0 }, 10, 0).unwrap_err();
+            let err = validate_batch(
+                "h",
+                proto::ReportBatch {
+                    reports,
+                    spool_dropped_total: 0,
+                },
+                10,
+                0,
+            )
+            .unwrap_err();
             assert!(err.contains(expect), "{err:?} should mention {expect:?}");
         }
     }

@@ -44,7 +44,10 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// Builds the gateway's rustls config: our server certificate, client
 /// certificates required and verified against `client_ca`, ALPN `h2`.
 pub fn server_config(cert: &Path, key: &Path, client_ca: &Path) -> Result<rustls::ServerConfig, TlsSetupError> {
-    let invalid = |p: &Path, m: String| TlsSetupError::Invalid { path: p.display().to_string(), message: m };
+    let invalid = |p: &Path, m: String| TlsSetupError::Invalid {
+        path: p.display().to_string(),
+        message: m,
+    };
     let certs = pki::certs_from_pem(&pki::read_file(cert)?).map_err(|e| invalid(cert, e.to_string()))?;
     let key_der = pki::key_from_pem(&pki::read_file(key)?).map_err(|e| invalid(key, e.to_string()))?;
     let mut roots = rustls::RootCertStore::empty();
@@ -174,7 +177,11 @@ pub fn accept_loop(
                 };
                 match identity {
                     Ok(identity) => {
-                        let io = AgentIo { inner: tls, info: AgentConnInfo { remote, identity }, _permit: permit };
+                        let io = AgentIo {
+                            inner: tls,
+                            info: AgentConnInfo { remote, identity },
+                            _permit: permit,
+                        };
                         let _ = tx.send(Ok(io)).await;
                     }
                     Err(error) => {

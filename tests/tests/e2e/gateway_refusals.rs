@@ -6,7 +6,8 @@ use std::time::Duration;
 use steward_e2e::ControlPlane;
 use steward_shared::pki::Ca;
 use steward_shared::proto::{
-    self, AgentMessage, ControlMessage, agent_gateway_client::AgentGatewayClient, agent_message, control_message, report,
+    self, AgentMessage, ControlMessage, agent_gateway_client::AgentGatewayClient, agent_message, control_message,
+    report,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -32,7 +33,9 @@ fn agent_creds(cp: &ControlPlane, root: &std::path::Path, host: &str) -> Creds {
 }
 
 async fn channel(cp: &ControlPlane, creds: &Creds) -> Result<Channel, String> {
-    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&creds.ca_pem)).domain_name("localhost");
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&creds.ca_pem))
+        .domain_name("localhost");
     if let Some((cert, key)) = &creds.identity {
         tls = tls.identity(Identity::from_pem(cert, key));
     }
@@ -48,7 +51,11 @@ async fn channel(cp: &ControlPlane, creds: &Creds) -> Result<Channel, String> {
 
 fn hello() -> AgentMessage {
     AgentMessage {
-        msg: Some(agent_message::Msg::Hello(proto::Hello { agent_version: "test".into(), protocol: 1, ..Default::default() })),
+        msg: Some(agent_message::Msg::Hello(proto::Hello {
+            agent_version: "test".into(),
+            protocol: 1,
+            ..Default::default()
+        })),
     }
 }
 
@@ -65,7 +72,9 @@ async fn open(
         .await?
         .into_inner();
     match inbound.message().await? {
-        Some(ControlMessage { msg: Some(control_message::Msg::Welcome(w)) }) => Ok((tx, inbound, w)),
+        Some(ControlMessage {
+            msg: Some(control_message::Msg::Welcome(w)),
+        }) => Ok((tx, inbound, w)),
         other => Err(tonic::Status::internal(format!("unexpected first message {other:?}"))),
     }
 }
@@ -84,7 +93,12 @@ fn batch(seqs: &[u64], message: &str) -> AgentMessage {
             })),
         })
         .collect();
-    AgentMessage { msg: Some(agent_message::Msg::Reports(proto::ReportBatch { reports, spool_dropped_total: 0 })) }
+    AgentMessage {
+        msg: Some(agent_message::Msg::Reports(proto::ReportBatch {
+            reports,
+            spool_dropped_total: 0,
+        })),
+    }
 }
 
 /// A well-behaved client gets a Welcome and an Ack: the gateway is still serving.
@@ -94,7 +108,9 @@ async fn assert_gateway_serves(cp: &ControlPlane, creds: &Creds, seq: u64) {
     assert!(!welcome.host_id.is_empty());
     tx.send(batch(&[seq], "fine")).await.unwrap();
     match inbound.message().await.unwrap() {
-        Some(ControlMessage { msg: Some(control_message::Msg::Ack(a)) }) => assert!(a.acked_seq >= seq),
+        Some(ControlMessage {
+            msg: Some(control_message::Msg::Ack(a)),
+        }) => assert!(a.acked_seq >= seq),
         other => panic!("expected an ack, got {other:?}"),
     }
 }
@@ -112,22 +128,39 @@ async fn plaintext_certificateless_and_foreign_ca_clients_are_refused() {
     }
 
     // TLS without a client certificate.
-    let no_cert = Creds { ca_pem: good.ca_pem.clone(), identity: None };
+    let no_cert = Creds {
+        ca_pem: good.ca_pem.clone(),
+        identity: None,
+    };
     if let Ok(ch) = channel(&cp, &no_cert).await {
-        assert!(open(ch, hello()).await.is_err(), "a client without a certificate must not get a session");
+        assert!(
+            open(ch, hello()).await.is_err(),
+            "a client without a certificate must not get a session"
+        );
     }
 
     // A certificate from another CA, even with a plausible host name.
     let foreign = Ca::create("Evil CA", Duration::from_secs(3600)).unwrap();
     let evil = foreign.issue_agent("good", Duration::from_secs(3600)).unwrap();
-    let foreign_creds = Creds { ca_pem: good.ca_pem.clone(), identity: Some((evil.cert_pem, evil.key_pem)) };
+    let foreign_creds = Creds {
+        ca_pem: good.ca_pem.clone(),
+        identity: Some((evil.cert_pem, evil.key_pem)),
+    };
     if let Ok(ch) = channel(&cp, &foreign_creds).await {
-        assert!(open(ch, hello()).await.is_err(), "a foreign-CA certificate must not get a session");
+        assert!(
+            open(ch, hello()).await.is_err(),
+            "a foreign-CA certificate must not get a session"
+        );
     }
 
     assert_gateway_serves(&cp, &good, 1).await;
     // The refusals are counted.
-    let metrics = reqwest::get(format!("{}/metrics", cp.rest_url)).await.unwrap().text().await.unwrap();
+    let metrics = reqwest::get(format!("{}/metrics", cp.rest_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(metrics.contains("rejected"), "{metrics}");
 }
 
@@ -151,7 +184,9 @@ async fn malformed_and_oversized_messages_end_only_their_own_stream() {
     let creds = agent_creds(&cp, root.path(), "fuzzy");
 
     // First message is not hello.
-    let err = open(channel(&cp, &creds).await.unwrap(), batch(&[1], "x")).await.unwrap_err();
+    let err = open(channel(&cp, &creds).await.unwrap(), batch(&[1], "x"))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
 
     // Sequence numbers going backwards.
@@ -164,7 +199,11 @@ async fn malformed_and_oversized_messages_end_only_their_own_stream() {
     let (tx, mut inbound, _) = open(channel(&cp, &creds).await.unwrap(), hello()).await.unwrap();
     let _ = tx.send(batch(&[1], &"x".repeat(6 << 20))).await;
     let r = inbound.message().await;
-    assert!(r.is_err(), "an oversized message ends the stream: {r:?}; log:\n{}", cp.log());
+    assert!(
+        r.is_err(),
+        "an oversized message ends the stream: {r:?}; log:\n{}",
+        cp.log()
+    );
 
     // Garbage bytes after a valid mTLS handshake.
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))

@@ -5,7 +5,6 @@ use std::time::Duration;
 use serde_json::Value;
 use steward_e2e::{Agent, ControlPlane, assert_contiguous, fast_checks, wait_for};
 
-
 async fn host_checks(cp: &ControlPlane, host: &str) -> Option<Vec<Value>> {
     match cp.get(&format!("/api/v1/hosts/{host}/checks")).await {
         Ok((200, v)) => v["items"].as_array().cloned(),
@@ -35,7 +34,12 @@ async fn stop_and_assert_exactly_once(cp: &ControlPlane, agent: &mut Agent) {
     let status = agent.terminate().expect("agent was running");
     assert!(status.success(), "agent exit {status:?}; log:\n{}", agent.log());
     let stats = agent.spool_stats().unwrap();
-    assert_eq!(stats.depth, 0, "the graceful stop delivered the whole spool; log:\n{}", agent.log());
+    assert_eq!(
+        stats.depth,
+        0,
+        "the graceful stop delivered the whole spool; log:\n{}",
+        agent.log()
+    );
     assert_eq!(stats.dropped_total, 0);
     let produced = stats.next_seq - 1;
     assert!(produced > 0);
@@ -56,13 +60,23 @@ async fn check_results_reach_the_rest_api_and_stewardctl() {
     .unwrap();
     let names: Vec<&str> = checks.iter().filter_map(|c| c["name"].as_str()).collect();
     assert!(names.contains(&"c0") && names.contains(&"c1"), "{checks:?}");
-    assert!(checks.iter().all(|c| ["ok", "warning", "critical", "unknown"].contains(&c["status"].as_str().unwrap_or(""))));
+    assert!(
+        checks
+            .iter()
+            .all(|c| ["ok", "warning", "critical", "unknown"].contains(&c["status"].as_str().unwrap_or("")))
+    );
 
     let host = host_view(&cp, "web-01").await.unwrap();
     assert_eq!(host["id"], "web-01");
     assert_eq!(host["online"], true);
-    assert!(host["facts"]["hostname"].is_string(), "self-reported facts are kept: {host}");
-    assert!(host["labels"].as_object().is_some_and(|l| l.is_empty()), "agents cannot set labels: {host}");
+    assert!(
+        host["facts"]["hostname"].is_string(),
+        "self-reported facts are kept: {host}"
+    );
+    assert!(
+        host["labels"].as_object().is_some_and(|l| l.is_empty()),
+        "agents cannot set labels: {host}"
+    );
 
     // The CLI, as an operator would run it.
     let (st, out, err) = steward_e2e::run_cmd(
@@ -90,13 +104,19 @@ async fn check_results_reach_the_rest_api_and_stewardctl() {
 async fn controlplane_kill9_loses_nothing_and_stores_nothing_twice() {
     let root = tempfile::tempdir().unwrap();
     let mut cp = ControlPlane::start(root.path()).await.unwrap();
-    let mut agent = Agent::start(root.path(), &cp, "kill-cp", &fast_checks(4)).await.unwrap();
+    let mut agent = Agent::start(root.path(), &cp, "kill-cp", &fast_checks(4))
+        .await
+        .unwrap();
     wait_stored(&cp, "kill-cp", 8, Duration::from_secs(30)).await;
 
     cp.kill9();
     // The agent keeps checking and spooling while the control plane is gone.
     tokio::time::sleep(Duration::from_secs(30)).await;
-    assert!(agent.is_running(), "the agent survives the outage; log:\n{}", agent.log());
+    assert!(
+        agent.is_running(),
+        "the agent survives the outage; log:\n{}",
+        agent.log()
+    );
     let before_restart = cp.stored_seqs("kill-cp").await.unwrap().len();
 
     cp.spawn().await.unwrap();
@@ -109,7 +129,9 @@ async fn controlplane_kill9_loses_nothing_and_stores_nothing_twice() {
 async fn agent_kill9_mid_batch_leaves_no_gap_and_no_duplicate() {
     let root = tempfile::tempdir().unwrap();
     let cp = ControlPlane::start(root.path()).await.unwrap();
-    let mut agent = Agent::start(root.path(), &cp, "kill-agent", &fast_checks(6)).await.unwrap();
+    let mut agent = Agent::start(root.path(), &cp, "kill-agent", &fast_checks(6))
+        .await
+        .unwrap();
     for round in 1..=3 {
         wait_stored(&cp, "kill-agent", round * 12, Duration::from_secs(30)).await;
         agent.kill9();
@@ -124,14 +146,22 @@ async fn a_full_spool_drops_the_oldest_and_the_count_reaches_the_api() {
     let root = tempfile::tempdir().unwrap();
     let mut cp = ControlPlane::start(root.path()).await.unwrap();
     cp.kill9(); // the agent starts while the control plane is down
-    let mut agent =
-        Agent::prepare(root.path(), &cp, "tiny-spool", &fast_checks(6), "[spool]\nmax_size = \"4KiB\"\n").unwrap();
+    let mut agent = Agent::prepare(
+        root.path(),
+        &cp,
+        "tiny-spool",
+        &fast_checks(6),
+        "[spool]\nmax_size = \"4KiB\"\n",
+    )
+    .unwrap();
     agent.spawn().unwrap();
     // 6 results a second into a 4 KiB spool overflow within a few seconds.
     tokio::time::sleep(Duration::from_secs(8)).await;
     cp.spawn().await.unwrap();
     let host = wait_for("a reported drop count", Duration::from_secs(30), || async {
-        host_view(&cp, "tiny-spool").await.filter(|h| h["spool_dropped_total"].as_u64().unwrap_or(0) > 0)
+        host_view(&cp, "tiny-spool")
+            .await
+            .filter(|h| h["spool_dropped_total"].as_u64().unwrap_or(0) > 0)
     })
     .await
     .unwrap();
@@ -153,7 +183,11 @@ async fn sighup_with_a_broken_config_keeps_the_running_one() {
     let mut agent = Agent::start(root.path(), &cp, "reload", &fast_checks(1)).await.unwrap();
     wait_stored(&cp, "reload", 2, Duration::from_secs(30)).await;
     let good = std::fs::read_to_string(&agent.config).unwrap();
-    std::fs::write(&agent.config, format!("{good}\n[[checks]]\nname = \"bad\"\nkind = \"nonsense\"\n")).unwrap();
+    std::fs::write(
+        &agent.config,
+        format!("{good}\n[[checks]]\nname = \"bad\"\nkind = \"nonsense\"\n"),
+    )
+    .unwrap();
     agent.sighup();
     wait_for("the refusal in the log", Duration::from_secs(10), || async {
         agent.log().contains("reload refused").then_some(())
@@ -164,10 +198,19 @@ async fn sighup_with_a_broken_config_keeps_the_running_one() {
     wait_stored(&cp, "reload", n + 3, Duration::from_secs(30)).await;
     assert!(agent.is_running());
     // A good config is applied: a second check appears.
-    std::fs::write(&agent.config, format!("{good}\n{}", "[[checks]]\nname = \"added\"\nkind = \"memory\"\ninterval = \"1s\"\n")).unwrap();
+    std::fs::write(
+        &agent.config,
+        format!(
+            "{good}\n{}",
+            "[[checks]]\nname = \"added\"\nkind = \"memory\"\ninterval = \"1s\"\n"
+        ),
+    )
+    .unwrap();
     agent.sighup();
     wait_for("the added check", Duration::from_secs(30), || async {
-        host_checks(&cp, "reload").await.filter(|c| c.iter().any(|c| c["name"] == "added"))
+        host_checks(&cp, "reload")
+            .await
+            .filter(|c| c.iter().any(|c| c["name"] == "added"))
     })
     .await
     .unwrap();
@@ -196,16 +239,29 @@ async fn bad_rest_input_gets_problem_json() {
         }
         let resp = req.send().await.unwrap();
         assert_eq!(resp.status().as_u16(), *status, "{path}");
-        let ct = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let ct = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
         assert!(ct.starts_with("application/problem+json"), "{path}: {ct}");
         let body: Value = resp.json().await.unwrap();
         assert_eq!(body["status"].as_u64(), Some(*status as u64), "{path}: {body}");
-        assert!(body["title"].is_string() && body["detail"].is_string(), "{path}: {body}");
+        assert!(
+            body["title"].is_string() && body["detail"].is_string(),
+            "{path}: {body}"
+        );
         if let Some(f) = field {
             assert_eq!(body["field"].as_str(), Some(*f), "{path}: {body}");
         }
     }
-    let resp = client.get(format!("{}/api/v1/hosts", cp.rest_url)).bearer_auth("stw_bogus_token").send().await.unwrap();
+    let resp = client
+        .get(format!("{}/api/v1/hosts", cp.rest_url))
+        .bearer_auth("stw_bogus_token")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status().as_u16(), 401);
     let resp = client.get(format!("{}/readyz", cp.rest_url)).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 200, "bad input took nothing down");
