@@ -3,3 +3,4 @@
 //! (SQLite by default; PostgreSQL with `STEWARD_TEST_BACKEND=postgres`).
 mod gateway_refusals;
 mod pipeline;
+mod quickstart;
