@@ -87,6 +87,16 @@ impl ControlPlane {
     }
 
     pub async fn start_with(root: &Path, database_url: &str) -> Result<ControlPlane> {
+        Self::start_opts(root, database_url, false).await
+    }
+
+    /// A control plane whose REST API serves HTTPS with a certificate from its own CA.
+    pub async fn start_with_rest_tls(root: &Path) -> Result<ControlPlane> {
+        let database_url = fresh_database_url(TestBackend::from_env()).await;
+        Self::start_opts(root, &database_url, true).await
+    }
+
+    async fn start_opts(root: &Path, database_url: &str, rest_tls: bool) -> Result<ControlPlane> {
         // reqwest and rustls in this process use ring, the workspace's one provider.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = root.join("cp");
@@ -102,11 +112,31 @@ impl ControlPlane {
         }
         let grpc_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
         let rest_port = free_port();
+        let mut rest_extra = String::new();
+        if rest_tls {
+            let (st, _, err) = run_cmd(
+                Command::new(&cp)
+                    .args(["ca", "issue-server", "--name", "localhost", "--data-dir"])
+                    .arg(&dir)
+                    .arg("--cert")
+                    .arg(dir.join("rest.pem"))
+                    .arg("--key")
+                    .arg(dir.join("rest.key")),
+            );
+            if !st.success() {
+                bail!("ca issue-server for REST failed: {err}");
+            }
+            rest_extra = format!(
+                "tls_cert = {:?}\ntls_key = {:?}\n",
+                dir.join("rest.pem").display().to_string(),
+                dir.join("rest.key").display().to_string()
+            );
+        }
         let config = dir.join("controlplane.toml");
         std::fs::write(
             &config,
             format!(
-                "data_dir = {:?}\ndatabase_url = {:?}\n\n[grpc]\nlisten = \"{grpc_addr}\"\nheartbeat_interval = \"2s\"\nhandshake_timeout = \"3s\"\n\n[rest]\nlisten = \"127.0.0.1:{rest_port}\"\n",
+                "data_dir = {:?}\ndatabase_url = {:?}\n\n[grpc]\nlisten = \"{grpc_addr}\"\nheartbeat_interval = \"2s\"\nhandshake_timeout = \"3s\"\n\n[rest]\nlisten = \"127.0.0.1:{rest_port}\"\n{rest_extra}",
                 dir.display().to_string(),
                 database_url
             ),
@@ -127,7 +157,11 @@ impl ControlPlane {
             config,
             database_url: database_url.to_string(),
             grpc_addr,
-            rest_url: format!("http://127.0.0.1:{rest_port}"),
+            rest_url: if rest_tls {
+                format!("https://localhost:{rest_port}")
+            } else {
+                format!("http://127.0.0.1:{rest_port}")
+            },
             token,
             child: None,
         };
@@ -154,7 +188,7 @@ impl ControlPlane {
             .context("spawn steward-controlplane")?;
         self.child = Some(child);
         let url = format!("{}/readyz", self.rest_url);
-        let client = reqwest::Client::new();
+        let client = self.http()?;
         let dir = self.dir.clone();
         wait_for("control plane /readyz", Duration::from_secs(60), || {
             let client = client.clone();
@@ -172,6 +206,12 @@ impl ControlPlane {
         })
         .await
         .map_err(|e| anyhow!("{e}; log:\n{}", self.log()))
+    }
+
+    /// An HTTP client that trusts this control plane's CA (for HTTPS REST).
+    pub fn http(&self) -> Result<reqwest::Client> {
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(self.dir.join("ca.pem"))?)?;
+        Ok(reqwest::Client::builder().add_root_certificate(ca).build()?)
     }
 
     /// `kill -9`.
@@ -195,7 +235,8 @@ impl ControlPlane {
 
     /// GET a REST path with the admin token.
     pub async fn get(&self, path: &str) -> Result<(u16, serde_json::Value)> {
-        let resp = reqwest::Client::new()
+        let resp = self
+            .http()?
             .get(format!("{}{path}", self.rest_url))
             .bearer_auth(&self.token)
             .send()

@@ -42,15 +42,18 @@ pub struct HostView {
 
 impl HostView {
     pub fn new(host: Host, checks: StatusCounts, now_ms: i64, offline_after_ms: i64) -> Self {
+        let online = now_ms.saturating_sub(host.last_seen_ms) <= offline_after_ms;
         HostView {
-            online: now_ms.saturating_sub(host.last_seen_ms) <= offline_after_ms,
+            online,
             last_seen: rfc3339(host.last_seen_ms),
             id: host.id,
             hostname: host.hostname,
             labels: host.labels,
             facts: host.facts,
             agent_version: host.agent_version,
-            connected: host.connected,
+            // The stored flag can outlive a control plane killed with SIGKILL;
+            // a stream only counts as open while the host is also heard from.
+            connected: host.connected && online,
             first_seen_ms: host.first_seen_ms,
             last_seen_ms: host.last_seen_ms,
             last_seq: host.last_seq,

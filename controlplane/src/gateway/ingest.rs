@@ -54,6 +54,9 @@ impl Ingestor {
 
     /// Stores one host's batch; returns once it is committed.
     pub async fn submit(&self, batch: IngestBatch) -> Result<(), IngestError> {
+        // A batch the store would refuse must not fail the other hosts' batches
+        // it would share a transaction with: refuse it here, alone.
+        crate::store::validate_batch(&batch).map_err(|e| IngestError::Store(Arc::new(e)))?;
         let idx = worker_for(&batch.host_id, self.workers.len());
         let (reply, done) = oneshot::channel();
         self.workers[idx]

@@ -246,6 +246,9 @@ pub fn validate_batch(
         if r.seq == 0 {
             return Err("report sequence numbers start at 1".into());
         }
+        if r.seq > i64::MAX as u64 {
+            return Err(format!("report sequence {} is out of range", r.seq));
+        }
         if r.seq <= prev {
             return Err(format!("report sequence numbers must increase: {} after {prev}", r.seq));
         }
@@ -315,6 +318,7 @@ mod tests {
             (vec![report(0, "a")], "start at 1"),
             (vec![report(2, "a"), report(2, "b")], "increase"),
             (vec![report(3, "a"), report(1, "b")], "increase"),
+            (vec![report(u64::MAX, "a")], "out of range"),
             (vec![report(1, "")], "check name"),
             (vec![proto::Report { seq: 1, body: None }], "no body"),
             ((1..=11).map(|i| report(i, "x")).collect(), "at most 10"),

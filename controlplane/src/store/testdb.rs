@@ -16,6 +16,7 @@ use sqlx::Connection;
 use sqlx::postgres::PgConnection;
 
 use super::Store;
+use crate::server::redact;
 
 /// Server the PostgreSQL test databases are created on, when
 /// `STEWARD_TEST_PG_URL` is not set.
@@ -213,18 +214,5 @@ fn database_url(admin_url: &str, name: &str) -> String {
             url.to_string()
         }
         Err(_) => panic!("STEWARD_TEST_PG_URL is not a URL: {}", redact(admin_url)),
-    }
-}
-
-/// The URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut u) => {
-            if u.password().is_some() {
-                let _ = u.set_password(Some("***"));
-            }
-            u.to_string()
-        }
-        Err(_) => "<unparseable URL>".to_string(),
     }
 }

@@ -242,3 +242,22 @@ async fn malformed_and_oversized_messages_end_only_their_own_stream() {
     let (status, _) = cp.get("/readyz").await.unwrap();
     assert_eq!(status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standard_grpc_health_service_answers_on_the_gateway() {
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+    let root = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(root.path()).await.unwrap();
+    let creds = agent_creds(&cp, root.path(), "prober");
+    let mut health = HealthClient::new(channel(&cp, &creds).await.unwrap());
+    for service in ["", "steward.v1.AgentGateway"] {
+        let resp = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(resp.status(), ServingStatus::Serving, "{service:?}");
+    }
+}

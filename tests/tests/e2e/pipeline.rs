@@ -97,6 +97,21 @@ async fn check_results_reach_the_rest_api_and_stewardctl() {
     let json: Value = serde_json::from_str(&out).unwrap();
     assert!(json.to_string().contains("\"c0\""), "{out}");
 
+    // The ingest shows on /metrics.
+    let metrics = reqwest::get(format!("{}/metrics", cp.rest_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let ingested = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("steward_results_ingested_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(ingested >= 2.0, "{metrics}");
+    assert!(metrics.contains("steward_agents_connected 1"), "{metrics}");
+
     stop_and_assert_exactly_once(&cp, &mut agent).await;
 }
 
@@ -265,4 +280,30 @@ async fn bad_rest_input_gets_problem_json() {
     assert_eq!(resp.status().as_u16(), 401);
     let resp = client.get(format!("{}/readyz", cp.rest_url)).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 200, "bad input took nothing down");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rest_api_serves_https_when_a_certificate_is_configured() {
+    let root = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start_with_rest_tls(root.path()).await.unwrap();
+    assert!(cp.rest_url.starts_with("https://"));
+    let (status, body) = cp.get("/api/v1/hosts").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    // stewardctl trusts a private CA with --ca-cert.
+    let (st, out, err) = steward_e2e::run_cmd(
+        std::process::Command::new(steward_e2e::bin("stewardctl"))
+            .args(["--ca-cert"])
+            .arg(cp.dir.join("ca.pem"))
+            .args(["hosts", "list"])
+            .env("STEWARD_SERVER", &cp.rest_url)
+            .env("STEWARD_TOKEN", &cp.token),
+    );
+    assert!(st.success(), "{out}{err}");
+    // Plain HTTP on the HTTPS port gets nothing useful.
+    let plain = cp.rest_url.replace("https://localhost", "http://127.0.0.1");
+    let resp = reqwest::Client::new().get(format!("{plain}/healthz")).send().await;
+    assert!(
+        resp.map(|r| !r.status().is_success()).unwrap_or(true),
+        "plain HTTP must not be served"
+    );
 }

@@ -25,7 +25,9 @@ impl Quickstart {
         if let Some(url) = database_url {
             cmd.args(["--database-url", url]);
         }
-        Quickstart { child: cmd.spawn().unwrap() }
+        Quickstart {
+            child: cmd.spawn().unwrap(),
+        }
     }
 
     fn interrupt(mut self) -> std::process::ExitStatus {
@@ -77,8 +79,19 @@ async fn quickstart_shows_the_local_host_and_reuses_its_state() {
 
     let qs = Quickstart::start(&dir, database_url.as_deref());
     let first = info(&dir, None).await;
-    for key in ["rest_url", "grpc_addr", "admin_token", "ca_cert", "data_dir", "agent_config", "database_url"] {
-        assert!(first[key].as_str().is_some_and(|v| !v.is_empty()), "quickstart.json lacks {key}: {first}");
+    for key in [
+        "rest_url",
+        "grpc_addr",
+        "admin_token",
+        "ca_cert",
+        "data_dir",
+        "agent_config",
+        "database_url",
+    ] {
+        assert!(
+            first[key].as_str().is_some_and(|v| !v.is_empty()),
+            "quickstart.json lacks {key}: {first}"
+        );
     }
     if let Some(url) = &database_url {
         assert_eq!(first["database_url"].as_str(), Some(url.as_str()));
@@ -91,12 +104,25 @@ async fn quickstart_shows_the_local_host_and_reuses_its_state() {
     })
     .await
     .unwrap();
-    let names: Vec<&str> = listing["items"].as_array().unwrap().iter().filter_map(|c| c["name"].as_str()).collect();
+    let names: Vec<&str> = listing["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
     for expected in ["disk", "memory", "load", "controlplane-tls"] {
         assert!(names.contains(&expected), "{names:?}");
     }
-    let tls = listing["items"].as_array().unwrap().iter().find(|c| c["name"] == "controlplane-tls").unwrap();
-    assert_eq!(tls["status"], "ok", "the control plane's own certificate verifies: {tls}");
+    let tls = listing["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "controlplane-tls")
+        .unwrap();
+    assert_eq!(
+        tls["status"], "ok",
+        "the control plane's own certificate verifies: {tls}"
+    );
     let (ok, table) = stewardctl(&first, &["hosts", "list"]);
     assert!(ok && table.contains("online"), "{table}");
     let host_id = listing["items"][0]["host_id"].as_str().unwrap().to_string();
@@ -114,7 +140,10 @@ async fn quickstart_shows_the_local_host_and_reuses_its_state() {
     let second = info(&dir, Some(&old)).await;
     assert_eq!(second["admin_token"], first["admin_token"]);
     assert_eq!(second["database_url"], first["database_url"]);
-    assert_eq!(std::fs::read_to_string(second["ca_cert"].as_str().unwrap()).unwrap(), ca_before);
+    assert_eq!(
+        std::fs::read_to_string(second["ca_cert"].as_str().unwrap()).unwrap(),
+        ca_before
+    );
     wait_for("the same host online again", Duration::from_secs(30), || async {
         let (ok, out) = stewardctl(&second, &["-o", "json", "hosts", "list"]);
         let v: Value = serde_json::from_str(&out).ok()?;

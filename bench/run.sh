@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs Steward's benchmarks and prints their figures (JSON, one line each).
+# Nothing here asserts: compare the figures with the design targets in the README.
+#   bash bench/run.sh                 # agent idle 600 s, ingest 20 s per backend
+#   IDLE=60 SECONDS_PER_RUN=10 bash bench/run.sh   # a quicker look
+# PostgreSQL: set STEWARD_TEST_PG_URL (default postgres://postgres@127.0.0.1:5432/postgres);
+# a fresh database is created on that server for the run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+IDLE=${IDLE:-600}
+SECONDS_PER_RUN=${SECONDS_PER_RUN:-20}
+AGENTS=${AGENTS:-100}
+cargo build --release -q -p steward-agent -p steward-bench
+echo "# agent footprint (default checks; RSS after ${IDLE}s streaming to a control plane)"
+target/release/bench-agent --rounds 2000 --idle "$IDLE"
+echo "# ingest over real mTLS streams, ${AGENTS} simulated agents, SQLite"
+target/release/bench-ingest --agents "$AGENTS" --seconds "$SECONDS_PER_RUN"
+echo "# ingest over real mTLS streams, ${AGENTS} simulated agents, PostgreSQL"
+target/release/bench-ingest --agents "$AGENTS" --seconds "$SECONDS_PER_RUN" --postgres
