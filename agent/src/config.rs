@@ -87,6 +87,12 @@ pub struct ServerSection {
     pub key: Option<PathBuf>,
     /// TLS server name to verify, when it differs from the URL's host.
     pub server_name: Option<String>,
+    /// A one-time enrollment token (`stwe_...`): used at start when this agent
+    /// has no certificate yet. Prefer `steward-agent enroll`, which leaves no
+    /// token in the config.
+    pub enrollment_token: Option<String>,
+    /// The host ID to enroll as (default: derived from the hostname).
+    pub host_id: Option<String>,
     /// Longest wait between reconnection attempts (full jitter below it).
     #[serde(default = "default_backoff_max")]
     pub reconnect_max: Duration,
@@ -130,6 +136,22 @@ fn default_max_batch() -> usize {
 }
 
 impl ServerSection {
+    /// A section with defaults for everything but the URL (for `enroll --server`
+    /// when the config has no `[server]` yet).
+    pub fn for_url(url: &str) -> Self {
+        ServerSection {
+            url: url.to_string(),
+            ca_cert: None,
+            cert: None,
+            key: None,
+            server_name: None,
+            enrollment_token: None,
+            host_id: None,
+            reconnect_max: default_backoff_max(),
+            connect_timeout: default_connect_timeout(),
+        }
+    }
+
     pub fn ca_cert_path(&self, data_dir: &Path) -> PathBuf {
         self.ca_cert.clone().unwrap_or_else(|| data_dir.join("ca.pem"))
     }
@@ -138,6 +160,14 @@ impl ServerSection {
     }
     pub fn key_path(&self, data_dir: &Path) -> PathBuf {
         self.key.clone().unwrap_or_else(|| data_dir.join("agent.key"))
+    }
+    /// The three identity files.
+    pub fn identity_paths(&self, data_dir: &Path) -> crate::enroll::IdentityPaths {
+        crate::enroll::IdentityPaths {
+            ca: self.ca_cert_path(data_dir),
+            cert: self.cert_path(data_dir),
+            key: self.key_path(data_dir),
+        }
     }
 }
 
@@ -181,6 +211,18 @@ impl AgentConfig {
                 "server.url",
                 format!("{:?} must start with https:// (the stream is always mTLS)", server.url),
             ));
+        }
+        if let Some(server) = &self.server {
+            if let Some(token) = &server.enrollment_token
+                && crate::enroll::token_fingerprint(token).is_none()
+            {
+                return Err(at("server.enrollment_token", "malformed: expected stwe_<id>_<secret>_<ca-fingerprint>".into()));
+            }
+            if let Some(id) = &server.host_id
+                && let Err(e) = steward_shared::pki::validate_host_id(id)
+            {
+                return Err(at("server.host_id", e.to_string()));
+            }
         }
         crate::checks::validate(&self.checks, self, file, src)
     }

@@ -4,6 +4,7 @@
 //!
 //! Layout:
 //! - [`config`] — `agent.toml` (unknown keys refused; errors name file, line and key).
+//! - [`enroll`] — enrollment with a one-time token and a pinned CA; renewal over the stream.
 //! - [`checks`] — the check kinds and their thresholds; [`scheduler`] runs them on
 //!   intervals (tokio time) or cron schedules (tokio-cron-scheduler).
 //! - [`spool`] — the redb-backed spool: sequence numbers, bound, drop counting.
@@ -11,11 +12,14 @@
 //! - [`backoff`] — capped exponential backoff with full jitter.
 //! - [`runtime`] — wires the parts together; SIGTERM drains, SIGHUP reloads.
 //! - [`signals`] — the one signal module (used by both daemons).
+//! - [`notify`] — systemd notifications and watchdog pings (used by both daemons).
 #![forbid(unsafe_code)]
 
 pub mod backoff;
 pub mod checks;
 pub mod config;
+pub mod enroll;
+pub mod notify;
 pub mod runtime;
 pub mod scheduler;
 pub mod signals;

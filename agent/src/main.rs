@@ -31,7 +31,23 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
-    /// Print the version.
+    /// Enroll with the control plane using a one-time token: generates this
+    /// host's key, gets a certificate, writes key (0600), certificate and CA.
+    Enroll {
+        /// The control plane's gRPC URL (default: `server.url` from the config).
+        #[arg(long)]
+        server: Option<String>,
+        /// The enrollment token from `stewardctl enroll-tokens create`.
+        #[arg(long, env = "STEWARD_ENROLL_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Host ID to enroll as (default: `server.host_id`, else derived from the hostname).
+        #[arg(long)]
+        host_id: Option<String>,
+        /// Enroll again even though a valid certificate exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the version and the git commit it was built from.
     Version,
 }
 
@@ -56,8 +72,47 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.command.unwrap_or(Command::Run) {
         Command::Version => {
-            println!("steward-agent {}", steward_agent::VERSION);
+            println!(
+                "steward-agent {} (commit {})",
+                steward_agent::VERSION,
+                steward_shared::GIT_COMMIT
+            );
             ExitCode::SUCCESS
+        }
+        Command::Enroll { server, token, host_id, force } => {
+            let cfg = match AgentConfig::load(&cli.config) {
+                Ok(cfg) => cfg,
+                Err(e) => return fail(e),
+            };
+            let Some(section) = cfg
+                .server
+                .clone()
+                .or_else(|| server.clone().map(|url| steward_agent::config::ServerSection::for_url(&url)))
+            else {
+                return fail("no server to enroll with: pass --server https://HOST:PORT or set [server] url in the config");
+            };
+            let url = server.unwrap_or_else(|| section.url.clone());
+            let host_id = host_id.or(section.host_id.clone()).unwrap_or_else(steward_agent::enroll::default_host_id);
+            let paths = section.identity_paths(&cfg.agent.data_dir);
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => return fail(format!("cannot start the runtime: {e}")),
+            };
+            let enrolled = rt.block_on(steward_agent::enroll::enroll(
+                &url,
+                &token,
+                &host_id,
+                &paths,
+                section.server_name.as_deref(),
+                force,
+            ));
+            match enrolled {
+                Ok(id) => {
+                    println!("enrolled as {id}; certificate in {}", paths.cert.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
         }
         Command::CheckConfig => match AgentConfig::load(&cli.config) {
             Ok(cfg) => {

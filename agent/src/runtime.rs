@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentConfig;
+use crate::notify;
 use crate::spool::{Spool, SpoolError};
 use crate::stream::StreamClient;
 
@@ -81,11 +82,17 @@ pub async fn run(config_path: PathBuf, mut control: Control) -> Result<(), RunEr
     let mut checks = start_checks(&cfg, sink.clone());
     let mut stream = start_stream(&cfg, &spool, &new_data);
     tracing::info!(checks = cfg.checks.len(), spool = %path.display(), "agent running");
+    // The spool is open and the checks are scheduled: ready. The watchdog is
+    // pinged from this loop, so a hung agent stops pinging and is restarted.
+    notify::ready();
+    let mut watchdog = notify::Watchdog::from_env();
 
     loop {
         tokio::select! {
             _ = control.stop.cancelled() => break,
+            _ = watchdog.tick() => notify::watchdog_ping(),
             Some(()) = control.reload.recv() => {
+                notify::reloading();
                 match AgentConfig::load(&config_path) {
                     Err(error) => tracing::error!(%error, "reload refused: the new config is invalid; keeping the running one"),
                     Ok(new_cfg) => {
@@ -105,10 +112,12 @@ pub async fn run(config_path: PathBuf, mut control: Control) -> Result<(), RunEr
                         cfg = new_cfg;
                     }
                 }
+                notify::ready();
             }
         }
     }
 
+    notify::stopping();
     tracing::info!("stopping: no new checks; delivering what is spooled");
     stop_checks(checks).await;
     drop(sink);

@@ -26,6 +26,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 use crate::backoff::Backoff;
 use crate::config::ServerSection;
+use crate::enroll::{self, IdentityPaths};
 use crate::spool::{Spool, SpoolError};
 
 /// Unacknowledged batches allowed in flight on one stream.
@@ -48,6 +49,15 @@ pub enum StreamError {
     Spool(#[from] SpoolError),
     #[error("spool task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("no certificate at {0}: enroll this agent with `steward-agent enroll --server URL --token TOKEN`")]
+    NotEnrolled(String),
+    #[error(
+        "the agent certificate expired at {at} (unix time) and could not be renewed in time: create a token with \
+         `stewardctl enroll-tokens create` and run `steward-agent enroll --force --server {url} --token TOKEN`"
+    )]
+    Expired { at: i64, url: String },
+    #[error("enrollment failed: {0}")]
+    Enroll(#[from] crate::enroll::EnrollError),
 }
 
 /// Everything the stream client needs.
@@ -73,6 +83,33 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, StreamError> {
     let spool = spool.clone();
     Ok(tokio::task::spawn_blocking(move || f(&spool)).await??)
+}
+
+/// Asks for a new certificate once two thirds of the current one's lifetime
+/// have passed (checked after `Welcome` and at every heartbeat tick). Returns
+/// whether a renewal is outstanding.
+async fn request_renewal_if_due(
+    paths: &IdentityPaths,
+    tx: &mpsc::Sender<AgentMessage>,
+    outstanding: bool,
+) -> Result<bool, StreamError> {
+    if outstanding || !enroll::due_for_renewal(&paths.cert, steward_shared::now_ms() / 1000) {
+        return Ok(outstanding);
+    }
+    match enroll::renewal_csr(paths) {
+        Ok(csr_der) => {
+            let renew = proto::RenewRequest { csr_der };
+            if tx.send(AgentMessage { msg: Some(agent_message::Msg::Renew(renew)) }).await.is_err() {
+                return Err(StreamError::Protocol("stream closed while sending".into()));
+            }
+            tracing::info!("certificate renewal requested");
+            Ok(true)
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot prepare the certificate renewal");
+            Ok(false)
+        }
+    }
 }
 
 impl StreamClient {
@@ -154,6 +191,28 @@ impl StreamClient {
         Ok(endpoint.connect().await?)
     }
 
+    /// Makes sure there is a usable certificate: enrolls with the configured
+    /// token when there is none; refuses (with what to do) when it expired.
+    async fn ensure_identity(&self, paths: &IdentityPaths) -> Result<(), StreamError> {
+        match enroll::cert_validity(&paths.cert) {
+            None => {
+                let Some(token) = &self.server.enrollment_token else {
+                    return Err(StreamError::NotEnrolled(paths.cert.display().to_string()));
+                };
+                let host_id = self.server.host_id.clone().unwrap_or_else(enroll::default_host_id);
+                let id =
+                    enroll::enroll(&self.server.url, token, &host_id, paths, self.server.server_name.as_deref(), false)
+                        .await?;
+                tracing::info!(host = %id, "enrolled with the control plane");
+                Ok(())
+            }
+            Some((_, not_after)) if not_after <= steward_shared::now_ms() / 1000 => {
+                Err(StreamError::Expired { at: not_after, url: self.server.url.clone() })
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
     async fn attempt(
         &self,
         stop: &CancellationToken,
@@ -161,6 +220,8 @@ impl StreamClient {
         grace: Duration,
         backoff: &mut Backoff,
     ) -> Result<End, StreamError> {
+        let paths = self.server.identity_paths(&self.data_dir);
+        self.ensure_identity(&paths).await?;
         let channel = self.connect().await?;
         let mut client = AgentGatewayClient::new(channel).max_decoding_message_size(16 << 20);
         let stats = blocking(&self.spool, |s| s.stats()).await?;
@@ -197,6 +258,7 @@ impl StreamClient {
         };
         tracing::info!(host = %welcome.host_id, acked = cp_acked, "connected to the control plane");
 
+        let mut renewing = request_renewal_if_due(&paths, &tx, false).await?;
         let mut sent_up_to = cp_acked.max(blocking(&self.spool, |s| s.stats()).await?.acked_seq);
         let mut in_flight: VecDeque<u64> = VecDeque::new();
         let mut last_sent = Instant::now();
@@ -247,6 +309,16 @@ impl StreamClient {
                                 in_flight.pop_front();
                             }
                         }
+                        Some(proto::ControlMessage { msg: Some(control_message::Msg::Renew(r)) }) => {
+                            match enroll::install_renewed(&paths, &r.cert_pem) {
+                                Ok(()) => {
+                                    renewing = false;
+                                    let until = enroll::cert_validity(&paths.cert).map(|v| v.1).unwrap_or(0);
+                                    tracing::info!(valid_until = until, "certificate renewed; used from the next connection");
+                                }
+                                Err(error) => tracing::error!(%error, "cannot install the renewed certificate"),
+                            }
+                        }
                         Some(proto::ControlMessage { msg: Some(other) }) => {
                             tracing::debug!(?other, "ignoring a control message this agent version does not handle");
                         }
@@ -256,6 +328,7 @@ impl StreamClient {
                 }
                 _ = self.new_data.notified(), if in_flight.len() < WINDOW => {}
                 _ = ticker.tick() => {
+                    renewing = request_renewal_if_due(&paths, &tx, renewing).await?;
                     if last_sent.elapsed() >= heartbeat / 2 {
                         let s = blocking(&self.spool, |s| s.stats()).await?;
                         let hb = proto::Heartbeat { sent_at_ms: steward_shared::now_ms(), spool_depth: s.depth, spool_dropped_total: s.dropped_total };

@@ -65,6 +65,28 @@ pub enum Command {
         #[command(subcommand)]
         command: ChecksCommand,
     },
+    /// One-time tokens that let new agents enroll.
+    #[command(name = "enroll-tokens")]
+    EnrollTokens {
+        #[command(subcommand)]
+        command: EnrollTokensCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EnrollTokensCommand {
+    /// Create a token; it is shown once. Give it to `steward-agent enroll --token`.
+    Create {
+        /// Labels for the hosts that enroll with it, e.g. `env=prod,role=web`.
+        #[arg(long)]
+        labels: Option<String>,
+        /// Validity, e.g. `1h` (default: the control plane's setting).
+        #[arg(long)]
+        ttl: Option<String>,
+        /// How many hosts may enroll with it.
+        #[arg(long, default_value_t = 1)]
+        uses: i64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -77,6 +99,12 @@ pub enum HostsCommand {
     },
     /// Show one host (by ID or unique hostname) and its checks.
     Show {
+        /// Host ID or unique hostname.
+        host: String,
+    },
+    /// Revoke a host: its certificates are refused from now on and its live
+    /// stream is closed; its data is kept.
+    Revoke {
         /// Host ID or unique hostname.
         host: String,
     },
@@ -223,7 +251,14 @@ impl Client {
     }
 
     async fn get(&self, url: Url) -> Result<Result<Json, Failure>, ClientError> {
-        let mut req = self.http.get(url).header(http::header::ACCEPT, "application/json");
+        self.send(http::Method::GET, url, None).await
+    }
+
+    async fn send(&self, method: http::Method, url: Url, body: Option<&Json>) -> Result<Result<Json, Failure>, ClientError> {
+        let mut req = self.http.request(method, url).header(http::header::ACCEPT, "application/json");
+        if let Some(body) = body {
+            req = req.json(body);
+        }
         if let Some(token) = &self.token {
             req = req.bearer_auth(token);
         }
@@ -286,6 +321,18 @@ impl Client {
     }
 
     /// `GET /api/v1/hosts`, all pages.
+    /// `POST /api/v1/enrollment-tokens`.
+    pub async fn create_enrollment_token(&self, body: &Json) -> Result<Json, ClientError> {
+        let url = self.url(&["api", "v1", "enrollment-tokens"], &[]);
+        self.send(http::Method::POST, url, Some(body)).await?.map_err(|f| meaning(f, None))
+    }
+
+    /// `POST /api/v1/hosts/{host}/revoke`.
+    pub async fn revoke_host(&self, host: &str) -> Result<Json, ClientError> {
+        let url = self.url(&["api", "v1", "hosts", host, "revoke"], &[]);
+        self.send(http::Method::POST, url, None).await?.map_err(|f| meaning(f, Some(host)))
+    }
+
     pub async fn list_hosts(&self, selector: Option<&str>) -> Result<Json, ClientError> {
         let query: Vec<(&str, &str)> = selector.map(|s| ("selector", s)).into_iter().collect();
         self.list_all(&["hosts"], &query, None).await
@@ -432,6 +479,46 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> Result<(), ClientError> {
                 }
             }
         }
+        Command::EnrollTokens {
+            command: EnrollTokensCommand::Create { labels, ttl, uses },
+        } => {
+            let labels = parse_labels(labels.as_deref().unwrap_or(""))?;
+            let mut body = serde_json::json!({ "labels": labels, "uses": uses });
+            if let Some(ttl) = ttl {
+                body["ttl"] = Json::String(ttl);
+            }
+            let created = client.create_enrollment_token(&body).await?;
+            match cli.output {
+                Output::Json => write_json(out, &created)?,
+                Output::Table => {
+                    let field = |k: &str| created.get(k).and_then(Json::as_str).unwrap_or("").to_string();
+                    writeln!(out, "{}", field("token"))?;
+                    let expires = created.get("expires_at_ms").and_then(Json::as_i64).unwrap_or(0);
+                    writeln!(
+                        out,
+                        "# id {}, {} use(s), expires in {}; CA fingerprint {}",
+                        field("id"),
+                        uses,
+                        human_duration_ms(expires.saturating_sub(now)),
+                        field("ca_fingerprint")
+                    )?;
+                    writeln!(out, "# on the new host: steward-agent enroll --server https://CONTROL-PLANE:7443 --token <the token above>")?;
+                }
+            }
+        }
+        Command::Hosts {
+            command: HostsCommand::Revoke { host },
+        } => {
+            let revoked = client.revoke_host(&host).await?;
+            match cli.output {
+                Output::Json => write_json(out, &revoked)?,
+                Output::Table => writeln!(
+                    out,
+                    "host {} revoked: its certificates are refused and its stream is closed",
+                    revoked.get("host_id").and_then(Json::as_str).unwrap_or(&host)
+                )?,
+            }
+        }
         Command::Checks {
             command: ChecksCommand::List { host, status, selector },
         } => {
@@ -446,6 +533,28 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> Result<(), ClientError> {
     }
     out.flush()?;
     Ok(())
+}
+
+/// `k=v,k2=v2` into a map; a malformed pair is a one-line error.
+fn parse_labels(s: &str) -> Result<std::collections::BTreeMap<String, String>, ClientError> {
+    let mut labels = std::collections::BTreeMap::new();
+    for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((k, v)) = pair.split_once('=') else {
+            return Err(ClientError::Invalid { field: "labels".into(), detail: format!("{pair:?} is not key=value") });
+        };
+        labels.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    Ok(labels)
+}
+
+fn human_duration_ms(ms: i64) -> String {
+    let secs = ms.max(0) / 1000;
+    match secs {
+        s if s >= 86_400 => format!("{}d", s / 86_400),
+        s if s >= 3600 => format!("{}h", s / 3600),
+        s if s >= 60 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
 }
 
 fn write_json(out: &mut impl Write, value: &Json) -> Result<(), ClientError> {

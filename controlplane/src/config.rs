@@ -24,6 +24,20 @@ pub struct ControlPlaneConfig {
     pub rest: RestSection,
     #[serde(default)]
     pub retention: RetentionSection,
+    #[serde(default)]
+    pub pki: PkiSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PkiSection {
+    /// Lifetime of agent certificates issued at enrollment and renewal
+    /// (agents renew after two thirds of it).
+    #[serde(default = "default_agent_cert_lifetime")]
+    pub agent_cert_lifetime: Duration,
+    /// Default lifetime of enrollment tokens.
+    #[serde(default = "default_enrollment_ttl")]
+    pub enrollment_token_ttl: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -87,6 +101,12 @@ pub struct RetentionSection {
     pub interval: Duration,
 }
 
+fn default_agent_cert_lifetime() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_enrollment_ttl() -> Duration {
+    Duration::from_secs(3600)
+}
 fn default_data_dir() -> PathBuf {
     PathBuf::from("/var/lib/steward-controlplane")
 }
@@ -132,6 +152,11 @@ impl Default for GrpcSection {
 impl Default for RestSection {
     fn default() -> Self {
         parse_toml("<defaults>", "").expect("empty rest section has defaults")
+    }
+}
+impl Default for PkiSection {
+    fn default() -> Self {
+        parse_toml("<defaults>", "").expect("empty pki section has defaults")
     }
 }
 impl Default for RetentionSection {
@@ -189,6 +214,12 @@ impl ControlPlaneConfig {
         }
         if self.grpc.heartbeat_interval.as_std() < std::time::Duration::from_secs(1) {
             return Err(at("grpc.heartbeat_interval", "must be at least 1s"));
+        }
+        if self.pki.agent_cert_lifetime.as_std() < std::time::Duration::from_secs(60) {
+            return Err(at("pki.agent_cert_lifetime", "must be at least 1m"));
+        }
+        if self.pki.enrollment_token_ttl.as_std() < std::time::Duration::from_secs(1) {
+            return Err(at("pki.enrollment_token_ttl", "must be at least 1s"));
         }
         if self.retention.interval.as_std() < std::time::Duration::from_secs(1) {
             return Err(at("retention.interval", "must be at least 1s"));

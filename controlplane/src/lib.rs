@@ -3,6 +3,7 @@
 //!
 //! Layout:
 //! - [`config`] — `controlplane.toml`.
+//! - [`enrollment`] — enrollment token format (`stwe_<id>_<secret>_<ca-fingerprint>`).
 //! - [`pki_cli`] — `ca init`, `ca issue-server`, `ca issue-agent`.
 //! - [`gateway`] — tonic server behind our own rustls acceptor; identity from the
 //!   verified client certificate; batched, idempotent ingest; acks after commit.
@@ -18,6 +19,7 @@
 pub mod api;
 pub mod client;
 pub mod config;
+pub mod enrollment;
 pub mod gateway;
 pub mod metrics;
 pub mod model;

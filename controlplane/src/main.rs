@@ -34,6 +34,13 @@ enum Command {
     CheckConfig,
     /// Apply database migrations and exit.
     Migrate,
+    /// Write an online, consistent copy of the SQLite database to FILE (for
+    /// PostgreSQL use pg_dump).
+    Backup {
+        /// The backup file (created 0600); an existing file is never overwritten.
+        #[arg(long = "to", value_name = "FILE")]
+        to: PathBuf,
+    },
     /// Control plane on embedded SQLite, its CA and one local agent, in one command.
     Quickstart(quickstart::QuickstartArgs),
     /// Certificate authority commands.
@@ -42,7 +49,7 @@ enum Command {
     /// Administrative commands.
     #[command(subcommand)]
     Admin(AdminCommand),
-    /// Print the version.
+    /// Print the version and the git commit it was built from.
     Version,
 }
 
@@ -153,7 +160,11 @@ fn dispatch(mut cli: Cli) -> anyhow::Result<()> {
     let command = cli.command.take().unwrap_or(Command::Serve);
     match command {
         Command::Version => {
-            println!("steward-controlplane {}", steward_controlplane::VERSION);
+            println!(
+                "steward-controlplane {} (commit {})",
+                steward_controlplane::VERSION,
+                steward_shared::GIT_COMMIT
+            );
             Ok(())
         }
         Command::CheckConfig => {
@@ -167,6 +178,20 @@ fn dispatch(mut cli: Cli) -> anyhow::Result<()> {
             runtime()?.block_on(async {
                 let store = open_store(&cfg).await?;
                 println!("migrations applied ({})", store.backend_name());
+                anyhow::Ok(())
+            })
+        }
+        Command::Backup { to } => {
+            let cfg = load_config(&cli)?;
+            let url = cfg.database_url();
+            runtime()?.block_on(async {
+                let store = steward_controlplane::store::Store::connect_for_backup(&url)
+                    .await
+                    .with_context(|| format!("database {}", server::redact(&url)))?;
+                let written = store.backup_to(&to).await;
+                store.close().await;
+                let bytes = written.context("backup")?;
+                println!("backup of {} written to {} ({bytes} bytes)", server::redact(&url), to.display());
                 anyhow::Ok(())
             })
         }

@@ -138,9 +138,6 @@ pub async fn run(args: QuickstartArgs) -> Result<(), QuickstartError> {
             pki_cli::SERVER_LIFETIME,
         )?;
     }
-    if !agent_dir.join("agent.pem").exists() {
-        pki_cli::issue_agent(&cp_dir, &local_host_id(), &agent_dir, pki_cli::AGENT_LIFETIME)?;
-    }
 
     let database_url = args
         .database_url
@@ -171,6 +168,12 @@ pub async fn run(args: QuickstartArgs) -> Result<(), QuickstartError> {
 
     let token_path = dir.join("admin.token");
     let admin_token = reuse_or_create_token(&running.store, &token_path).await?;
+
+    // The local agent enrolls like any other: a one-time token, a key made
+    // here, a certificate from the CA it pinned by fingerprint.
+    if !agent_dir.join("agent.pem").exists() {
+        enroll_local_agent(&running.store, &cp_dir, &agent_dir, grpc_addr).await?;
+    }
 
     let agent_config_path = dir.join("agent.toml");
     std::fs::write(&agent_config_path, agent_toml(&agent_dir, &cp_dir, grpc_addr))
@@ -226,6 +229,36 @@ pub async fn run(args: QuickstartArgs) -> Result<(), QuickstartError> {
     agent_stop.cancel();
     shutdown.cancel();
     let _ = running.wait().await;
+    Ok(())
+}
+
+async fn enroll_local_agent(
+    store: &crate::store::Store,
+    cp_dir: &Path,
+    agent_dir: &Path,
+    grpc: SocketAddr,
+) -> Result<(), QuickstartError> {
+    let fingerprint = pki_cli::load(cp_dir)?.fingerprint().map_err(|e| QuickstartError::Agent(e.to_string()))?;
+    let token = crate::enrollment::EnrollmentToken::generate(&fingerprint);
+    let now = steward_shared::now_ms();
+    let stored = crate::store::identity::NewEnrollmentToken {
+        id: token.id.clone(),
+        secret_hash: token.secret_hash(),
+        labels: [("source".to_string(), "quickstart".to_string())].into(),
+        uses: 1,
+        expires_ms: now + 600_000,
+        created_by: "quickstart".into(),
+    };
+    store.create_enrollment_token(&stored, now).await.map_err(|e| QuickstartError::Token(e.to_string()))?;
+    let paths = steward_agent::enroll::IdentityPaths {
+        ca: agent_dir.join("ca.pem"),
+        cert: agent_dir.join("agent.pem"),
+        key: agent_dir.join("agent.key"),
+    };
+    let url = format!("https://localhost:{}", grpc.port());
+    steward_agent::enroll::enroll(&url, &token.to_string(), &local_host_id(), &paths, None, false)
+        .await
+        .map_err(|e| QuickstartError::Agent(format!("enrollment failed: {e}")))?;
     Ok(())
 }
 

@@ -7,13 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
+use steward_agent::notify;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ControlPlaneConfig;
 use crate::gateway::{
-    self, GatewaySettings, SessionLimits, ingest::Ingestor, registry::Registry, session::SessionDeps,
+    self, GatewaySettings, SessionLimits, enroll::Enroller, ingest::Ingestor, registry::Registry, session::SessionDeps,
 };
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
@@ -116,6 +117,14 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
         cfg.ingest_workers(),
         cfg.grpc.ingest_max_rows,
     );
+    // The CA key signs enrollments and renewals; a replica without it only serves streams.
+    let enroller = match steward_shared::pki::Ca::load_dir(&cfg.data_dir) {
+        Ok(ca) => Some(Enroller::new(ca, cfg.pki.agent_cert_lifetime.as_std(), store.clone())),
+        Err(error) => {
+            tracing::warn!(%error, "no usable CA in the data directory: enrollment and renewal are disabled here");
+            None
+        }
+    };
     let deps = Arc::new(SessionDeps {
         store: store.clone(),
         ingestor,
@@ -127,6 +136,7 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
             hello_timeout: cfg.grpc.handshake_timeout.as_std(),
         },
         shutdown: shutdown.clone(),
+        enroller: enroller.clone(),
     });
     let settings = GatewaySettings {
         tls: Arc::new(tls),
@@ -141,7 +151,9 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
         _ => None,
     };
     let scheme = if rest_tls.is_some() { "https" } else { "http" };
-    let state = crate::api::ApiState::new(store.clone(), metrics.clone(), cfg.rest.offline_after.as_std());
+    let ca_fingerprint = enroller.as_ref().and_then(|e| e.ca_fingerprint());
+    let state = crate::api::ApiState::new(store.clone(), metrics.clone(), cfg.rest.offline_after.as_std())
+        .with_enrollment(ca_fingerprint, cfg.pki.enrollment_token_ttl.as_std());
     let routes = {
         use warp::{Filter, Reply};
         crate::api::routes(state).map(Reply::into_response).boxed()
@@ -161,6 +173,8 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
         shutdown.clone(),
     ));
 
+    let sweep = tokio::spawn(revocation_sweep(store.clone(), registry.clone(), shutdown.clone()));
+
     let endpoints = Endpoints {
         grpc_addr,
         rest_url: format!("{scheme}://{rest_addr}"),
@@ -171,16 +185,31 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
         endpoints,
         store,
         registry,
-        tasks: vec![rest, retention],
+        tasks: vec![rest, retention, sweep],
         grpc,
     })
 }
 
-/// `serve`: start, record the endpoints, run until shutdown.
+/// `serve`: start, record the endpoints, tell systemd it is ready, run until
+/// shutdown. The watchdog is pinged from this loop (see [`steward_agent::notify`]).
 pub async fn serve(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Result<(), ServeError> {
-    let running = start(cfg, shutdown).await?;
+    let running = start(cfg, shutdown.clone()).await?;
     write_endpoints(&cfg.data_dir, &running.endpoints)?;
-    running.wait().await
+    notify::ready();
+    let mut watchdog = notify::Watchdog::from_env();
+    let wait = running.wait();
+    tokio::pin!(wait);
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            result = &mut wait => return result,
+            _ = shutdown.cancelled(), if !stopping => {
+                stopping = true;
+                notify::stopping();
+            }
+            _ = watchdog.tick() => notify::watchdog_ping(),
+        }
+    }
 }
 
 /// Writes `DATA_DIR/endpoints.json`, so scripts and tests find the bound ports.
@@ -221,6 +250,34 @@ async fn retention_loop(store: Store, keep: Duration, every: Duration, shutdown:
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "retention: pruned old check results"),
             Err(error) => tracing::warn!(%error, "retention job failed"),
+        }
+    }
+}
+
+/// How often live streams are checked against revocations (made here or on
+/// another replica): a revoked host's stream closes within this period.
+const REVOCATION_SWEEP: Duration = Duration::from_millis(500);
+
+async fn revocation_sweep(store: Store, registry: Arc<Registry>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(REVOCATION_SWEEP);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if registry.connected() == 0 {
+            continue;
+        }
+        match store.revoked_hosts().await {
+            Ok(hosts) => {
+                for host in hosts {
+                    if registry.kick(&host) {
+                        tracing::warn!(%host, "closed the stream of a revoked host");
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "revocation sweep failed"),
         }
     }
 }

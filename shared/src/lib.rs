@@ -21,6 +21,10 @@ pub mod proto {
     tonic::include_proto!("steward.v1");
 }
 
+/// The git commit this build comes from (`git rev-parse --short HEAD` at build
+/// time), or "unknown" when built outside a git checkout.
+pub const GIT_COMMIT: &str = env!("STEWARD_GIT_COMMIT");
+
 /// Protocol revision spoken by this build (sent in `Hello.protocol`).
 pub const PROTOCOL_REVISION: u32 = 1;
 

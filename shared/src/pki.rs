@@ -188,6 +188,50 @@ impl Ca {
     }
 }
 
+/// A new agent private key (ECDSA P-256), PEM. Generated on the host; never sent.
+pub fn new_private_key_pem() -> Result<String, PkiError> {
+    Ok(KeyPair::generate()?.serialize_pem())
+}
+
+/// A certificate signing request (DER) for `key_pem`, proposing `host_id` as
+/// the certificate's Common Name.
+pub fn agent_csr(key_pem: &str, host_id: &str) -> Result<Vec<u8>, PkiError> {
+    validate_host_id(host_id)?;
+    let key = KeyPair::from_pem(key_pem)?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, host_id);
+    params.distinguished_name = dn;
+    Ok(params.serialize_request(&key)?.der().to_vec())
+}
+
+impl Ca {
+    /// Signs an agent certificate for the public key in a CSR (whose signature
+    /// is verified). The identity is `host_id` when given, else the CSR's
+    /// Common Name. Returns (host id, certificate PEM).
+    pub fn sign_agent_csr(
+        &self,
+        csr_der: &[u8],
+        host_id: Option<&str>,
+        lifetime: Duration,
+    ) -> Result<(String, String), PkiError> {
+        let der = rustls_pki_types::CertificateSigningRequestDer::from(csr_der.to_vec());
+        let csr = rcgen::CertificateSigningRequestParams::from_der(&der)?;
+        let proposed = match csr.params.distinguished_name.get(&DnType::CommonName) {
+            Some(rcgen::DnValue::Utf8String(s)) => Some(s.clone()),
+            Some(rcgen::DnValue::PrintableString(s)) => Some(s.as_str().to_string()),
+            Some(rcgen::DnValue::Ia5String(s)) => Some(s.as_str().to_string()),
+            _ => None,
+        };
+        let id = match host_id {
+            Some(id) => id.to_string(),
+            None => proposed.ok_or_else(|| PkiError::InvalidCertificate("the CSR names no host (Common Name)".into()))?,
+        };
+        let cert = self.sign_agent_key(&csr.public_key, &id, lifetime)?;
+        Ok((id, cert))
+    }
+}
+
 /// What the gateway learns from a verified agent certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerIdentity {
@@ -318,6 +362,30 @@ mod tests {
                 .serial,
             id.serial
         );
+    }
+
+    #[test]
+    fn a_csr_is_signed_for_the_key_the_agent_kept() {
+        let ca = Ca::create("Test CA", Duration::from_secs(3600)).unwrap();
+        let key = new_private_key_pem().unwrap();
+        let csr = agent_csr(&key, "db-7").unwrap();
+        let (id, cert) = ca.sign_agent_csr(&csr, None, Duration::from_secs(600)).unwrap();
+        assert_eq!(id, "db-7");
+        let der = first_cert_der(&cert).unwrap();
+        assert_eq!(identity_from_cert(&der).unwrap().host_id, "db-7");
+        // The certificate carries the agent's public key: key and cert form a usable pair.
+        let certs = certs_from_pem(&cert).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_client_auth_cert(certs, key_from_pem(&key).unwrap())
+            .unwrap();
+        // The control plane may override the proposed name; garbage is refused.
+        assert_eq!(ca.sign_agent_csr(&csr, Some("other"), Duration::from_secs(60)).unwrap().0, "other");
+        assert!(ca.sign_agent_csr(b"not a csr", None, Duration::from_secs(60)).is_err());
+        assert!(ca.sign_agent_csr(&csr, Some("Bad Id"), Duration::from_secs(60)).is_err());
     }
 
     #[test]

@@ -127,7 +127,7 @@ async fn checks_page(
 }
 
 /// Finds a host by ID or unique hostname: 404 when none, 409 when several.
-async fn resolve_host(state: &ApiState, ident: &str, field: &str) -> Result<Host, Problem> {
+pub(super) async fn resolve_host(state: &ApiState, ident: &str, field: &str) -> Result<Host, Problem> {
     match state.store.find_host(ident).await.map_err(Problem::from_store)? {
         HostLookup::Found(host) => Ok(*host),
         HostLookup::NotFound => {

@@ -31,6 +31,7 @@ use crate::store::Store;
 
 pub mod auth;
 pub mod handlers;
+pub mod identity;
 pub mod params;
 pub mod problem;
 #[cfg(test)]
@@ -47,6 +48,10 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     /// A host is `online` when it was seen within this long.
     pub offline_after: Duration,
+    /// SHA-256 of the CA certificate, for enrollment tokens (`None`: no CA here).
+    pub ca_fingerprint: Option<String>,
+    /// Default lifetime of enrollment tokens.
+    pub enrollment_token_ttl: Duration,
 }
 
 impl ApiState {
@@ -55,7 +60,16 @@ impl ApiState {
             store,
             metrics,
             offline_after,
+            ca_fingerprint: None,
+            enrollment_token_ttl: Duration::from_secs(3600),
         }
+    }
+
+    /// Enables enrollment-token creation for the CA with this fingerprint.
+    pub fn with_enrollment(mut self, ca_fingerprint: Option<String>, token_ttl: Duration) -> Self {
+        self.ca_fingerprint = ca_fingerprint;
+        self.enrollment_token_ttl = token_ttl;
+        self
     }
 
     fn offline_after_ms(&self) -> i64 {
@@ -104,9 +118,25 @@ pub fn routes(
     let list_checks = warp::path!("api" / "v1" / "checks")
         .and(warp::get())
         .and(with_state(state.clone()))
-        .and(authenticated(state))
+        .and(authenticated(state.clone()))
         .and(raw_query())
         .then(handlers::list_checks);
+    let create_enrollment_token = warp::path!("api" / "v1" / "enrollment-tokens")
+        .and(warp::post())
+        .and(with_state(state.clone()))
+        .and(authenticated(state.clone()))
+        .and(raw_query())
+        .and(warp::body::content_length_limit(identity::MAX_BODY))
+        .and(warp::body::bytes())
+        .then(identity::create_enrollment_token);
+    let revoke_host = warp::path!("api" / "v1" / "hosts" / String / "revoke")
+        .and(warp::post())
+        .and(with_state(state.clone()))
+        .and(authenticated(state))
+        .and_then(|host: String, state: ApiState, who| async move { decoded_segment(host).map(|h| (state, who, h)) })
+        .untuple_one()
+        .and(raw_query())
+        .then(identity::revoke_host);
 
     let api = list_hosts
         .or(get_host)
@@ -114,6 +144,10 @@ pub fn routes(
         .or(host_checks)
         .unify()
         .or(list_checks)
+        .unify()
+        .or(create_enrollment_token)
+        .unify()
+        .or(revoke_host)
         .unify()
         .map(|r: Result<Response, Problem>| r.unwrap_or_else(Problem::into_response));
 
@@ -216,6 +250,8 @@ pub fn route_template(path: &str) -> &'static str {
         ["api", "v1", "hosts", _] => "/api/v1/hosts/{host}",
         ["api", "v1", "hosts", _, "checks"] => "/api/v1/hosts/{host}/checks",
         ["api", "v1", "checks"] => "/api/v1/checks",
+        ["api", "v1", "enrollment-tokens"] => "/api/v1/enrollment-tokens",
+        ["api", "v1", "hosts", _, "revoke"] => "/api/v1/hosts/{host}/revoke",
         _ => "unmatched",
     }
 }

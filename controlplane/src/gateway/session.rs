@@ -3,7 +3,7 @@
 //! over, the stream misbehaves, or the control plane shuts down.
 //!
 //! Invariants:
-//! - The host is the identity of the verified certificate ([`AgentConnInfo`]); no
+//! - The host is the identity of the verified certificate ([`super::tls::AgentConnInfo`]); no
 //!   field of any message can change it.
 //! - `Ack{n}` is sent only after every report of the host with `seq <= n`
 //!   that was sent on this stream is committed.
@@ -20,7 +20,8 @@ use tonic::{Status, Streaming};
 
 use super::ingest::Ingestor;
 use super::registry::Registry;
-use super::tls::AgentConnInfo;
+use super::enroll::Enroller;
+use steward_shared::pki::PeerIdentity;
 use crate::metrics::Metrics;
 use crate::model::{AgentHello, IngestBatch};
 use crate::store::Store;
@@ -40,14 +41,21 @@ pub struct SessionDeps {
     pub metrics: Arc<Metrics>,
     pub limits: SessionLimits,
     pub shutdown: CancellationToken,
+    /// Signs renewals (and enrollments); `None` without a CA key.
+    pub enroller: Option<Arc<Enroller>>,
 }
 
 type Out = mpsc::Sender<Result<ControlMessage, Status>>;
 
 /// Runs one session to its end (the caller wraps it in a `session` span with
 /// host and remote address). Errors are sent to the agent as the stream's final status.
-pub async fn run(deps: Arc<SessionDeps>, conn: AgentConnInfo, mut inbound: Streaming<proto::AgentMessage>, out: Out) {
-    let host_id = conn.identity.host_id.clone();
+pub async fn run(
+    deps: Arc<SessionDeps>,
+    identity: PeerIdentity,
+    mut inbound: Streaming<proto::AgentMessage>,
+    out: Out,
+) {
+    let host_id = identity.host_id.clone();
 
     // The first message must be Hello, within the deadline.
     let hello = match tokio::time::timeout(deps.limits.hello_timeout, inbound.message()).await {
@@ -193,7 +201,24 @@ pub async fn run(deps: Arc<SessionDeps>, conn: AgentConnInfo, mut inbound: Strea
                     .await;
                 break;
             }
-            Some(agent_message::Msg::JobAccepted(_)) | Some(agent_message::Msg::Renew(_)) => {
+            Some(agent_message::Msg::Renew(renew)) => {
+                let reply = match &deps.enroller {
+                    Some(enroller) => enroller.renew(&host_id, &renew.csr_der).await,
+                    None => Err(Status::unavailable("this control plane has no CA key to sign certificates with")),
+                };
+                match reply {
+                    Ok((cert_pem, ca_pem)) => {
+                        let m = msg(control_message::Msg::Renew(proto::RenewResponse { cert_pem, ca_pem }));
+                        ended = out.send(Ok(m)).await.is_err();
+                    }
+                    Err(status) => {
+                        tracing::warn!(%status, "renewal refused");
+                        let _ = out.send(Err(status)).await;
+                        break;
+                    }
+                }
+            }
+            Some(agent_message::Msg::JobAccepted(_)) => {
                 let _ = out
                     .send(Err(Status::unimplemented(
                         "this control plane does not support that message yet",

@@ -2,10 +2,11 @@
 //! handshake has a deadline, connections are capped, and the verified client
 //! certificate becomes the connection's identity before tonic sees a byte.
 //!
-//! Invariant: a connection reaches the gRPC service only after rustls verified
-//! its client certificate against the Steward CA (`clientAuth` EKU, validity)
-//! and [`steward_shared::pki::identity_from_cert`] read a valid host id from it.
-//! Plaintext, certificate-less and foreign-CA clients fail the handshake.
+//! Invariant: a connection carries an identity only after rustls verified its
+//! client certificate against the Steward CA (`clientAuth` EKU, validity) and
+//! [`steward_shared::pki::identity_from_cert`] read a valid host id from it.
+//! Plaintext and foreign-CA clients fail the handshake; a client without a
+//! certificate gets a connection whose only use is `Enroll`.
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -48,13 +49,21 @@ pub fn server_config(cert: &Path, key: &Path, client_ca: &Path) -> Result<rustls
         path: p.display().to_string(),
         message: m,
     };
-    let certs = pki::certs_from_pem(&pki::read_file(cert)?).map_err(|e| invalid(cert, e.to_string()))?;
+    let mut certs = pki::certs_from_pem(&pki::read_file(cert)?).map_err(|e| invalid(cert, e.to_string()))?;
     let key_der = pki::key_from_pem(&pki::read_file(key)?).map_err(|e| invalid(key, e.to_string()))?;
     let mut roots = rustls::RootCertStore::empty();
-    for ca in pki::certs_from_pem(&pki::read_file(client_ca)?).map_err(|e| invalid(client_ca, e.to_string()))? {
-        roots.add(ca).map_err(|e| invalid(client_ca, e.to_string()))?;
+    let cas = pki::certs_from_pem(&pki::read_file(client_ca)?).map_err(|e| invalid(client_ca, e.to_string()))?;
+    for ca in &cas {
+        roots.add(ca.clone()).map_err(|e| invalid(client_ca, e.to_string()))?;
+        // Serve the CA with our chain, so an enrolling agent can pin it by fingerprint.
+        if !certs.contains(ca) {
+            certs.push(ca.clone());
+        }
     }
+    // Client certificates are verified when presented; a connection without
+    // one is admitted only to `Enroll` (the session refuses it).
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .allow_unauthenticated()
         .build()
         .map_err(|e| invalid(client_ca, e.to_string()))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
@@ -71,7 +80,8 @@ pub fn server_config(cert: &Path, key: &Path, client_ca: &Path) -> Result<rustls
 #[derive(Debug, Clone)]
 pub struct AgentConnInfo {
     pub remote: SocketAddr,
-    pub identity: PeerIdentity,
+    /// The verified identity; `None` for a client without a certificate.
+    pub identity: Option<PeerIdentity>,
 }
 
 /// One verified agent connection. Holds a permit of the connection cap until dropped.
@@ -171,8 +181,8 @@ pub fn accept_loop(
                 let identity = {
                     let (_, session) = tls.get_ref();
                     match session.peer_certificates().and_then(|c| c.first()) {
-                        Some(leaf) => pki::identity_from_cert(leaf.as_ref()),
-                        None => Err(pki::PkiError::InvalidCertificate("no client certificate".into())),
+                        Some(leaf) => pki::identity_from_cert(leaf.as_ref()).map(Some),
+                        None => Ok(None),
                     }
                 };
                 match identity {

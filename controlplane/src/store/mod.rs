@@ -21,6 +21,8 @@ use steward_shared::status::{CheckResult, CheckStatus, Value};
 
 use crate::model::{AgentHello, ApiToken, FleetStats, Host, IngestBatch, LatestCheck, Page, Role, StatusCounts};
 
+mod backup;
+pub mod identity;
 mod postgres;
 mod sqlite;
 pub mod testdb;

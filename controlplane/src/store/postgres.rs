@@ -10,6 +10,7 @@
 //! order and cannot deadlock.
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -26,7 +27,18 @@ use crate::model::{ApiToken, FleetStats, Host, LatestCheck};
 /// Migrations embedded at build time: (version, description, SQL); see the
 /// SQLite twin.
 pub(super) const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "init", include_str!("../../migrations/postgres/0001_init.sql"))];
+    &[
+        (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
+        (3, "identity", include_str!("../../migrations/postgres/0003_identity.sql")),
+    ];
+
+/// The answer to `backup` on PostgreSQL.
+fn pg_dump_instead() -> StoreError {
+    StoreError::Invalid(
+        "backup --to is for SQLite; back up PostgreSQL with pg_dump (pg_dump --format=custom --file FILE DATABASE_URL)"
+            .into(),
+    )
+}
 
 const MAX_CONNECTIONS: u32 = 16;
 /// How long a caller waits for a pooled connection (also bounds `/readyz`).
@@ -34,7 +46,7 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]
 pub(super) struct PgStore {
-    pool: PgPool,
+    pub(super) pool: PgPool,
 }
 
 impl PgStore {
@@ -48,6 +60,11 @@ impl PgStore {
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_lazy_with(options);
         Ok(Self { pool })
+    }
+
+    /// For `backup`: refused before connecting, whatever the server's state.
+    pub(super) async fn connect_existing(_url: &str) -> Result<Self, StoreError> {
+        Err(pg_dump_instead())
     }
 
     pub(super) async fn migrate(&self) -> Result<(), StoreError> {
@@ -74,6 +91,12 @@ impl PgStore {
 
     pub(super) async fn close(&self) {
         self.pool.close().await;
+    }
+
+    /// PostgreSQL has its own consistent online backup, which also covers
+    /// what several replicas share: `pg_dump`. Steward does not wrap it.
+    pub(super) async fn backup_into(&self, _path: &Path) -> Result<(), StoreError> {
+        Err(pg_dump_instead())
     }
 
     // ------------------------------------------------------------ gateway

@@ -14,6 +14,7 @@
 //! waits on `busy_timeout` instead of failing with `SQLITE_BUSY` on a lock
 //! upgrade. Reads use a separate pool and run concurrently with the writer.
 use std::borrow::Cow;
+use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -33,7 +34,10 @@ use crate::model::{ApiToken, FleetStats, Host, LatestCheck};
 /// descriptions and checksums are what `sqlx::migrate!` would derive from the
 /// file names, so `sqlx-cli` sees the same history.
 pub(super) const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "init", include_str!("../../migrations/sqlite/0001_init.sql"))];
+    &[
+        (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
+        (3, "identity", include_str!("../../migrations/sqlite/0003_identity.sql")),
+    ];
 
 /// How long a statement waits for another process's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,19 +48,29 @@ const CHUNK_ROWS: usize = 1_000;
 
 #[derive(Clone)]
 pub(super) struct SqliteStore {
-    write: SqlitePool,
-    read: SqlitePool,
+    pub(super) write: SqlitePool,
+    pub(super) read: SqlitePool,
 }
 
 impl SqliteStore {
     pub(super) async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::open(url, true).await
+    }
+
+    /// Opens a database file that must already exist (for `backup`: a wrong
+    /// path is an error, not a new empty database owned by whoever ran it).
+    pub(super) async fn connect_existing(url: &str) -> Result<Self, StoreError> {
+        Self::open(url, false).await
+    }
+
+    async fn open(url: &str, create: bool) -> Result<Self, StoreError> {
         if url.contains(":memory:") || url.contains("mode=memory") {
             return Err(StoreError::Invalid(
                 "in-memory SQLite is not supported: use sqlite://PATH to a file".into(),
             ));
         }
         let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
+            .create_if_missing(create)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(BUSY_TIMEOUT)
@@ -67,7 +81,13 @@ impl SqliteStore {
                 "SQLite URL has no file path: use sqlite://PATH".into(),
             ));
         }
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !create && !path.is_file() {
+            return Err(StoreError::Invalid(format!(
+                "no SQLite database at {} (check database_url and data_dir)",
+                path.display()
+            )));
+        }
+        if let Some(dir) = path.parent().filter(|d| create && !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
                 StoreError::Invalid(format!(
                     "cannot create directory {} for the SQLite database: {e}",
@@ -113,6 +133,27 @@ impl SqliteStore {
     pub(super) async fn close(&self) {
         self.read.close().await;
         self.write.close().await;
+    }
+
+    /// Writes a consistent copy of the live database to `path` (which must not
+    /// exist) with `VACUUM INTO`: one read transaction, so it sees one
+    /// committed state while the gateway keeps writing through the WAL, and
+    /// the copy is compacted and self-contained (no `-wal` file to carry).
+    pub(super) async fn backup_into(&self, path: &Path) -> Result<(), StoreError> {
+        let migrated: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'")
+                .fetch_one(&self.read)
+                .await?;
+        if migrated == 0 {
+            return Err(StoreError::Invalid(
+                "the database has no Steward schema yet: nothing to back up".into(),
+            ));
+        }
+        let target = path
+            .to_str()
+            .ok_or_else(|| StoreError::Invalid(format!("backup path {} is not UTF-8", path.display())))?;
+        sqlx::query("VACUUM INTO ?1").bind(target).execute(&self.read).await?;
+        Ok(())
     }
 
     // ------------------------------------------------------------ gateway

@@ -1,0 +1,152 @@
+//! Identity routes: `POST /api/v1/enrollment-tokens` (a one-time token with
+//! labels, expiry and a use count, stored hashed, shown once) and
+//! `POST /api/v1/hosts/{host}/revoke`.
+use std::collections::BTreeMap;
+
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+use steward_shared::selector::validate_label;
+use steward_shared::units::Duration;
+use warp::reply::Response;
+
+use super::ApiState;
+use super::auth::Principal;
+use super::handlers::{json, resolve_host};
+use super::params::Params;
+use super::problem::Problem;
+use crate::enrollment::EnrollmentToken;
+use crate::store::identity::NewEnrollmentToken;
+
+/// Largest body accepted by the JSON routes.
+pub const MAX_BODY: u64 = 64 * 1024;
+const MAX_USES: i64 = 100_000;
+const MAX_TTL_SECS: u64 = 30 * 86_400;
+
+/// `POST /api/v1/enrollment-tokens` body. Unknown fields are refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateEnrollmentToken {
+    /// Labels given to every host that enrolls with the token.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// How long the token is valid, e.g. `1h` (default: the control plane's `pki.enrollment_token_ttl`).
+    pub ttl: Option<Duration>,
+    /// How many hosts may enroll with it (default 1).
+    pub uses: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EnrollmentTokenView {
+    pub id: String,
+    /// The token to give to `steward-agent enroll --token`; shown only now.
+    pub token: String,
+    /// SHA-256 of the control plane's CA certificate (also inside the token).
+    pub ca_fingerprint: String,
+    pub labels: BTreeMap<String, String>,
+    pub uses: i64,
+    pub expires_at_ms: i64,
+}
+
+/// Parses a JSON body, naming the offending field in the 400.
+pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
+    let text = if body.iter().all(u8::is_ascii_whitespace) { b"{}".as_slice() } else { body };
+    let de = &mut serde_json::Deserializer::from_slice(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = inner.to_string();
+        // For an unknown field, name the field itself.
+        let field = match message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()) {
+            Some(unknown) if path == "." => unknown.to_string(),
+            Some(unknown) => format!("{path}.{unknown}"),
+            None if path == "." => "body".to_string(),
+            None => path,
+        };
+        Problem::invalid(&field, format!("invalid request body: {message}"))
+    })
+}
+
+pub async fn create_enrollment_token(
+    state: ApiState,
+    who: Principal,
+    query: String,
+    body: bytes::Bytes,
+) -> Result<Response, Problem> {
+    Params::parse(&query, &[])?;
+    let req: CreateEnrollmentToken = parse_body(&body)?;
+    for (k, v) in &req.labels {
+        validate_label(k, "key").map_err(|e| Problem::invalid("labels", e))?;
+        validate_label(v, "value").map_err(|e| Problem::invalid("labels", e))?;
+    }
+    let uses = req.uses.unwrap_or(1);
+    if !(1..=MAX_USES).contains(&uses) {
+        return Err(Problem::invalid("uses", format!("must be between 1 and {MAX_USES}")));
+    }
+    let ttl = req.ttl.map(|d| d.as_std()).unwrap_or(state.enrollment_token_ttl);
+    if ttl.is_zero() || ttl.as_secs() > MAX_TTL_SECS {
+        return Err(Problem::invalid("ttl", "must be more than 0s and at most 30d"));
+    }
+    let Some(fingerprint) = state.ca_fingerprint.clone() else {
+        return Err(Problem::unavailable("this control plane has no CA to enroll agents with"));
+    };
+    let token = EnrollmentToken::generate(&fingerprint);
+    let now = steward_shared::now_ms();
+    let expires_at_ms = now.saturating_add(ttl.as_millis() as i64);
+    let stored = NewEnrollmentToken {
+        id: token.id.clone(),
+        secret_hash: token.secret_hash(),
+        labels: req.labels.clone(),
+        uses,
+        expires_ms: expires_at_ms,
+        created_by: format!("token:{}", who.token_id),
+    };
+    state.store.create_enrollment_token(&stored, now).await.map_err(Problem::from_store)?;
+    tracing::info!(token_id = %token.id, uses, ?req.labels, "enrollment token created");
+    let view = EnrollmentTokenView {
+        id: token.id.clone(),
+        token: token.to_string(),
+        ca_fingerprint: fingerprint,
+        labels: req.labels,
+        uses,
+        expires_at_ms,
+    };
+    Ok(json(StatusCode::CREATED, &view))
+}
+
+#[derive(Debug, Serialize)]
+pub struct RevokedView {
+    pub host_id: String,
+    pub revoked_at_ms: i64,
+}
+
+/// `POST /api/v1/hosts/{host}/revoke`: refuses the host's certificates from
+/// now on; its live stream closes within a second; its data is kept.
+pub async fn revoke_host(state: ApiState, who: Principal, host: String, query: String) -> Result<Response, Problem> {
+    Params::parse(&query, &[])?;
+    let host = resolve_host(&state, &host, "host").await?;
+    let now = steward_shared::now_ms();
+    if !state.store.revoke_host(&host.id, now).await.map_err(Problem::from_store)? {
+        return Err(Problem::not_found(format!("host {:?} not found", host.id)));
+    }
+    tracing::warn!(host = %host.id, by = %who.token_id, "host revoked");
+    Ok(json(StatusCode::OK, &RevokedView { host_id: host.id, revoked_at_ms: now }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_name_the_offending_field() {
+        let e = parse_body::<CreateEnrollmentToken>(br#"{"labels": {}, "colour": 1}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("colour"));
+        let e = parse_body::<CreateEnrollmentToken>(br#"{"uses": "many"}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("uses"));
+        let e = parse_body::<CreateEnrollmentToken>(br#"{"ttl": "soon"}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("ttl"));
+        let e = parse_body::<CreateEnrollmentToken>(b"{not json").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("body"));
+        let ok = parse_body::<CreateEnrollmentToken>(b"").unwrap();
+        assert!(ok.labels.is_empty() && ok.uses.is_none());
+    }
+}
