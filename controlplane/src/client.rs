@@ -323,13 +323,13 @@ impl Client {
     /// `GET /api/v1/hosts`, all pages.
     /// `POST /api/v1/enrollment-tokens`.
     pub async fn create_enrollment_token(&self, body: &Json) -> Result<Json, ClientError> {
-        let url = self.url(&["api", "v1", "enrollment-tokens"], &[]);
+        let url = self.url(&["enrollment-tokens"], &[]);
         self.send(http::Method::POST, url, Some(body)).await?.map_err(|f| meaning(f, None))
     }
 
     /// `POST /api/v1/hosts/{host}/revoke`.
     pub async fn revoke_host(&self, host: &str) -> Result<Json, ClientError> {
-        let url = self.url(&["api", "v1", "hosts", host, "revoke"], &[]);
+        let url = self.url(&["hosts", host, "revoke"], &[]);
         self.send(http::Method::POST, url, None).await?.map_err(|f| meaning(f, Some(host)))
     }
 

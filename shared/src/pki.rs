@@ -68,8 +68,11 @@ fn random_serial() -> SerialNumber {
 
 fn validity(params: &mut CertificateParams, lifetime: Duration) {
     let now = OffsetDateTime::now_utc();
-    // Allow for small clock skew between the control plane and agents.
-    params.not_before = now - time::Duration::minutes(5);
+    // Allow for clock skew between the control plane and agents: five minutes,
+    // or a tenth of a short lifetime (so "two thirds of the lifetime", when
+    // renewal is due, stays close to two thirds of the time actually granted).
+    let skew = lifetime.min(Duration::from_secs(3000)) / 10;
+    params.not_before = now - time::Duration::seconds(skew.as_secs() as i64);
     params.not_after = now + time::Duration::seconds(lifetime.as_secs() as i64);
 }
 

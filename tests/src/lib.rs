@@ -75,6 +75,8 @@ pub struct ControlPlane {
     pub grpc_addr: SocketAddr,
     pub rest_url: String,
     pub token: String,
+    /// Extra environment for the `serve` process (set before [`ControlPlane::spawn`]).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -87,16 +89,22 @@ impl ControlPlane {
     }
 
     pub async fn start_with(root: &Path, database_url: &str) -> Result<ControlPlane> {
-        Self::start_opts(root, database_url, false).await
+        Self::start_opts(root, database_url, false, "").await
+    }
+
+    /// A control plane with extra config sections appended (e.g. `[pki]`).
+    pub async fn start_with_config(root: &Path, extra: &str) -> Result<ControlPlane> {
+        let database_url = fresh_database_url(TestBackend::from_env()).await;
+        Self::start_opts(root, &database_url, false, extra).await
     }
 
     /// A control plane whose REST API serves HTTPS with a certificate from its own CA.
     pub async fn start_with_rest_tls(root: &Path) -> Result<ControlPlane> {
         let database_url = fresh_database_url(TestBackend::from_env()).await;
-        Self::start_opts(root, &database_url, true).await
+        Self::start_opts(root, &database_url, true, "").await
     }
 
-    async fn start_opts(root: &Path, database_url: &str, rest_tls: bool) -> Result<ControlPlane> {
+    async fn start_opts(root: &Path, database_url: &str, rest_tls: bool, extra: &str) -> Result<ControlPlane> {
         // reqwest and rustls in this process use ring, the workspace's one provider.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = root.join("cp");
@@ -136,7 +144,7 @@ impl ControlPlane {
         std::fs::write(
             &config,
             format!(
-                "data_dir = {:?}\ndatabase_url = {:?}\n\n[grpc]\nlisten = \"{grpc_addr}\"\nheartbeat_interval = \"2s\"\nhandshake_timeout = \"3s\"\n\n[rest]\nlisten = \"127.0.0.1:{rest_port}\"\n{rest_extra}",
+                "data_dir = {:?}\ndatabase_url = {:?}\n\n[grpc]\nlisten = \"{grpc_addr}\"\nheartbeat_interval = \"2s\"\nhandshake_timeout = \"3s\"\n\n[rest]\nlisten = \"127.0.0.1:{rest_port}\"\n{rest_extra}\n{extra}\n",
                 dir.display().to_string(),
                 database_url
             ),
@@ -163,6 +171,7 @@ impl ControlPlane {
                 format!("http://127.0.0.1:{rest_port}")
             },
             token,
+            env: Vec::new(),
             child: None,
         };
         this.spawn().await?;
@@ -181,6 +190,7 @@ impl ControlPlane {
             .arg(&self.config)
             .arg("serve")
             .env("STEWARD_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -247,6 +257,29 @@ impl ControlPlane {
         Ok((status, json))
     }
 
+    /// Runs `stewardctl` against this control plane: (success, stdout, stderr).
+    pub fn stewardctl(&self, args: &[&str]) -> (bool, String, String) {
+        let (st, out, err) = run_cmd(
+            Command::new(bin("stewardctl"))
+                .args(args)
+                .env("STEWARD_SERVER", &self.rest_url)
+                .env("STEWARD_TOKEN", &self.token),
+        );
+        (st.success(), out, err)
+    }
+
+    /// A fresh enrollment token (via `stewardctl enroll-tokens create`).
+    pub fn enrollment_token(&self, extra_args: &[&str]) -> Result<String> {
+        let mut args = vec!["-o", "json", "enroll-tokens", "create"];
+        args.extend_from_slice(extra_args);
+        let (ok, out, err) = self.stewardctl(&args);
+        if !ok {
+            bail!("enroll-tokens create failed: {err}");
+        }
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        Ok(v["token"].as_str().ok_or_else(|| anyhow!("no token in {out}"))?.to_string())
+    }
+
     /// Issues an agent certificate for `host` into `out`.
     pub fn issue_agent(&self, host: &str, out: &Path) -> Result<()> {
         let (st, _, err) = run_cmd(
@@ -297,6 +330,8 @@ pub struct Agent {
     pub host: String,
     pub dir: PathBuf,
     pub config: PathBuf,
+    /// Extra environment for the agent process (set before [`Agent::spawn`]).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -329,8 +364,37 @@ impl Agent {
             host: host.to_string(),
             dir,
             config,
+            env: Vec::new(),
             child: None,
         })
+    }
+
+    /// Config for `host` pointing at `cp`, with no identity yet (it must enroll).
+    pub fn prepare_unenrolled(root: &Path, cp: &ControlPlane, host: &str, checks: &str, extra: &str) -> Result<Agent> {
+        let dir = root.join(format!("agent-{host}"));
+        std::fs::create_dir_all(&dir)?;
+        let config = dir.join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[agent]\ndata_dir = {:?}\nheartbeat_interval = \"2s\"\nshutdown_grace = \"10s\"\n\n[server]\nurl = \"https://localhost:{}\"\nreconnect_max = \"1s\"\n{extra}\n\n{checks}",
+                dir.display().to_string(),
+                cp.grpc_addr.port()
+            ),
+        )?;
+        Ok(Agent { host: host.to_string(), dir, config, env: Vec::new(), child: None })
+    }
+
+    /// `steward-agent enroll` with this agent's config: (success, stdout, stderr).
+    pub fn enroll(&self, token: &str, extra_args: &[&str]) -> (bool, String, String) {
+        let (st, out, err) = run_cmd(
+            Command::new(bin("steward-agent"))
+                .arg("--config")
+                .arg(&self.config)
+                .args(["enroll", "--host-id", &self.host, "--token", token])
+                .args(extra_args),
+        );
+        (st.success(), out, err)
     }
 
     pub async fn start(root: &Path, cp: &ControlPlane, host: &str, checks: &str) -> Result<Agent> {
@@ -349,6 +413,7 @@ impl Agent {
             .arg(&self.config)
             .arg("run")
             .env("STEWARD_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -56,11 +56,11 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Prob
         let inner = e.into_inner();
         let message = inner.to_string();
         // For an unknown field, name the field itself.
+        // The path already ends with an unknown field's name; "." is the body itself.
         let field = match message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()) {
             Some(unknown) if path == "." => unknown.to_string(),
-            Some(unknown) => format!("{path}.{unknown}"),
-            None if path == "." => "body".to_string(),
-            None => path,
+            _ if path == "." => "body".to_string(),
+            _ => path,
         };
         Problem::invalid(&field, format!("invalid request body: {message}"))
     })

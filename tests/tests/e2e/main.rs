@@ -1,6 +1,9 @@
 //! One end-to-end test binary, grouped by topic. Every test starts real
 //! processes on 127.0.0.1 with real certificates and a real database
 //! (SQLite by default; PostgreSQL with `STEWARD_TEST_BACKEND=postgres`).
+mod backup;
 mod gateway_refusals;
+mod identity;
 mod pipeline;
 mod quickstart;
+mod service;

@@ -28,11 +28,18 @@ async fn wait_stored(cp: &ControlPlane, host: &str, n: usize, timeout: Duration)
     .unwrap();
 }
 
-/// Stops the agent gracefully and checks that the database holds exactly the
+/// Stops the agent gracefully (SIGTERM: exit 0 within the harness's
+/// `shutdown_grace` of 10 s) and checks that the database holds exactly the
 /// sequences 1..=N the agent produced: nothing lost, nothing twice.
 async fn stop_and_assert_exactly_once(cp: &ControlPlane, agent: &mut Agent) {
+    let started = std::time::Instant::now();
     let status = agent.terminate().expect("agent was running");
     assert!(status.success(), "agent exit {status:?}; log:\n{}", agent.log());
+    assert!(
+        started.elapsed() < Duration::from_secs(10 + 5),
+        "the drain ends within shutdown_grace; took {:?}",
+        started.elapsed()
+    );
     let stats = agent.spool_stats().unwrap();
     assert_eq!(
         stats.depth,
