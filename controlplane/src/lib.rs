@@ -9,6 +9,7 @@
 //!   verified client certificate; batched, idempotent ingest; acks after commit.
 //! - [`store`] — one storage interface, two backends, each with its own SQL and migrations.
 //! - [`api`] — the warp REST API (`/healthz`, `/readyz`, `/metrics`, `/api/v1/...`).
+//! - [`audit`] — the tamper-evident audit log: hash chain, signed checkpoints, export and verify.
 //! - [`metrics`] — Prometheus metrics shared by gateway and API.
 //! - [`rest_serve`] — serves the REST filter (HTTP or HTTPS) from our own accept loop.
 //! - [`server`] — `serve`: starts everything, shuts it down on signals.
@@ -17,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod audit;
 pub mod client;
 pub mod config;
 pub mod enrollment;

@@ -1,7 +1,9 @@
 //! API tokens: `stw_<id>_<secret>`. The ID is public (the primary key); only
 //! the SHA-256 of the secret is stored, and it is compared in constant time.
-//! Expired, revoked, unknown and malformed tokens all get the same 401.
-//! A token is shown once, at creation, and never logged.
+//! Expired, revoked, unknown and malformed tokens all get the same 401 (the
+//! reason goes to the audit log only). A token is shown once, at creation,
+//! and never logged. Creating and revoking a token is audited in the same
+//! transaction.
 use std::time::Duration;
 
 use base64::Engine;
@@ -10,6 +12,7 @@ use rand::{Rng, RngCore};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::audit::{AuditEntry, Outcome, actor};
 use crate::model::{ApiToken, Role};
 use crate::store::{Store, StoreError};
 
@@ -26,6 +29,33 @@ pub struct Principal {
     pub token_id: String,
     pub token_name: String,
     pub role: Role,
+    /// The request's `X-Request-Id` (None outside an HTTP request).
+    pub request_id: Option<String>,
+}
+
+impl Principal {
+    /// An audit entry of `action` by this caller, in this request.
+    pub fn audit(&self, action: &str, outcome: Outcome) -> AuditEntry {
+        AuditEntry::new(actor::token(&self.token_id), action, outcome).request_id(self.request_id.as_deref())
+    }
+}
+
+/// Why a token was refused: recorded in the audit log, never told to the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// `missing`, `malformed`, `unknown token`, `wrong secret`, `expired`, `revoked`.
+    pub reason: &'static str,
+    /// The token ID presented, when the token was well-formed.
+    pub token_id: Option<String>,
+}
+
+/// [`authenticate_detailed`]'s failure.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthFailure {
+    #[error("unauthorized: {}", .0.reason)]
+    Refused(Refusal),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// Why a request is not authenticated.
@@ -38,13 +68,32 @@ pub enum AuthError {
     Store(#[from] StoreError),
 }
 
-/// Creates an `admin` token and returns it in full (the only time it is visible).
+/// Creates an `admin` token and returns it in full (the only time it is
+/// visible). Audited as done by the local user (`admin create-token`, quickstart).
 pub async fn create_admin_token(store: &Store, name: &str, ttl: Option<Duration>) -> Result<String, StoreError> {
     create_token(store, name, Role::Admin, ttl).await
 }
 
-/// Creates a token with `role` and returns it in full (the only time it is visible).
+/// Creates a token with `role` and returns it in full (the only time it is
+/// visible). Audited as done by the local user.
 pub async fn create_token(store: &Store, name: &str, role: Role, ttl: Option<Duration>) -> Result<String, StoreError> {
+    create_token_by(store, AuditEntry::new(actor::local(), TOKENS_CREATE, Outcome::Success), name, role, ttl).await
+}
+
+/// Action name of token creation in the audit log.
+pub const TOKENS_CREATE: &str = "tokens.create";
+/// Action name of token revocation in the audit log.
+pub const TOKENS_REVOKE: &str = "tokens.revoke";
+
+/// Creates a token and records `audit` (its actor, action and request ID;
+/// the target and details are filled in here) in the same transaction.
+pub async fn create_token_by(
+    store: &Store,
+    audit: AuditEntry,
+    name: &str,
+    role: Role,
+    ttl: Option<Duration>,
+) -> Result<String, StoreError> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 128 || name.chars().any(char::is_control) {
         return Err(StoreError::Invalid(
@@ -63,19 +112,42 @@ pub async fn create_token(store: &Store, name: &str, role: Role, ttl: Option<Dur
         }
     };
     let (token, id, secret_hash) = generate();
+    let audit = audit
+        .target(actor::token(&id))
+        .details(serde_json::json!({ "name": name, "role": role.as_str(), "expires_ms": expires_ms }));
     store
-        .create_api_token(&ApiToken {
-            id,
-            name: name.to_string(),
-            role,
-            secret_hash,
-            created_ms: now,
-            expires_ms,
-            revoked_ms: None,
-            last_used_ms: None,
-        })
+        .create_api_token(
+            &ApiToken {
+                id,
+                name: name.to_string(),
+                role,
+                secret_hash,
+                created_ms: now,
+                expires_ms,
+                revoked_ms: None,
+                last_used_ms: None,
+            },
+            audit,
+        )
         .await?;
     Ok(token)
+}
+
+/// Revokes token `id` and records `audit` (actor, action, request ID) in the
+/// same transaction; false when there is no such token or it was already
+/// revoked (recorded as `failed`).
+pub async fn revoke_token_by(store: &Store, audit: AuditEntry, id: &str) -> Result<bool, StoreError> {
+    let audit = audit.target(actor::token(id));
+    if store
+        .revoke_api_token(id, steward_shared::now_ms(), audit.clone())
+        .await?
+    {
+        return Ok(true);
+    }
+    let mut failed = audit.details(serde_json::json!({ "reason": "no such active token" }));
+    failed.outcome = Outcome::Failed;
+    store.append_audit(failed).await?;
+    Ok(false)
 }
 
 /// A new random token: (full token, id, hex SHA-256 of the secret).
@@ -125,22 +197,48 @@ pub async fn token_is_valid(store: &Store, token: &str) -> bool {
 
 /// Verifies an `Authorization` header value (`Bearer stw_...`).
 pub async fn authenticate(store: &Store, authorization: Option<&str>, now_ms: i64) -> Result<Principal, AuthError> {
+    authenticate_detailed(store, authorization, now_ms)
+        .await
+        .map_err(|failure| match failure {
+            AuthFailure::Refused(_) => AuthError::Unauthorized,
+            AuthFailure::Store(error) => AuthError::Store(error),
+        })
+}
+
+/// [`authenticate`], saying why a token was refused (for the audit log).
+pub async fn authenticate_detailed(
+    store: &Store,
+    authorization: Option<&str>,
+    now_ms: i64,
+) -> Result<Principal, AuthFailure> {
+    let refused = |reason: &'static str, token_id: Option<&str>| {
+        AuthFailure::Refused(Refusal {
+            reason,
+            token_id: token_id.map(str::to_string),
+        })
+    };
     let token = authorization
         .and_then(|v| {
             let (scheme, rest) = v.trim().split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
         })
-        .ok_or(AuthError::Unauthorized)?;
-    let (id, secret) = parse_token(token).ok_or(AuthError::Unauthorized)?;
+        .ok_or_else(|| refused("missing", None))?;
+    let (id, secret) = parse_token(token).ok_or_else(|| refused("malformed", None))?;
     let presented = hash_secret(secret);
     let Some(stored) = store.find_api_token(id).await? else {
         // Same work as for a known ID, so timing says nothing about IDs.
         let _ = presented.as_bytes().ct_eq(hash_secret("").as_bytes());
-        return Err(AuthError::Unauthorized);
+        return Err(refused("unknown token", Some(id)));
     };
     let matches: bool = presented.as_bytes().ct_eq(stored.secret_hash.as_bytes()).into();
-    if !matches || !stored.is_active(now_ms) {
-        return Err(AuthError::Unauthorized);
+    if !matches {
+        return Err(refused("wrong secret", Some(id)));
+    }
+    if stored.revoked_ms.is_some() {
+        return Err(refused("revoked", Some(id)));
+    }
+    if !stored.is_active(now_ms) {
+        return Err(refused("expired", Some(id)));
     }
     if stored.last_used_ms.is_none_or(|t| now_ms - t >= TOUCH_INTERVAL_MS)
         && let Err(error) = store.touch_api_token(&stored.id, now_ms).await
@@ -151,6 +249,7 @@ pub async fn authenticate(store: &Store, authorization: Option<&str>, now_ms: i6
         token_id: stored.id,
         token_name: stored.name,
         role: stored.role,
+        request_id: None,
     })
 }
 

@@ -180,10 +180,8 @@ async fn every_api_route_requires_a_valid_token() {
             .unwrap();
         let revoked = create_token(&api.store, "r", Role::Admin, None).await.unwrap();
         let (revoked_id, _) = auth::parse_token(&revoked).unwrap();
-        api.store
-            .revoke_api_token(revoked_id, steward_shared::now_ms())
-            .await
-            .unwrap();
+        let revoke = crate::audit::AuditEntry::new("system", auth::TOKENS_REVOKE, crate::audit::Outcome::Success);
+        assert!(auth::revoke_token_by(&api.store, revoke, revoked_id).await.unwrap());
         let (id, _) = auth::parse_token(&api.token).unwrap();
         let wrong_secret = format!("stw_{id}_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
         // Wait (on the store's clock, not a sleep) until the short token is expired.

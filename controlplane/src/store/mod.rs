@@ -19,8 +19,10 @@ use std::collections::{BTreeMap, HashMap};
 use steward_shared::selector::Selector;
 use steward_shared::status::{CheckResult, CheckStatus, Value};
 
+use crate::audit::AuditEntry;
 use crate::model::{AgentHello, ApiToken, FleetStats, Host, IngestBatch, LatestCheck, Page, Role, StatusCounts};
 
+pub mod audit;
 mod backup;
 pub mod identity;
 mod postgres;
@@ -331,18 +333,30 @@ impl Store {
 
     // ------------------------------------------------------------ API tokens
 
-    /// Stores a new API token (its secret already hashed).
-    pub async fn create_api_token(&self, token: &ApiToken) -> Result<(), StoreError> {
-        dispatch!(self, b => b.insert_api_token(token).await)
+    /// Stores a new API token (its secret already hashed) and its audit
+    /// entry, in one transaction.
+    pub async fn create_api_token(&self, token: &ApiToken, audit: AuditEntry) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        tx.insert_api_token(token).await?;
+        tx.audit(audit);
+        tx.commit().await?;
+        Ok(())
     }
 
     pub async fn find_api_token(&self, id: &str) -> Result<Option<ApiToken>, StoreError> {
         dispatch!(self, b => b.find_api_token(id).await)
     }
 
-    /// Revokes a token; false when no such token exists or it was already revoked.
-    pub async fn revoke_api_token(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
-        dispatch!(self, b => b.revoke_api_token(id, now_ms).await)
+    /// Revokes a token and records `audit`, in one transaction; false (and
+    /// nothing recorded) when no such token exists or it was already revoked.
+    pub async fn revoke_api_token(&self, id: &str, now_ms: i64, audit: AuditEntry) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        if !tx.revoke_api_token(id, now_ms).await? {
+            return Ok(false);
+        }
+        tx.audit(audit);
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// All tokens, oldest first.

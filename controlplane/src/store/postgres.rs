@@ -29,6 +29,7 @@ use crate::model::{ApiToken, FleetStats, Host, LatestCheck};
 pub(super) const MIGRATIONS: &[(i64, &str, &str)] =
     &[
         (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
+        (2, "audit", include_str!("../../migrations/postgres/0002_audit.sql")),
         (3, "identity", include_str!("../../migrations/postgres/0003_identity.sql")),
     ];
 
@@ -343,7 +344,8 @@ impl PgStore {
 
     // ------------------------------------------------------------ API tokens
 
-    pub(super) async fn insert_api_token(&self, t: &ApiToken) -> Result<(), StoreError> {
+    /// In the caller's transaction (a [`super::audit::StoreTx`]), beside its audit entry.
+    pub(super) async fn insert_api_token(conn: &mut PgConnection, t: &ApiToken) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO api_tokens (id, name, role, secret_hash, created_ms, expires_ms, revoked_ms, last_used_ms)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -356,7 +358,7 @@ impl PgStore {
         .bind(t.expires_ms)
         .bind(t.revoked_ms)
         .bind(t.last_used_ms)
-        .execute(&self.pool)
+        .execute(&mut *conn)
         .await?;
         Ok(())
     }
@@ -370,11 +372,12 @@ impl PgStore {
         row.as_ref().map(token_from_row).transpose()
     }
 
-    pub(super) async fn revoke_api_token(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
+    /// In the caller's transaction (a [`super::audit::StoreTx`]), beside its audit entry.
+    pub(super) async fn revoke_api_token(conn: &mut PgConnection, id: &str, now_ms: i64) -> Result<bool, StoreError> {
         let done = sqlx::query("UPDATE api_tokens SET revoked_ms = $2 WHERE id = $1 AND revoked_ms IS NULL")
             .bind(id)
             .bind(now_ms)
-            .execute(&self.pool)
+            .execute(&mut *conn)
             .await?;
         Ok(done.rows_affected() > 0)
     }

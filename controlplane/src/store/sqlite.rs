@@ -20,7 +20,8 @@ use std::time::Duration;
 
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Row, SqlSafeStr, Sqlite};
 
@@ -36,6 +37,7 @@ use crate::model::{ApiToken, FleetStats, Host, LatestCheck};
 pub(super) const MIGRATIONS: &[(i64, &str, &str)] =
     &[
         (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
+        (2, "audit", include_str!("../../migrations/sqlite/0002_audit.sql")),
         (3, "identity", include_str!("../../migrations/sqlite/0003_identity.sql")),
     ];
 
@@ -397,7 +399,8 @@ impl SqliteStore {
 
     // ------------------------------------------------------------ API tokens
 
-    pub(super) async fn insert_api_token(&self, t: &ApiToken) -> Result<(), StoreError> {
+    /// In the caller's transaction (a [`super::audit::StoreTx`]), beside its audit entry.
+    pub(super) async fn insert_api_token(conn: &mut SqliteConnection, t: &ApiToken) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO api_tokens (id, name, role, secret_hash, created_ms, expires_ms, revoked_ms, last_used_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -410,7 +413,7 @@ impl SqliteStore {
         .bind(t.expires_ms)
         .bind(t.revoked_ms)
         .bind(t.last_used_ms)
-        .execute(&self.write)
+        .execute(&mut *conn)
         .await?;
         Ok(())
     }
@@ -424,11 +427,12 @@ impl SqliteStore {
         row.as_ref().map(token_from_row).transpose()
     }
 
-    pub(super) async fn revoke_api_token(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
+    /// In the caller's transaction (a [`super::audit::StoreTx`]), beside its audit entry.
+    pub(super) async fn revoke_api_token(conn: &mut SqliteConnection, id: &str, now_ms: i64) -> Result<bool, StoreError> {
         let done = sqlx::query("UPDATE api_tokens SET revoked_ms = ?2 WHERE id = ?1 AND revoked_ms IS NULL")
             .bind(id)
             .bind(now_ms)
-            .execute(&self.write)
+            .execute(&mut *conn)
             .await?;
         Ok(done.rows_affected() > 0)
     }

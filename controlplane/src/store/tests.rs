@@ -522,9 +522,10 @@ async fn api_tokens_are_stored_hashed_and_can_expire_or_be_revoked() {
             Err(auth::AuthError::Unauthorized)
         ));
 
-        assert!(store.revoke_api_token(id, now).await.unwrap());
+        let revoke = || crate::audit::AuditEntry::new("system", auth::TOKENS_REVOKE, crate::audit::Outcome::Success);
+        assert!(store.revoke_api_token(id, now, revoke()).await.unwrap());
         assert!(
-            !store.revoke_api_token(id, now).await.unwrap(),
+            !store.revoke_api_token(id, now, revoke()).await.unwrap(),
             "second revoke is a no-op"
         );
         assert!(!auth::token_is_valid(&store, &token).await);
