@@ -7,6 +7,9 @@ use steward_shared::config::{ConfigError, load_toml};
 use steward_shared::units::{ByteSize, Duration};
 
 use crate::checks::CheckConfig;
+use crate::jobs::backup::BackupConfig;
+use crate::jobs::deploy::AppConfig;
+use crate::jobs::policy::ActionsSection;
 
 /// Default location of the agent's config file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/steward/agent.toml";
@@ -24,6 +27,15 @@ pub struct AgentConfig {
     /// The checks to run (`[[checks]]` tables).
     #[serde(default)]
     pub checks: Vec<CheckConfig>,
+    /// Which job actions this agent runs (`[actions]`); default none.
+    #[serde(default)]
+    pub actions: ActionsSection,
+    /// Configured backups (`[[backups]]` tables).
+    #[serde(default)]
+    pub backups: Vec<BackupConfig>,
+    /// Apps deployed through `deploy.apply` (`[[apps]]` tables).
+    #[serde(default)]
+    pub apps: Vec<AppConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -216,7 +228,10 @@ impl AgentConfig {
             if let Some(token) = &server.enrollment_token
                 && crate::enroll::token_fingerprint(token).is_none()
             {
-                return Err(at("server.enrollment_token", "malformed: expected stwe_<id>_<secret>_<ca-fingerprint>".into()));
+                return Err(at(
+                    "server.enrollment_token",
+                    "malformed: expected stwe_<id>_<secret>_<ca-fingerprint>".into(),
+                ));
             }
             if let Some(id) = &server.host_id
                 && let Err(e) = steward_shared::pki::validate_host_id(id)
@@ -224,6 +239,7 @@ impl AgentConfig {
                 return Err(at("server.host_id", e.to_string()));
             }
         }
-        crate::checks::validate(&self.checks, self, file, src)
+        crate::checks::validate(&self.checks, self, file, src)?;
+        crate::jobs::validate(self, file, src)
     }
 }

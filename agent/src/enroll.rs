@@ -57,14 +57,26 @@ pub fn token_fingerprint(token: &str) -> Option<String> {
 
 /// A host id derived from the machine's hostname (lower case, invalid characters replaced).
 pub fn default_host_id() -> String {
-    let raw = hostname::get().map(|h| h.to_string_lossy().to_lowercase()).unwrap_or_default();
+    let raw = hostname::get()
+        .map(|h| h.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
     let id: String = raw
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
         .skip_while(|c| !c.is_ascii_alphanumeric())
         .take(63)
         .collect();
-    if pki::validate_host_id(&id).is_ok() { id } else { "localhost".to_string() }
+    if pki::validate_host_id(&id).is_ok() {
+        id
+    } else {
+        "localhost".to_string()
+    }
 }
 
 /// Verifies the server against a CA that is accepted only if its SHA-256
@@ -84,11 +96,18 @@ impl ServerCertVerifier for PinnedCa {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let Some(ca) = intermediates.iter().find(|c| pki::fingerprint_sha256(c) == self.fingerprint) else {
-            return Err(rustls::Error::General("the server did not present the pinned CA".into()));
+        let Some(ca) = intermediates
+            .iter()
+            .find(|c| pki::fingerprint_sha256(c) == self.fingerprint)
+        else {
+            return Err(rustls::Error::General(
+                "the server did not present the pinned CA".into(),
+            ));
         };
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca.clone().into_owned()).map_err(|e| rustls::Error::General(e.to_string()))?;
+        roots
+            .add(ca.clone().into_owned())
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
         let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
             .build()
             .map_err(|e| rustls::Error::General(e.to_string()))?;
@@ -123,7 +142,10 @@ pub fn cert_validity(path: &Path) -> Option<(i64, i64)> {
     let pem = std::fs::read_to_string(path).ok()?;
     let der = pki::certs_from_pem(&pem).ok()?.into_iter().next()?;
     let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
-    Some((cert.validity().not_before.timestamp(), cert.validity().not_after.timestamp()))
+    Some((
+        cert.validity().not_before.timestamp(),
+        cert.validity().not_after.timestamp(),
+    ))
 }
 
 /// Whether the certificate has passed two thirds of its lifetime (time to renew).
@@ -135,8 +157,10 @@ pub fn due_for_renewal(path: &Path, now_secs: i64) -> bool {
 }
 
 fn write(path: &Path, contents: &str, mode: u32) -> Result<(), EnrollError> {
-    pki::write_file_mode(path, contents, mode)
-        .map_err(|e| EnrollError::File { path: path.display().to_string(), message: e.to_string() })
+    pki::write_file_mode(path, contents, mode).map_err(|e| EnrollError::File {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })
 }
 
 /// Enrolls this agent: new key, CSR for `host_id`, `Enroll` call with the
@@ -166,7 +190,11 @@ pub async fn enroll(
     }
     let domain = match server_name {
         Some(n) => n.to_string(),
-        None => uri.host().ok_or_else(|| EnrollError::Url(url.to_string()))?.trim_matches(['[', ']']).to_string(),
+        None => uri
+            .host()
+            .ok_or_else(|| EnrollError::Url(url.to_string()))?
+            .trim_matches(['[', ']'])
+            .to_string(),
     };
     let verifier = Arc::new(PinnedCa {
         fingerprint: fingerprint.clone(),
@@ -178,9 +206,15 @@ pub async fn enroll(
         .timeout(Duration::from_secs(30))
         .tls_config_with_verifier(ClientTlsConfig::new().domain_name(domain), verifier)
         .map_err(|e| EnrollError::Connect(e.to_string()))?;
-    let channel = endpoint.connect().await.map_err(|e| EnrollError::Connect(error_chain(&e)))?;
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| EnrollError::Connect(error_chain(&e)))?;
     let resp = AgentGatewayClient::new(channel)
-        .enroll(EnrollRequest { token: token.trim().to_string(), csr_der: csr })
+        .enroll(EnrollRequest {
+            token: token.trim().to_string(),
+            csr_der: csr,
+        })
         .await
         .map_err(|s| EnrollError::Refused(s.message().to_string()))?
         .into_inner();
@@ -194,7 +228,10 @@ pub async fn enroll(
     let key = pki::key_from_pem(&key_pem)?;
     rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
-        .and_then(|b| b.with_root_certificates(rustls::RootCertStore::empty()).with_client_auth_cert(certs, key))
+        .and_then(|b| {
+            b.with_root_certificates(rustls::RootCertStore::empty())
+                .with_client_auth_cert(certs, key)
+        })
         .map_err(|e| EnrollError::Refused(format!("the issued certificate does not fit our key: {e}")))?;
 
     write(&paths.key, &key_pem, 0o600)?;
@@ -205,10 +242,14 @@ pub async fn enroll(
 
 /// A CSR for renewal: same key, same identity.
 pub fn renewal_csr(paths: &IdentityPaths) -> Result<Vec<u8>, EnrollError> {
-    let key = std::fs::read_to_string(&paths.key)
-        .map_err(|e| EnrollError::File { path: paths.key.display().to_string(), message: e.to_string() })?;
-    let pem = std::fs::read_to_string(&paths.cert)
-        .map_err(|e| EnrollError::File { path: paths.cert.display().to_string(), message: e.to_string() })?;
+    let key = std::fs::read_to_string(&paths.key).map_err(|e| EnrollError::File {
+        path: paths.key.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let pem = std::fs::read_to_string(&paths.cert).map_err(|e| EnrollError::File {
+        path: paths.cert.display().to_string(),
+        message: e.to_string(),
+    })?;
     let der = pki::certs_from_pem(&pem)?.remove(0);
     let id = pki::identity_from_cert(&der)?;
     Ok(pki::agent_csr(&key, &id.host_id)?)
@@ -238,7 +279,10 @@ mod tests {
     #[test]
     fn the_fingerprint_comes_from_the_token() {
         let fp = "0a".repeat(32);
-        assert_eq!(token_fingerprint(&format!("stwe_abc_secretsecretsecret_{fp}")), Some(fp.clone()));
+        assert_eq!(
+            token_fingerprint(&format!("stwe_abc_secretsecretsecret_{fp}")),
+            Some(fp.clone())
+        );
         assert_eq!(token_fingerprint("stwe_abc_secret_short"), None);
         assert_eq!(token_fingerprint(&format!("stw_abc_secret_{fp}")), None);
     }
@@ -254,6 +298,10 @@ mod tests {
         assert!(!due_for_renewal(&path, from + (to - from) / 2));
         assert!(due_for_renewal(&path, from + (to - from) * 2 / 3 + 1));
         assert!(!due_for_renewal(&dir.path().join("missing.pem"), 0));
-        assert!(default_host_id().chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-._".contains(c)));
+        assert!(
+            default_host_id()
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-._".contains(c))
+        );
     }
 }

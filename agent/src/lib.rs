@@ -9,6 +9,7 @@
 //!   intervals (tokio time) or cron schedules (tokio-cron-scheduler).
 //! - [`spool`] — the redb-backed spool: sequence numbers, bound, drop counting.
 //! - [`stream`] — the gRPC stream client: hello, batches, acks, heartbeats, reconnects.
+//! - [`jobs`] — the job executor: local action policy, attempt journal, backups, deploys.
 //! - [`backoff`] — capped exponential backoff with full jitter.
 //! - [`runtime`] — wires the parts together; SIGTERM drains, SIGHUP reloads.
 //! - [`signals`] — the one signal module (used by both daemons).
@@ -19,6 +20,7 @@ pub mod backoff;
 pub mod checks;
 pub mod config;
 pub mod enroll;
+pub mod jobs;
 pub mod notify;
 pub mod runtime;
 pub mod scheduler;

@@ -79,20 +79,29 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Command::Enroll { server, token, host_id, force } => {
+        Command::Enroll {
+            server,
+            token,
+            host_id,
+            force,
+        } => {
             let cfg = match AgentConfig::load(&cli.config) {
                 Ok(cfg) => cfg,
                 Err(e) => return fail(e),
             };
-            let Some(section) = cfg
-                .server
-                .clone()
-                .or_else(|| server.clone().map(|url| steward_agent::config::ServerSection::for_url(&url)))
-            else {
-                return fail("no server to enroll with: pass --server https://HOST:PORT or set [server] url in the config");
+            let Some(section) = cfg.server.clone().or_else(|| {
+                server
+                    .clone()
+                    .map(|url| steward_agent::config::ServerSection::for_url(&url))
+            }) else {
+                return fail(
+                    "no server to enroll with: pass --server https://HOST:PORT or set [server] url in the config",
+                );
             };
             let url = server.unwrap_or_else(|| section.url.clone());
-            let host_id = host_id.or(section.host_id.clone()).unwrap_or_else(steward_agent::enroll::default_host_id);
+            let host_id = host_id
+                .or(section.host_id.clone())
+                .unwrap_or_else(steward_agent::enroll::default_host_id);
             let paths = section.identity_paths(&cfg.agent.data_dir);
             let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt,

@@ -109,8 +109,15 @@ mod tests {
     #[test]
     fn the_watchdog_interval_is_half_of_watchdog_usec_and_only_for_this_process() {
         assert_eq!(interval_from(Some("30000000"), None, 7), Some(Duration::from_secs(15)));
-        assert_eq!(interval_from(Some("2000000"), Some("7"), 7), Some(Duration::from_secs(1)));
-        assert_eq!(interval_from(Some("2000000"), Some("1"), 7), None, "another process's watchdog");
+        assert_eq!(
+            interval_from(Some("2000000"), Some("7"), 7),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(
+            interval_from(Some("2000000"), Some("1"), 7),
+            None,
+            "another process's watchdog"
+        );
         assert_eq!(interval_from(Some("2000000"), Some("junk"), 7), None);
         assert_eq!(interval_from(Some("1"), None, 7), Some(Duration::from_millis(1)));
         assert_eq!(interval_from(Some("0"), None, 7), None);

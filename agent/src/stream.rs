@@ -99,7 +99,13 @@ async fn request_renewal_if_due(
     match enroll::renewal_csr(paths) {
         Ok(csr_der) => {
             let renew = proto::RenewRequest { csr_der };
-            if tx.send(AgentMessage { msg: Some(agent_message::Msg::Renew(renew)) }).await.is_err() {
+            if tx
+                .send(AgentMessage {
+                    msg: Some(agent_message::Msg::Renew(renew)),
+                })
+                .await
+                .is_err()
+            {
                 return Err(StreamError::Protocol("stream closed while sending".into()));
             }
             tracing::info!("certificate renewal requested");
@@ -200,15 +206,22 @@ impl StreamClient {
                     return Err(StreamError::NotEnrolled(paths.cert.display().to_string()));
                 };
                 let host_id = self.server.host_id.clone().unwrap_or_else(enroll::default_host_id);
-                let id =
-                    enroll::enroll(&self.server.url, token, &host_id, paths, self.server.server_name.as_deref(), false)
-                        .await?;
+                let id = enroll::enroll(
+                    &self.server.url,
+                    token,
+                    &host_id,
+                    paths,
+                    self.server.server_name.as_deref(),
+                    false,
+                )
+                .await?;
                 tracing::info!(host = %id, "enrolled with the control plane");
                 Ok(())
             }
-            Some((_, not_after)) if not_after <= steward_shared::now_ms() / 1000 => {
-                Err(StreamError::Expired { at: not_after, url: self.server.url.clone() })
-            }
+            Some((_, not_after)) if not_after <= steward_shared::now_ms() / 1000 => Err(StreamError::Expired {
+                at: not_after,
+                url: self.server.url.clone(),
+            }),
             Some(_) => Ok(()),
         }
     }

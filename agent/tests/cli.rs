@@ -88,8 +88,17 @@ fn collect_once_prints_every_check_as_json_without_a_server() {
 }
 
 #[test]
-fn version_prints_the_version() {
+fn version_prints_the_version_and_the_git_commit() {
     let out = agent().arg("version").output().unwrap();
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("steward-agent "));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.trim_end();
+    let rest = line
+        .strip_prefix(&format!("steward-agent {} (commit ", env!("CARGO_PKG_VERSION")))
+        .and_then(|r| r.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{line:?}"));
+    assert!(
+        rest == "unknown" || (rest.len() >= 7 && rest.bytes().all(|b| b.is_ascii_hexdigit())),
+        "a short git commit or \"unknown\": {line:?}"
+    );
 }

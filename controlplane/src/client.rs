@@ -2,7 +2,9 @@
 //! (following pagination to the end), and JSON output; tables are in [`table`].
 //!
 //! Every failure is one [`ClientError`] whose `Display` is the one line the
-//! binary prints after `stewardctl: `; the token is never printed.
+//! binary prints after `stewardctl: `, and whose [`ClientError::exit_code`]
+//! is the binary's exit code; the token is never printed. The `audit`
+//! commands are in [`audit`].
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,8 +18,10 @@ use serde_json::Value as Json;
 use crate::api::Problem;
 use crate::api::views::{CheckView, HostView};
 
+mod audit;
 mod table;
-pub use table::{ago, checks_table, host_detail, hosts_table};
+pub use audit::AuditCommand;
+pub use table::{ago, audit_table, checks_table, host_detail, hosts_table};
 
 /// Default `--server`.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
@@ -70,6 +74,11 @@ pub enum Command {
     EnrollTokens {
         #[command(subcommand)]
         command: EnrollTokensCommand,
+    },
+    /// The tamper-evident audit log: list, export, verify.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
     },
 }
 
@@ -171,9 +180,26 @@ pub enum ClientError {
     Protocol(String),
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
+    #[error("cannot write {path}: {reason}")]
+    WriteFile { path: String, reason: String },
+    /// `audit verify` found proof of tampering.
+    #[error("audit log tampered: {0}")]
+    Tampered(String),
+    /// `audit verify` had nothing usable to verify.
+    #[error("{0}")]
+    Unusable(String),
 }
 
 impl ClientError {
+    /// The exit code for this failure: 2 when `audit verify` had no usable
+    /// input, else 1 (usage errors exit 2 from clap before this).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ClientError::Unusable(_) => 2,
+            _ => 1,
+        }
+    }
+
     /// Whether this is a closed stdout (`stewardctl ... | head`): not worth a message.
     pub fn is_broken_pipe(&self) -> bool {
         matches!(self, ClientError::Output(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
@@ -254,8 +280,16 @@ impl Client {
         self.send(http::Method::GET, url, None).await
     }
 
-    async fn send(&self, method: http::Method, url: Url, body: Option<&Json>) -> Result<Result<Json, Failure>, ClientError> {
-        let mut req = self.http.request(method, url).header(http::header::ACCEPT, "application/json");
+    async fn send(
+        &self,
+        method: http::Method,
+        url: Url,
+        body: Option<&Json>,
+    ) -> Result<Result<Json, Failure>, ClientError> {
+        let mut req = self
+            .http
+            .request(method, url)
+            .header(http::header::ACCEPT, "application/json");
         if let Some(body) = body {
             req = req.json(body);
         }
@@ -324,13 +358,17 @@ impl Client {
     /// `POST /api/v1/enrollment-tokens`.
     pub async fn create_enrollment_token(&self, body: &Json) -> Result<Json, ClientError> {
         let url = self.url(&["enrollment-tokens"], &[]);
-        self.send(http::Method::POST, url, Some(body)).await?.map_err(|f| meaning(f, None))
+        self.send(http::Method::POST, url, Some(body))
+            .await?
+            .map_err(|f| meaning(f, None))
     }
 
     /// `POST /api/v1/hosts/{host}/revoke`.
     pub async fn revoke_host(&self, host: &str) -> Result<Json, ClientError> {
         let url = self.url(&["hosts", host, "revoke"], &[]);
-        self.send(http::Method::POST, url, None).await?.map_err(|f| meaning(f, Some(host)))
+        self.send(http::Method::POST, url, None)
+            .await?
+            .map_err(|f| meaning(f, Some(host)))
     }
 
     pub async fn list_hosts(&self, selector: Option<&str>) -> Result<Json, ClientError> {
@@ -453,6 +491,12 @@ fn tls_config(https: bool, ca_cert: Option<&std::path::Path>) -> Result<rustls::
 
 /// Runs one parsed command line, writing results to `out`.
 pub async fn run(cli: Cli, out: &mut impl Write) -> Result<(), ClientError> {
+    if let Command::Audit { command } = &cli.command {
+        // `audit verify -f FILE` works without a (valid) server.
+        audit::run(command, &cli, out).await?;
+        out.flush()?;
+        return Ok(());
+    }
     let client = Client::new(&cli.server, cli.token, cli.ca_cert.as_deref())?;
     let now = steward_shared::now_ms();
     match cli.command {
@@ -502,7 +546,10 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> Result<(), ClientError> {
                         human_duration_ms(expires.saturating_sub(now)),
                         field("ca_fingerprint")
                     )?;
-                    writeln!(out, "# on the new host: steward-agent enroll --server https://CONTROL-PLANE:7443 --token <the token above>")?;
+                    writeln!(
+                        out,
+                        "# on the new host: steward-agent enroll --server https://CONTROL-PLANE:7443 --token <the token above>"
+                    )?;
                 }
             }
         }
@@ -530,6 +577,7 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> Result<(), ClientError> {
                 Output::Table => out.write_all(checks_table(&items::<CheckView>(&list)?, now, true).as_bytes())?,
             }
         }
+        Command::Audit { .. } => {} // handled above
     }
     out.flush()?;
     Ok(())
@@ -540,7 +588,10 @@ fn parse_labels(s: &str) -> Result<std::collections::BTreeMap<String, String>, C
     let mut labels = std::collections::BTreeMap::new();
     for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let Some((k, v)) = pair.split_once('=') else {
-            return Err(ClientError::Invalid { field: "labels".into(), detail: format!("{pair:?} is not key=value") });
+            return Err(ClientError::Invalid {
+                field: "labels".into(),
+                detail: format!("{pair:?} is not key=value"),
+            });
         };
         labels.insert(k.trim().to_string(), v.trim().to_string());
     }

@@ -26,6 +26,26 @@ pub struct ControlPlaneConfig {
     pub retention: RetentionSection,
     #[serde(default)]
     pub pki: PkiSection,
+    #[serde(default)]
+    pub audit: AuditSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    /// Sign a checkpoint of the audit log after this many new entries.
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: u64,
+    /// ...and at least this often, also when nothing happened (so a silent gap is provable).
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval: Duration,
+    /// Ed25519 key (PKCS#8 PEM, mode 0600) that signs checkpoints; created
+    /// when missing. Default `DATA_DIR/audit-signing.key`. Replicas share one.
+    pub signing_key: Option<PathBuf>,
+    /// Refused requests recorded one by one per minute (bursting to as many);
+    /// beyond that they are counted into the next recorded one.
+    #[serde(default = "default_denials_per_minute")]
+    pub denials_per_minute: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -107,6 +127,15 @@ fn default_agent_cert_lifetime() -> Duration {
 fn default_enrollment_ttl() -> Duration {
     Duration::from_secs(3600)
 }
+fn default_checkpoint_every() -> u64 {
+    1000
+}
+fn default_checkpoint_interval() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_denials_per_minute() -> u32 {
+    60
+}
 fn default_data_dir() -> PathBuf {
     PathBuf::from("/var/lib/steward-controlplane")
 }
@@ -152,6 +181,11 @@ impl Default for GrpcSection {
 impl Default for RestSection {
     fn default() -> Self {
         parse_toml("<defaults>", "").expect("empty rest section has defaults")
+    }
+}
+impl Default for AuditSection {
+    fn default() -> Self {
+        parse_toml("<defaults>", "").expect("empty audit section has defaults")
     }
 }
 impl Default for PkiSection {
@@ -224,6 +258,16 @@ impl ControlPlaneConfig {
         if self.retention.interval.as_std() < std::time::Duration::from_secs(1) {
             return Err(at("retention.interval", "must be at least 1s"));
         }
+        if self.audit.checkpoint_every == 0 || self.audit.checkpoint_every > 1_000_000_000 {
+            return Err(at("audit.checkpoint_every", "must be between 1 and 1000000000"));
+        }
+        let interval = self.audit.checkpoint_interval.as_std();
+        if interval < std::time::Duration::from_secs(1) || interval > std::time::Duration::from_secs(7 * 86_400) {
+            return Err(at("audit.checkpoint_interval", "must be between 1s and 7d"));
+        }
+        if self.audit.denials_per_minute == 0 {
+            return Err(at("audit.denials_per_minute", "must be at least 1"));
+        }
         Ok(())
     }
 
@@ -272,6 +316,32 @@ mod tests {
         assert_eq!(cfg.rest.listen.to_string(), "127.0.0.1:8080");
         assert!(cfg.database_url().starts_with("sqlite://"));
         assert_eq!(cfg.ingest_workers(), 1);
+    }
+
+    #[test]
+    fn audit_section_has_defaults_and_names_bad_keys() {
+        let cfg = ControlPlaneConfig::parse("cp.toml", "").unwrap();
+        assert_eq!(cfg.audit.checkpoint_every, 1000);
+        assert_eq!(cfg.audit.checkpoint_interval.as_std().as_secs(), 3600);
+        assert_eq!(cfg.audit.denials_per_minute, 60);
+        assert!(cfg.audit.signing_key.is_none());
+        let cfg = ControlPlaneConfig::parse(
+            "cp.toml",
+            "[audit]\ncheckpoint_every = 10\ncheckpoint_interval = \"5m\"\nsigning_key = \"/k\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.audit.checkpoint_interval.as_std().as_secs(), 300);
+        for (src, key) in [
+            ("[audit]\ncheckpoint_every = 0\n", "audit.checkpoint_every"),
+            (
+                "[audit]\ncheckpoint_interval = \"500ms\"\n",
+                "audit.checkpoint_interval",
+            ),
+            ("[audit]\ndenials_per_minute = 0\n", "audit.denials_per_minute"),
+        ] {
+            let e = ControlPlaneConfig::parse("cp.toml", src).unwrap_err();
+            assert_eq!((e.line, e.key.as_deref()), (Some(2), Some(key)), "{e}");
+        }
     }
 
     #[test]

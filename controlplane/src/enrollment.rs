@@ -23,7 +23,9 @@ impl EnrollmentToken {
     pub fn generate(ca_fingerprint: &str) -> Self {
         let mut rng = rand::rng();
         let pick = |n: usize, alphabet: &[u8], rng: &mut rand::rngs::ThreadRng| -> String {
-            (0..n).map(|_| alphabet[rng.random_range(0..alphabet.len())] as char).collect()
+            (0..n)
+                .map(|_| alphabet[rng.random_range(0..alphabet.len())] as char)
+                .collect()
         };
         EnrollmentToken {
             id: pick(ID_LEN, b"abcdefghijklmnopqrstuvwxyz0123456789", &mut rng),
@@ -47,7 +49,11 @@ impl EnrollmentToken {
             && secret.bytes().all(|b| b.is_ascii_alphanumeric())
             && fp.len() == 64
             && fp.bytes().all(|b| b.is_ascii_hexdigit());
-        ok.then(|| EnrollmentToken { id: id.into(), secret: secret.into(), ca_fingerprint: fp.to_ascii_lowercase() })
+        ok.then(|| EnrollmentToken {
+            id: id.into(),
+            secret: secret.into(),
+            ca_fingerprint: fp.to_ascii_lowercase(),
+        })
     }
 
     /// SHA-256 of the secret, hex: what the store keeps.

@@ -191,7 +191,11 @@ fn dispatch(mut cli: Cli) -> anyhow::Result<()> {
                 let written = store.backup_to(&to).await;
                 store.close().await;
                 let bytes = written.context("backup")?;
-                println!("backup of {} written to {} ({bytes} bytes)", server::redact(&url), to.display());
+                println!(
+                    "backup of {} written to {} ({bytes} bytes)",
+                    server::redact(&url),
+                    to.display()
+                );
                 anyhow::Ok(())
             })
         }

@@ -238,7 +238,9 @@ async fn enroll_local_agent(
     agent_dir: &Path,
     grpc: SocketAddr,
 ) -> Result<(), QuickstartError> {
-    let fingerprint = pki_cli::load(cp_dir)?.fingerprint().map_err(|e| QuickstartError::Agent(e.to_string()))?;
+    let fingerprint = pki_cli::load(cp_dir)?
+        .fingerprint()
+        .map_err(|e| QuickstartError::Agent(e.to_string()))?;
     let token = crate::enrollment::EnrollmentToken::generate(&fingerprint);
     let now = steward_shared::now_ms();
     let stored = crate::store::identity::NewEnrollmentToken {
@@ -249,7 +251,10 @@ async fn enroll_local_agent(
         expires_ms: now + 600_000,
         created_by: "quickstart".into(),
     };
-    store.create_enrollment_token(&stored, now).await.map_err(|e| QuickstartError::Token(e.to_string()))?;
+    store
+        .create_enrollment_token(&stored, now)
+        .await
+        .map_err(|e| QuickstartError::Token(e.to_string()))?;
     let paths = steward_agent::enroll::IdentityPaths {
         ca: agent_dir.join("ca.pem"),
         cert: agent_dir.join("agent.pem"),

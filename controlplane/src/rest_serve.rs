@@ -1,6 +1,7 @@
 //! Serves the REST filter from our own accept loop (warp 0.4 has no TLS of its
 //! own): plain HTTP or HTTPS with rustls, HTTP/1.1 and HTTP/2, graceful
-//! shutdown with a bounded grace period.
+//! shutdown with a bounded grace period. Before routing, a request without a
+//! sane `X-Request-Id` is given one ([`crate::api::assign_request_id`]).
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,7 +38,11 @@ pub async fn serve(
             },
         };
         let _ = tcp.set_nodelay(true);
-        let service = TowerToHyperService::new(warp::service(filter.clone()));
+        let routes = TowerToHyperService::new(warp::service(filter.clone()));
+        let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+            crate::api::assign_request_id(req.headers_mut());
+            hyper::service::Service::call(&routes, req)
+        });
         match &acceptor {
             None => {
                 let conn = Builder::new(TokioExecutor::new())

@@ -38,6 +38,8 @@ pub enum ServeError {
     Grpc(#[from] tonic::transport::Error),
     #[error("cannot write {path}: {source}")]
     Write { path: String, source: std::io::Error },
+    #[error("audit log: {0}")]
+    Audit(#[from] crate::audit::checkpointer::AuditStartError),
 }
 
 /// Where a started control plane listens (also written to `DATA_DIR/endpoints.json`).
@@ -86,6 +88,8 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
     }
     let store = Store::connect(&url).await.map_err(store_err)?;
     store.migrate().await.map_err(store_err)?;
+    // Signing key, `start` checkpoint, and the checkpointer task.
+    let audit = crate::audit::checkpointer::start(&cfg.audit, &cfg.data_dir, store.clone(), shutdown.clone()).await?;
     let metrics = Arc::new(Metrics::new());
 
     let tls = gateway::tls::server_config(&cfg.server_cert_path(), &cfg.server_key_path(), &cfg.client_ca_path())?;
@@ -153,7 +157,8 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
     let scheme = if rest_tls.is_some() { "https" } else { "http" };
     let ca_fingerprint = enroller.as_ref().and_then(|e| e.ca_fingerprint());
     let state = crate::api::ApiState::new(store.clone(), metrics.clone(), cfg.rest.offline_after.as_std())
-        .with_enrollment(ca_fingerprint, cfg.pki.enrollment_token_ttl.as_std());
+        .with_enrollment(ca_fingerprint, cfg.pki.enrollment_token_ttl.as_std())
+        .with_audit(audit.signer.clone(), cfg.audit.denials_per_minute);
     let routes = {
         use warp::{Filter, Reply};
         crate::api::routes(state).map(Reply::into_response).boxed()
@@ -185,7 +190,7 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
         endpoints,
         store,
         registry,
-        tasks: vec![rest, retention, sweep],
+        tasks: vec![rest, retention, sweep, audit.task],
         grpc,
     })
 }

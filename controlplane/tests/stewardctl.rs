@@ -1,12 +1,16 @@
 //! The real `stewardctl` binary against a real REST server (in-process, on
 //! 127.0.0.1:0, over a real store): output, pagination, and the one-line
-//! errors with exit code 1 for connection refused, 401 and 404.
+//! errors with exit code 1 for connection refused, 401 and 404; `audit
+//! verify`'s exit codes 0 (intact), 1 (tampered), 2 (unusable input).
 use std::collections::BTreeMap;
 use std::process::Output;
 use std::sync::Arc;
 use std::time::Duration;
 
 use steward_controlplane::api::{self, ApiState};
+use steward_controlplane::audit::chain::CheckpointKind;
+use steward_controlplane::audit::checkpointer::{CheckpointPolicy, Checkpointer};
+use steward_controlplane::audit::signing::{self, Signer};
 use steward_controlplane::metrics::Metrics;
 use steward_controlplane::model::{AgentHello, IngestBatch};
 use steward_controlplane::store::Store;
@@ -19,6 +23,8 @@ struct Server {
     url: String,
     token: String,
     store: Store,
+    /// Signs the server's audit exports.
+    signer: Arc<Signer>,
     _stop: oneshot::Sender<()>,
     _db: TestDatabase,
 }
@@ -27,7 +33,9 @@ async fn start_server() -> Server {
     let db = TestDatabase::create(TestBackend::from_env()).await;
     let store = db.store().await;
     let token = api::create_admin_token(&store, "stewardctl-test", None).await.unwrap();
-    let state = ApiState::new(store.clone(), Arc::new(Metrics::new()), Duration::from_secs(300));
+    let signer = Arc::new(Signer::generate().unwrap());
+    let state =
+        ApiState::new(store.clone(), Arc::new(Metrics::new()), Duration::from_secs(300)).with_audit(signer.clone(), 60);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = oneshot::channel::<()>();
@@ -43,6 +51,7 @@ async fn start_server() -> Server {
         url,
         token,
         store,
+        signer,
         _stop: stop,
         _db: db,
     }
@@ -235,4 +244,126 @@ async fn usage_errors_exit_2() {
         "{}",
         text(&out.stderr)
     );
+}
+
+#[tokio::test]
+async fn audit_list_export_and_verify_with_exit_codes() {
+    let s = start_server().await;
+    Checkpointer::new(s.store.clone(), s.signer.clone(), CheckpointPolicy::default())
+        .checkpoint(CheckpointKind::Start, true, steward_shared::now_ms())
+        .await
+        .unwrap();
+    api::create_token(&s.store, "ci", steward_controlplane::model::Role::Viewer, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        stewardctl(&["hosts", "list"], &s.url, Some("stw_nope_bad"))
+            .await
+            .status
+            .code(),
+        Some(1)
+    );
+
+    let out = stewardctl(&["audit", "list"], &s.url, Some(&s.token)).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{stdout}");
+    assert!(lines[0].starts_with("SEQ ") && lines[0].contains("OUTCOME"), "{stdout}");
+    assert!(
+        lines[2].contains("tokens.create") && lines[2].contains("success"),
+        "{stdout}"
+    );
+    assert!(
+        lines[3].contains("api.authenticate") && lines[3].contains("denied"),
+        "{stdout}"
+    );
+    let out = stewardctl(
+        &["-o", "json", "audit", "list", "--actor", "anonymous", "--since", "1h"],
+        &s.url,
+        Some(&s.token),
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["items"].as_array().unwrap().len(), 1);
+    let out = stewardctl(&["audit", "list", "--since", "last week"], &s.url, Some(&s.token)).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).starts_with("stewardctl: invalid since: "),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("audit.json");
+    let file_arg = file.to_str().unwrap();
+    let out = stewardctl(&["audit", "export", "-f", file_arg], &s.url, Some(&s.token)).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("exported 3 audit entries and 1 checkpoints to "),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // Offline (no server needed), online, and with the key pinned: intact.
+    let out = stewardctl(&["audit", "verify", "-f", file_arg], "http://127.0.0.1:9", None).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("audit log intact: 3 entries, 1 checkpoints"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = stewardctl(&["audit", "verify"], &s.url, Some(&s.token)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let key = signing::encode_public_key(&s.signer.public_key());
+    let out = stewardctl(
+        &["audit", "verify", "-f", file_arg, "--public-key", &key],
+        "http://x",
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    // Tampered: one line naming the entry and why, exit 1.
+    let mut doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    doc["entries"][1]["outcome"] = "failed".into();
+    let tampered = dir.path().join("tampered.json");
+    std::fs::write(&tampered, serde_json::to_vec(&doc).unwrap()).unwrap();
+    let out = stewardctl(&["audit", "verify", "-f", tampered.to_str().unwrap()], "http://x", None).await;
+    assert_fails_with(
+        &out,
+        "stewardctl: audit log tampered: entry 2: column outcome differs from the hashed entry",
+    );
+    let other = signing::encode_public_key(&Signer::generate().unwrap().public_key());
+    let out = stewardctl(
+        &["audit", "verify", "-f", file_arg, "--public-key", &other],
+        "http://x",
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("not trusted"), "{}", text(&out.stderr));
+
+    // Unusable input: exit 2, one line.
+    let garbage = dir.path().join("garbage.json");
+    std::fs::write(&garbage, "{not json").unwrap();
+    let missing = dir.path().join("missing.json");
+    for (args, server) in [
+        (vec!["audit", "verify", "-f", garbage.to_str().unwrap()], "http://x"),
+        (vec!["audit", "verify", "-f", missing.to_str().unwrap()], "http://x"),
+        (vec!["audit", "verify", "--public-key", "nokey"], s.url.as_str()),
+        (vec!["audit", "verify"], "http://127.0.0.1:9"),
+    ] {
+        let out = stewardctl(&args, server, Some(&s.token)).await;
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with("stewardctl: cannot verify the audit log: "),
+            "{stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+    let out = stewardctl(&["audit", "verify"], &s.url, Some("stw_nope_bad")).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 }

@@ -228,7 +228,9 @@ impl Ca {
         };
         let id = match host_id {
             Some(id) => id.to_string(),
-            None => proposed.ok_or_else(|| PkiError::InvalidCertificate("the CSR names no host (Common Name)".into()))?,
+            None => {
+                proposed.ok_or_else(|| PkiError::InvalidCertificate("the CSR names no host (Common Name)".into()))?
+            }
         };
         let cert = self.sign_agent_key(&csr.public_key, &id, lifetime)?;
         Ok((id, cert))
@@ -386,9 +388,17 @@ mod tests {
             .with_client_auth_cert(certs, key_from_pem(&key).unwrap())
             .unwrap();
         // The control plane may override the proposed name; garbage is refused.
-        assert_eq!(ca.sign_agent_csr(&csr, Some("other"), Duration::from_secs(60)).unwrap().0, "other");
+        assert_eq!(
+            ca.sign_agent_csr(&csr, Some("other"), Duration::from_secs(60))
+                .unwrap()
+                .0,
+            "other"
+        );
         assert!(ca.sign_agent_csr(b"not a csr", None, Duration::from_secs(60)).is_err());
-        assert!(ca.sign_agent_csr(&csr, Some("Bad Id"), Duration::from_secs(60)).is_err());
+        assert!(
+            ca.sign_agent_csr(&csr, Some("Bad Id"), Duration::from_secs(60))
+                .is_err()
+        );
     }
 
     #[test]

@@ -277,7 +277,10 @@ impl ControlPlane {
             bail!("enroll-tokens create failed: {err}");
         }
         let v: serde_json::Value = serde_json::from_str(&out)?;
-        Ok(v["token"].as_str().ok_or_else(|| anyhow!("no token in {out}"))?.to_string())
+        Ok(v["token"]
+            .as_str()
+            .ok_or_else(|| anyhow!("no token in {out}"))?
+            .to_string())
     }
 
     /// Issues an agent certificate for `host` into `out`.
@@ -382,7 +385,13 @@ impl Agent {
                 cp.grpc_addr.port()
             ),
         )?;
-        Ok(Agent { host: host.to_string(), dir, config, env: Vec::new(), child: None })
+        Ok(Agent {
+            host: host.to_string(),
+            dir,
+            config,
+            env: Vec::new(),
+            child: None,
+        })
     }
 
     /// `steward-agent enroll` with this agent's config: (success, stdout, stderr).

@@ -31,6 +31,7 @@ mod systemd;
 mod tcp;
 mod thresholds;
 
+pub(crate) use config::normalize_cron;
 pub use config::{CheckConfig, CheckKind, Limit, validate};
 pub use thresholds::{Direction, Thresholds};
 

@@ -77,7 +77,14 @@ pub async fn create_admin_token(store: &Store, name: &str, ttl: Option<Duration>
 /// Creates a token with `role` and returns it in full (the only time it is
 /// visible). Audited as done by the local user.
 pub async fn create_token(store: &Store, name: &str, role: Role, ttl: Option<Duration>) -> Result<String, StoreError> {
-    create_token_by(store, AuditEntry::new(actor::local(), TOKENS_CREATE, Outcome::Success), name, role, ttl).await
+    create_token_by(
+        store,
+        AuditEntry::new(actor::local(), TOKENS_CREATE, Outcome::Success),
+        name,
+        role,
+        ttl,
+    )
+    .await
 }
 
 /// Action name of token creation in the audit log.

@@ -49,7 +49,11 @@ pub struct EnrollmentTokenView {
 
 /// Parses a JSON body, naming the offending field in the 400.
 pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
-    let text = if body.iter().all(u8::is_ascii_whitespace) { b"{}".as_slice() } else { body };
+    let text = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}".as_slice()
+    } else {
+        body
+    };
     let de = &mut serde_json::Deserializer::from_slice(text);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -57,7 +61,10 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Prob
         let message = inner.to_string();
         // For an unknown field, name the field itself.
         // The path already ends with an unknown field's name; "." is the body itself.
-        let field = match message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()) {
+        let field = match message
+            .strip_prefix("unknown field `")
+            .and_then(|m| m.split('`').next())
+        {
             Some(unknown) if path == "." => unknown.to_string(),
             _ if path == "." => "body".to_string(),
             _ => path,
@@ -87,7 +94,9 @@ pub async fn create_enrollment_token(
         return Err(Problem::invalid("ttl", "must be more than 0s and at most 30d"));
     }
     let Some(fingerprint) = state.ca_fingerprint.clone() else {
-        return Err(Problem::unavailable("this control plane has no CA to enroll agents with"));
+        return Err(Problem::unavailable(
+            "this control plane has no CA to enroll agents with",
+        ));
     };
     let token = EnrollmentToken::generate(&fingerprint);
     let now = steward_shared::now_ms();
@@ -100,7 +109,11 @@ pub async fn create_enrollment_token(
         expires_ms: expires_at_ms,
         created_by: format!("token:{}", who.token_id),
     };
-    state.store.create_enrollment_token(&stored, now).await.map_err(Problem::from_store)?;
+    state
+        .store
+        .create_enrollment_token(&stored, now)
+        .await
+        .map_err(Problem::from_store)?;
     tracing::info!(token_id = %token.id, uses, ?req.labels, "enrollment token created");
     let view = EnrollmentTokenView {
         id: token.id.clone(),
@@ -125,11 +138,22 @@ pub async fn revoke_host(state: ApiState, who: Principal, host: String, query: S
     Params::parse(&query, &[])?;
     let host = resolve_host(&state, &host, "host").await?;
     let now = steward_shared::now_ms();
-    if !state.store.revoke_host(&host.id, now).await.map_err(Problem::from_store)? {
+    if !state
+        .store
+        .revoke_host(&host.id, now)
+        .await
+        .map_err(Problem::from_store)?
+    {
         return Err(Problem::not_found(format!("host {:?} not found", host.id)));
     }
     tracing::warn!(host = %host.id, by = %who.token_id, "host revoked");
-    Ok(json(StatusCode::OK, &RevokedView { host_id: host.id, revoked_at_ms: now }))
+    Ok(json(
+        StatusCode::OK,
+        &RevokedView {
+            host_id: host.id,
+            revoked_at_ms: now,
+        },
+    ))
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //!
 //! Routes: `GET /healthz`, `/readyz`, `/metrics` (no token), and under
 //! `/api/v1` (bearer token required): `hosts`, `hosts/{host}`,
-//! `hosts/{host}/checks`, `checks`.
+//! `hosts/{host}/checks`, `checks`, `audit`, `audit/export` ([`audit`]).
 //!
 //! Invariants:
 //! - Paths are matched before methods and before authentication, so an
@@ -12,7 +12,12 @@
 //!   known `/api/v1` path without a valid token a 401.
 //! - Every response (errors included) carries `X-Request-Id`: a sane incoming
 //!   one (1-128 of `A-Za-z0-9._:-`) or a new random one. The request's
-//!   tracing span carries it too.
+//!   tracing span carries it too, and so does every audit entry the request
+//!   appends ([`auth::Principal::request_id`]). The server
+//!   ([`crate::rest_serve`]) assigns one before routing when the client sent
+//!   none, so every filter that reads it sees the same ID.
+//! - A request refused for its token (401) appends an `api.authenticate`
+//!   audit entry, within the `audit.denials_per_minute` budget.
 //! - Unknown query parameters are refused with 400 (see [`params`]).
 //! - Metrics use the route template, never the raw path.
 use std::convert::Infallible;
@@ -29,6 +34,9 @@ use warp::{Filter, Rejection, Reply};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
+pub mod audit;
+#[cfg(test)]
+mod audit_tests;
 pub mod auth;
 pub mod handlers;
 pub mod identity;
@@ -52,6 +60,8 @@ pub struct ApiState {
     pub ca_fingerprint: Option<String>,
     /// Default lifetime of enrollment tokens.
     pub enrollment_token_ttl: Duration,
+    /// Export signing and the budget of recorded denials.
+    pub audit: audit::AuditApi,
 }
 
 impl ApiState {
@@ -62,7 +72,18 @@ impl ApiState {
             offline_after,
             ca_fingerprint: None,
             enrollment_token_ttl: Duration::from_secs(3600),
+            audit: audit::AuditApi::default(),
         }
+    }
+
+    /// Signs audit exports with `signer`; records at most
+    /// `denials_per_minute` refused requests one by one.
+    pub fn with_audit(mut self, signer: Arc<crate::audit::signing::Signer>, denials_per_minute: u32) -> Self {
+        self.audit = audit::AuditApi {
+            signer: Some(signer),
+            denials: Arc::new(crate::audit::denials::DenialLimiter::per_minute(denials_per_minute)),
+        };
+        self
     }
 
     /// Enables enrollment-token creation for the CA with this fingerprint.
@@ -121,6 +142,18 @@ pub fn routes(
         .and(authenticated(state.clone()))
         .and(raw_query())
         .then(handlers::list_checks);
+    let audit_list = warp::path!("api" / "v1" / "audit")
+        .and(warp::get())
+        .and(with_state(state.clone()))
+        .and(authenticated(state.clone()))
+        .and(raw_query())
+        .then(audit::list);
+    let audit_export = warp::path!("api" / "v1" / "audit" / "export")
+        .and(warp::get())
+        .and(with_state(state.clone()))
+        .and(authenticated(state.clone()))
+        .and(raw_query())
+        .then(audit::export);
     let create_enrollment_token = warp::path!("api" / "v1" / "enrollment-tokens")
         .and(warp::post())
         .and(with_state(state.clone()))
@@ -148,6 +181,10 @@ pub fn routes(
         .or(create_enrollment_token)
         .unify()
         .or(revoke_host)
+        .unify()
+        .or(audit_list)
+        .unify()
+        .or(audit_export)
         .unify()
         .map(|r: Result<Response, Problem>| r.unwrap_or_else(Problem::into_response));
 
@@ -188,21 +225,32 @@ fn raw_query() -> impl Filter<Extract = (String,), Error = Infallible> + Clone {
     warp::query::raw().or(warp::any().map(String::new)).unify()
 }
 
-/// The verified caller, or a 401 rejection (500 if the store fails).
+/// The verified caller (with the request's ID), or a 401 rejection (500 if
+/// the store fails). A refusal is audited.
 fn authenticated(state: ApiState) -> impl Filter<Extract = (auth::Principal,), Error = Rejection> + Clone {
     warp::header::headers_cloned()
+        .and(warp::method())
+        .and(warp::path::full())
         .and(with_state(state))
-        .and_then(|headers: HeaderMap, state: ApiState| async move {
-            let value = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
-            match auth::authenticate(&state.store, value, steward_shared::now_ms()).await {
-                Ok(principal) => {
-                    tracing::Span::current().record("token_id", principal.token_id.as_str());
-                    Ok(principal)
+        .and_then(
+            |headers: HeaderMap, method: http::Method, path: FullPath, state: ApiState| async move {
+                let request_id = request_id_of(&headers);
+                let value = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+                match auth::authenticate_detailed(&state.store, value, steward_shared::now_ms()).await {
+                    Ok(mut principal) => {
+                        tracing::Span::current().record("token_id", principal.token_id.as_str());
+                        principal.request_id = Some(request_id);
+                        Ok(principal)
+                    }
+                    Err(auth::AuthFailure::Refused(refusal)) => {
+                        let route = route_template(path.as_str());
+                        audit::record_denial(&state, &request_id, &refusal, &method, route).await;
+                        Err(warp::reject::custom(Problem::unauthorized()))
+                    }
+                    Err(auth::AuthFailure::Store(error)) => Err(warp::reject::custom(Problem::from_store(error))),
                 }
-                Err(auth::AuthError::Unauthorized) => Err(warp::reject::custom(Problem::unauthorized())),
-                Err(auth::AuthError::Store(error)) => Err(warp::reject::custom(Problem::from_store(error))),
-            }
-        })
+            },
+        )
 }
 
 /// A percent-decoded path segment, or a 400 naming `host`.
@@ -211,26 +259,42 @@ fn decoded_segment(raw: String) -> Result<String, Rejection> {
         .ok_or_else(|| warp::reject::custom(Problem::invalid("host", "the host in the path is not valid UTF-8 text")))
 }
 
-/// The request's ID: a sane incoming `X-Request-Id`, else a new random one.
-/// Recorded on the current (request) span.
+/// The request's ID ([`request_id_of`]), recorded on the current (request) span.
 fn request_id() -> impl Filter<Extract = (HeaderValue,), Error = Infallible> + Clone {
     warp::header::headers_cloned().map(|headers: HeaderMap| {
-        let incoming = headers
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .filter(|s| is_sane_request_id(s));
-        let id = match incoming {
-            Some(s) => s.to_string(),
-            None => {
-                let mut rng = rand::rng();
-                (0..16)
-                    .map(|_| char::from_digit(rng.random_range(0..16), 16).unwrap_or('0'))
-                    .collect()
-            }
-        };
+        let id = request_id_of(&headers);
         tracing::Span::current().record("request_id", id.as_str());
         HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
     })
+}
+
+/// A sane incoming `X-Request-Id`, else a new random one (16 hex digits).
+pub fn request_id_of(headers: &HeaderMap) -> String {
+    let incoming = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| is_sane_request_id(s));
+    match incoming {
+        Some(s) => s.to_string(),
+        None => {
+            let mut rng = rand::rng();
+            (0..16)
+                .map(|_| char::from_digit(rng.random_range(0..16), 16).unwrap_or('0'))
+                .collect()
+        }
+    }
+}
+
+/// Gives a request without a sane `X-Request-Id` a new one, before routing
+/// (so the response, the logs and the audit log all carry the same ID).
+pub fn assign_request_id(headers: &mut HeaderMap) {
+    let sane = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(is_sane_request_id);
+    if !sane && let Ok(value) = HeaderValue::from_str(&request_id_of(&HeaderMap::new())) {
+        headers.insert("x-request-id", value);
+    }
 }
 
 fn is_sane_request_id(s: &str) -> bool {
@@ -250,6 +314,8 @@ pub fn route_template(path: &str) -> &'static str {
         ["api", "v1", "hosts", _] => "/api/v1/hosts/{host}",
         ["api", "v1", "hosts", _, "checks"] => "/api/v1/hosts/{host}/checks",
         ["api", "v1", "checks"] => "/api/v1/checks",
+        ["api", "v1", "audit"] => "/api/v1/audit",
+        ["api", "v1", "audit", "export"] => "/api/v1/audit/export",
         ["api", "v1", "enrollment-tokens"] => "/api/v1/enrollment-tokens",
         ["api", "v1", "hosts", _, "revoke"] => "/api/v1/hosts/{host}/revoke",
         _ => "unmatched",

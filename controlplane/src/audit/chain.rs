@@ -429,7 +429,14 @@ pub fn verify(input: &VerifyInput<'_>) -> Result<Verified, Tampered> {
 
     let last_cp_hash = checkpoints.last().map(|c| c.hash).unwrap_or(ZERO_HASH);
     if let Some(signed) = input.head {
-        verify_head(input, signed, count, &last_hash, checkpoints.len() as u64, &last_cp_hash)?;
+        verify_head(
+            input,
+            signed,
+            count,
+            &last_hash,
+            checkpoints.len() as u64,
+            &last_cp_hash,
+        )?;
         if let Some(newest) = checkpoints.last() {
             let silent = signed.head.exported_at_ms.saturating_sub(newest.created_ms);
             if silent > allowed_gap_ms(newest.max_interval_ms) {
@@ -481,7 +488,11 @@ fn verify_checkpoints(
         let expected = good.len() as u64 + 1;
         if row.cp_seq != expected {
             let reason = if row.cp_seq > expected {
-                format!("missing (the checkpoints jump from #{} to #{})", expected - 1, row.cp_seq)
+                format!(
+                    "missing (the checkpoints jump from #{} to #{})",
+                    expected - 1,
+                    row.cp_seq
+                )
             } else {
                 format!("out of order: #{} appears after #{}", row.cp_seq, expected - 1)
             };
@@ -612,8 +623,8 @@ fn verify_entries(entries: &[StoredEntry], claims: &BTreeMap<u64, (u64, Hash)>) 
             ));
         }
         let seq = row.seq;
-        let d =
-            decode_entry(&row.entry).map_err(|e| at_entry(seq, format!("the stored entry bytes are unreadable: {e}")))?;
+        let d = decode_entry(&row.entry)
+            .map_err(|e| at_entry(seq, format!("the stored entry bytes are unreadable: {e}")))?;
         if d.seq != seq {
             if d.seq < seq
                 && let Some(before) = d.seq.checked_sub(1).and_then(|i| hashes.get(i as usize))
@@ -629,10 +640,7 @@ fn verify_entries(entries: &[StoredEntry], claims: &BTreeMap<u64, (u64, Hash)>) 
             }
             return Err(at_entry(
                 seq,
-                format!(
-                    "the row holds entry {} (entries were reordered or renumbered)",
-                    d.seq
-                ),
+                format!("the row holds entry {} (entries were reordered or renumbered)", d.seq),
             ));
         }
         let hash = entry_hash(seq, &prev, &row.entry);
@@ -726,7 +734,10 @@ fn verify_head(
         ));
     }
     if head.last_hash != *last_hash {
-        return Err(at_entry(count, "differs from the newest entry the export was signed with"));
+        return Err(at_entry(
+            count,
+            "differs from the newest entry the export was signed with",
+        ));
     }
     if head.checkpoints != checkpoints || head.last_checkpoint_hash != *last_cp_hash {
         return Err(export(format!(
@@ -869,7 +880,13 @@ mod unit {
         let bytes = encode_entry(&f);
         let d = decode_entry(&bytes).unwrap();
         assert_eq!(
-            (d.seq, d.time_ms, d.actor.as_str(), d.target.as_deref(), d.request_id.as_deref()),
+            (
+                d.seq,
+                d.time_ms,
+                d.actor.as_str(),
+                d.target.as_deref(),
+                d.request_id.as_deref()
+            ),
             (7, f.time_ms, "token:abc", Some("token:def"), None)
         );
         // The details text is kept byte for byte: an integer beyond 2^53 survives.

@@ -1,6 +1,7 @@
 //! `stewardctl`: the command-line client of the control plane's REST API.
 //! Parses arguments and runs [`steward_controlplane::client::run`]; errors are
-//! one line on stderr and exit code 1 (usage errors: 2, from clap).
+//! one line on stderr and exit code 1 (usage errors and `audit verify`
+//! without usable input: 2).
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
@@ -23,7 +24,7 @@ fn main() -> ExitCode {
         Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("stewardctl: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(e.exit_code())
         }
     }
 }

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use crate::api::views::{CheckView, HostView};
+use crate::audit::export::AuditEntryView;
 
 /// Hosts as a table; "No hosts found." when empty.
 pub fn hosts_table(hosts: &[HostView], now_ms: i64) -> String {
@@ -112,6 +113,31 @@ pub fn host_detail(h: &HostView, checks: &[CheckView], now_ms: i64) -> String {
     out.push('\n');
     out.push_str(&checks_table(checks, now_ms, false));
     out
+}
+
+/// Audit entries as a table, oldest first; "No audit entries found." when empty.
+pub fn audit_table(entries: &[AuditEntryView]) -> String {
+    if entries.is_empty() {
+        return "No audit entries found.\n".into();
+    }
+    let rows = entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.seq.to_string(),
+                e.time.clone(),
+                e.actor.clone(),
+                e.action.clone(),
+                or_dash(e.target.as_deref().unwrap_or("")),
+                e.outcome.clone(),
+                or_dash(e.request_id.as_deref().unwrap_or("")),
+            ]
+        })
+        .collect::<Vec<_>>();
+    table(
+        &["SEQ", "TIME", "ACTOR", "ACTION", "TARGET", "OUTCOME", "REQUEST ID"],
+        &rows,
+    )
 }
 
 /// Left-aligned columns separated by three spaces, headers first.

@@ -37,7 +37,9 @@ impl Enroller {
             .ca
             .sign_agent_csr(csr_der, host_id, self.lifetime)
             .map_err(|e| Status::invalid_argument(format!("certificate signing request refused: {e}")))?;
-        let der = pki::certs_from_pem(&cert_pem).map_err(|e| Status::internal(e.to_string()))?.remove(0);
+        let der = pki::certs_from_pem(&cert_pem)
+            .map_err(|e| Status::internal(e.to_string()))?
+            .remove(0);
         let identity = pki::identity_from_cert(&der).map_err(|e| Status::internal(e.to_string()))?;
         Ok((id, cert_pem, identity.serial, identity.not_after * 1000))
     }
@@ -48,8 +50,17 @@ impl Enroller {
             return Err(Status::unauthenticated("unknown or invalid enrollment token"));
         };
         let (host_id, cert_pem, serial, not_after_ms) = self.sign(csr_der, None)?;
-        let issued = IssuedCert { host_id: &host_id, serial: &serial, not_after_ms, source: "enroll" };
-        match self.store.redeem_enrollment(&token.id, &token.secret_hash(), &issued, steward_shared::now_ms()).await {
+        let issued = IssuedCert {
+            host_id: &host_id,
+            serial: &serial,
+            not_after_ms,
+            source: "enroll",
+        };
+        match self
+            .store
+            .redeem_enrollment(&token.id, &token.secret_hash(), &issued, steward_shared::now_ms())
+            .await
+        {
             Ok(Ok(labels)) => {
                 tracing::info!(host = %host_id, token_id = %token.id, ?labels, "agent enrolled");
                 Ok((host_id, cert_pem, self.ca.cert_pem().to_string()))
@@ -72,11 +83,19 @@ impl Enroller {
     /// Renewal for the stream's own identity; returns (certificate, CA).
     pub async fn renew(&self, host_id: &str, csr_der: &[u8]) -> Result<(String, String), Status> {
         let (_, cert_pem, serial, not_after_ms) = self.sign(csr_der, Some(host_id))?;
-        let issued = IssuedCert { host_id, serial: &serial, not_after_ms, source: "renew" };
-        self.store.record_agent_cert(&issued, steward_shared::now_ms()).await.map_err(|error| {
-            tracing::error!(%error, "renewed certificate not recorded");
-            Status::unavailable("the control plane cannot store data right now")
-        })?;
+        let issued = IssuedCert {
+            host_id,
+            serial: &serial,
+            not_after_ms,
+            source: "renew",
+        };
+        self.store
+            .record_agent_cert(&issued, steward_shared::now_ms())
+            .await
+            .map_err(|error| {
+                tracing::error!(%error, "renewed certificate not recorded");
+                Status::unavailable("the control plane cannot store data right now")
+            })?;
         tracing::info!(host = %host_id, serial = %serial, "agent certificate renewed");
         Ok((cert_pem, self.ca.cert_pem().to_string()))
     }

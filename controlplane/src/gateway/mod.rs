@@ -42,16 +42,25 @@ impl AgentGateway for GatewayService {
             .ok_or_else(|| Status::unauthenticated("no verified client certificate"))?;
         let Some(identity) = conn.identity.clone() else {
             self.deps.metrics.stream_rejected("identity");
-            return Err(Status::unauthenticated("a client certificate from the Steward CA is required"));
+            return Err(Status::unauthenticated(
+                "a client certificate from the Steward CA is required",
+            ));
         };
-        let revoked = self.deps.store.is_cert_revoked(&identity.host_id, &identity.serial).await.map_err(|error| {
-            tracing::error!(%error, "revocation check failed");
-            Status::unavailable("the control plane cannot read its data right now")
-        })?;
+        let revoked = self
+            .deps
+            .store
+            .is_cert_revoked(&identity.host_id, &identity.serial)
+            .await
+            .map_err(|error| {
+                tracing::error!(%error, "revocation check failed");
+                Status::unavailable("the control plane cannot read its data right now")
+            })?;
         if revoked {
             self.deps.metrics.stream_rejected("revoked");
             tracing::warn!(host = %identity.host_id, serial = %identity.serial, remote = %conn.remote, "revoked certificate refused");
-            return Err(Status::permission_denied("this host's certificate has been revoked: re-enroll it"));
+            return Err(Status::permission_denied(
+                "this host's certificate has been revoked: re-enroll it",
+            ));
         }
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let span = tracing::info_span!("session", host = %identity.host_id, remote = %conn.remote);
@@ -61,14 +70,20 @@ impl AgentGateway for GatewayService {
 
     async fn enroll(&self, request: Request<EnrollRequest>) -> Result<Response<EnrollResponse>, Status> {
         let Some(enroller) = self.deps.enroller.clone() else {
-            return Err(Status::unavailable("this control plane has no CA key to sign certificates with"));
+            return Err(Status::unavailable(
+                "this control plane has no CA key to sign certificates with",
+            ));
         };
         let req = request.into_inner();
         if req.csr_der.len() > 16 * 1024 {
             return Err(Status::invalid_argument("certificate signing request too large"));
         }
         let (host_id, cert_pem, ca_pem) = enroller.enroll(&req.token, &req.csr_der).await?;
-        Ok(Response::new(EnrollResponse { host_id, cert_pem, ca_pem }))
+        Ok(Response::new(EnrollResponse {
+            host_id,
+            cert_pem,
+            ca_pem,
+        }))
     }
 }
 

@@ -18,13 +18,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 
+use super::enroll::Enroller;
 use super::ingest::Ingestor;
 use super::registry::Registry;
-use super::enroll::Enroller;
-use steward_shared::pki::PeerIdentity;
 use crate::metrics::Metrics;
 use crate::model::{AgentHello, IngestBatch};
 use crate::store::Store;
+use steward_shared::pki::PeerIdentity;
 
 /// Settings of a session, from the `[grpc]` config section.
 #[derive(Debug, Clone)]
@@ -204,7 +204,9 @@ pub async fn run(
             Some(agent_message::Msg::Renew(renew)) => {
                 let reply = match &deps.enroller {
                     Some(enroller) => enroller.renew(&host_id, &renew.csr_der).await,
-                    None => Err(Status::unavailable("this control plane has no CA key to sign certificates with")),
+                    None => Err(Status::unavailable(
+                        "this control plane has no CA key to sign certificates with",
+                    )),
                 };
                 match reply {
                     Ok((cert_pem, ca_pem)) => {

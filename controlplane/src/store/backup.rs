@@ -41,11 +41,7 @@ impl Store {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let partial = dir.join(format!(
-            ".{}.partial-{}",
-            name.to_string_lossy(),
-            std::process::id()
-        ));
+        let partial = dir.join(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
         // Empty and 0600 from the start: the copy is never readable by others.
         OpenOptions::new()
             .write(true)
@@ -68,10 +64,7 @@ impl Store {
 fn publish(partial: &Path, path: &Path, dir: &Path) -> Result<u64, StoreError> {
     let file = File::open(partial).map_err(|e| io_error("cannot open", partial, e))?;
     file.sync_all().map_err(|e| io_error("cannot sync", partial, e))?;
-    let size = file
-        .metadata()
-        .map_err(|e| io_error("cannot stat", partial, e))?
-        .len();
+    let size = file.metadata().map_err(|e| io_error("cannot stat", partial, e))?.len();
     match std::fs::hard_link(partial, path) {
         Ok(()) => {}
         Err(e) if e.kind() == ErrorKind::AlreadyExists => return Err(exists(path)),
@@ -176,7 +169,11 @@ mod tests {
         let err = store.backup_to(&target).await.unwrap_err().to_string();
         assert!(err.contains("already exists"), "{err}");
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious");
-        assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 1, "no partial file left");
+        assert_eq!(
+            std::fs::read_dir(out.path()).unwrap().count(),
+            1,
+            "no partial file left"
+        );
 
         let err = store
             .backup_to(&out.path().join("missing-dir/x.db"))
@@ -200,11 +197,7 @@ mod tests {
 
         let db = TestDatabase::create(TestBackend::Sqlite).await;
         let fresh = Store::connect(db.url()).await.unwrap(); // created, not migrated
-        let err = fresh
-            .backup_to(&dir.path().join("b.db"))
-            .await
-            .unwrap_err()
-            .to_string();
+        let err = fresh.backup_to(&dir.path().join("b.db")).await.unwrap_err().to_string();
         assert!(err.contains("no Steward schema"), "{err}");
         assert!(!dir.path().join("b.db").exists());
         fresh.close().await;
@@ -223,7 +216,11 @@ mod tests {
             let db = TestDatabase::create(TestBackend::Postgres).await;
             let store = db.store().await;
             let dir = tempfile::tempdir().unwrap();
-            let err = store.backup_to(&dir.path().join("pg.db")).await.unwrap_err().to_string();
+            let err = store
+                .backup_to(&dir.path().join("pg.db"))
+                .await
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("pg_dump"), "{err}");
             assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing written");
             store.close().await;

@@ -359,10 +359,14 @@ impl Store {
     pub async fn revoked_hosts(&self) -> Result<Vec<String>, StoreError> {
         let rows: Vec<(String,)> = match &self.backend {
             Backend::Sqlite(b) => {
-                sqlx::query_as("SELECT id FROM hosts WHERE revoked_ms IS NOT NULL").fetch_all(&b.read).await?
+                sqlx::query_as("SELECT id FROM hosts WHERE revoked_ms IS NOT NULL")
+                    .fetch_all(&b.read)
+                    .await?
             }
             Backend::Postgres(b) => {
-                sqlx::query_as("SELECT id FROM hosts WHERE revoked_ms IS NOT NULL").fetch_all(&b.pool).await?
+                sqlx::query_as("SELECT id FROM hosts WHERE revoked_ms IS NOT NULL")
+                    .fetch_all(&b.pool)
+                    .await?
             }
         };
         Ok(rows.into_iter().map(|r| r.0).collect())

@@ -26,12 +26,15 @@ use crate::model::{ApiToken, FleetStats, Host, LatestCheck};
 
 /// Migrations embedded at build time: (version, description, SQL); see the
 /// SQLite twin.
-pub(super) const MIGRATIONS: &[(i64, &str, &str)] =
-    &[
-        (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
-        (2, "audit", include_str!("../../migrations/postgres/0002_audit.sql")),
-        (3, "identity", include_str!("../../migrations/postgres/0003_identity.sql")),
-    ];
+pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
+    (2, "audit", include_str!("../../migrations/postgres/0002_audit.sql")),
+    (
+        3,
+        "identity",
+        include_str!("../../migrations/postgres/0003_identity.sql"),
+    ),
+];
 
 /// The answer to `backup` on PostgreSQL.
 fn pg_dump_instead() -> StoreError {

@@ -34,12 +34,11 @@ use crate::model::{ApiToken, FleetStats, Host, LatestCheck};
 /// Migrations embedded at build time: (version, description, SQL). Versions,
 /// descriptions and checksums are what `sqlx::migrate!` would derive from the
 /// file names, so `sqlx-cli` sees the same history.
-pub(super) const MIGRATIONS: &[(i64, &str, &str)] =
-    &[
-        (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
-        (2, "audit", include_str!("../../migrations/sqlite/0002_audit.sql")),
-        (3, "identity", include_str!("../../migrations/sqlite/0003_identity.sql")),
-    ];
+pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
+    (2, "audit", include_str!("../../migrations/sqlite/0002_audit.sql")),
+    (3, "identity", include_str!("../../migrations/sqlite/0003_identity.sql")),
+];
 
 /// How long a statement waits for another process's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -428,7 +427,11 @@ impl SqliteStore {
     }
 
     /// In the caller's transaction (a [`super::audit::StoreTx`]), beside its audit entry.
-    pub(super) async fn revoke_api_token(conn: &mut SqliteConnection, id: &str, now_ms: i64) -> Result<bool, StoreError> {
+    pub(super) async fn revoke_api_token(
+        conn: &mut SqliteConnection,
+        id: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
         let done = sqlx::query("UPDATE api_tokens SET revoked_ms = ?2 WHERE id = ?1 AND revoked_ms IS NULL")
             .bind(id)
             .bind(now_ms)

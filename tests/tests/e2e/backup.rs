@@ -37,7 +37,9 @@ async fn a_backup_of_a_live_controlplane_restores_its_hosts_and_results() {
         return;
     }
 
-    let mut agent = Agent::start(root.path(), &cp, "drill-01", &fast_checks(2)).await.unwrap();
+    let mut agent = Agent::start(root.path(), &cp, "drill-01", &fast_checks(2))
+        .await
+        .unwrap();
     wait_for("10 stored results", Duration::from_secs(30), || async {
         (stored(&cp, "drill-01").await.len() >= 10).then_some(())
     })
@@ -75,11 +77,7 @@ async fn a_backup_of_a_live_controlplane_restores_its_hosts_and_results() {
         "the backup holds what was stored before it: {} < {before}",
         seqs.len()
     );
-    assert_eq!(
-        seqs,
-        (1..=seqs.len() as i64).collect::<Vec<_>>(),
-        "a consistent prefix"
-    );
+    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>(), "a consistent prefix");
     let (status, host) = cp.get("/api/v1/hosts/drill-01").await.unwrap();
     assert_eq!(status, 200, "{host}");
     let (status, checks) = cp.get("/api/v1/hosts/drill-01/checks").await.unwrap();

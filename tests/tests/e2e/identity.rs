@@ -17,13 +17,19 @@ async fn host(cp: &ControlPlane, id: &str) -> Option<serde_json::Value> {
 async fn an_agent_enrolls_with_a_token_and_gets_the_tokens_labels() {
     let root = tempfile::tempdir().unwrap();
     let cp = ControlPlane::start(root.path()).await.unwrap();
-    let token = cp.enrollment_token(&["--labels", "env=test,role=web", "--uses", "1"]).unwrap();
+    let token = cp
+        .enrollment_token(&["--labels", "env=test,role=web", "--uses", "1"])
+        .unwrap();
     let mut agent = Agent::prepare_unenrolled(root.path(), &cp, "fresh-01", &fast_checks(1), "").unwrap();
     let (ok, out, err) = agent.enroll(&token, &[]);
     assert!(ok, "{out}{err}");
     assert!(out.contains("enrolled as fresh-01"), "{out}");
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(agent.dir.join("agent.key")).unwrap().permissions().mode() & 0o777;
+    let mode = std::fs::metadata(agent.dir.join("agent.key"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o600, "the private key is the host's own, 0600");
 
     agent.spawn().unwrap();
@@ -42,7 +48,10 @@ async fn an_agent_enrolls_with_a_token_and_gets_the_tokens_labels() {
     let (ok, _, err) = other.enroll(&token, &[]);
     assert!(!ok);
     assert!(err.contains("used up"), "{err}");
-    assert!(host(&cp, "fresh-02").await.is_none(), "a refused enrollment creates nothing");
+    assert!(
+        host(&cp, "fresh-02").await.is_none(),
+        "a refused enrollment creates nothing"
+    );
     assert!(!other.dir.join("agent.pem").exists());
     agent.terminate();
 }
@@ -76,7 +85,11 @@ async fn unknown_expired_and_malformed_tokens_are_refused_clearly() {
     assert!(host(&cp, "nobody").await.is_none());
 
     // Bad REST input for token creation names the field.
-    for (body, field) in [(r#"{"uses": 0}"#, "uses"), (r#"{"ttl": "forever"}"#, "ttl"), (r#"{"colour": 1}"#, "colour")] {
+    for (body, field) in [
+        (r#"{"uses": 0}"#, "uses"),
+        (r#"{"ttl": "forever"}"#, "ttl"),
+        (r#"{"colour": 1}"#, "colour"),
+    ] {
         let resp = cp
             .http()
             .unwrap()
@@ -115,7 +128,11 @@ async fn revoking_a_host_closes_its_stream_within_a_second_and_keeps_its_data() 
     })
     .await
     .unwrap();
-    assert!(revoked_at.elapsed() < Duration::from_millis(1500), "closed after {:?}", revoked_at.elapsed());
+    assert!(
+        revoked_at.elapsed() < Duration::from_millis(1500),
+        "closed after {:?}",
+        revoked_at.elapsed()
+    );
     // Reconnecting with the same certificate is refused.
     wait_for("a refused reconnection", Duration::from_secs(10), || async {
         agent.log().contains("revoked").then_some(())
@@ -133,7 +150,9 @@ async fn revoking_a_host_closes_its_stream_within_a_second_and_keeps_its_data() 
 async fn certificates_are_renewed_over_the_stream_without_losing_results() {
     let root = tempfile::tempdir().unwrap();
     // One-minute certificates: renewal is due after 40 seconds.
-    let cp = ControlPlane::start_with_config(root.path(), "[pki]\nagent_cert_lifetime = \"1m\"\n").await.unwrap();
+    let cp = ControlPlane::start_with_config(root.path(), "[pki]\nagent_cert_lifetime = \"1m\"\n")
+        .await
+        .unwrap();
     let token = cp.enrollment_token(&[]).unwrap();
     let mut agent = Agent::prepare_unenrolled(root.path(), &cp, "renewer", &fast_checks(2), "").unwrap();
     assert!(agent.enroll(&token, &[]).0);
@@ -146,7 +165,11 @@ async fn certificates_are_renewed_over_the_stream_without_losing_results() {
     })
     .await
     .unwrap();
-    assert_eq!(std::fs::read_to_string(agent.dir.join("agent.key")).unwrap(), key, "renewal keeps the key");
+    assert_eq!(
+        std::fs::read_to_string(agent.dir.join("agent.key")).unwrap(),
+        key,
+        "renewal keeps the key"
+    );
     // Past the first certificate's expiry the agent still streams, with the new one.
     let n = cp.stored_seqs("renewer").await.unwrap().len();
     wait_for("results after renewal", Duration::from_secs(30), || async {

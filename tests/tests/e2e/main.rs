@@ -7,3 +7,4 @@ mod identity;
 mod pipeline;
 mod quickstart;
 mod service;
+mod terraform;

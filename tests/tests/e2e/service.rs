@@ -96,7 +96,11 @@ async fn the_agent_notifies_ready_pings_the_watchdog_reloads_and_stops() {
 
     // A reload is bracketed by RELOADING=1 … READY=1, refused or not.
     let good = std::fs::read_to_string(&agent.config).unwrap();
-    std::fs::write(&agent.config, format!("{good}\n[[checks]]\nname = \"x\"\nkind = \"bogus\"\n")).unwrap();
+    std::fs::write(
+        &agent.config,
+        format!("{good}\n[[checks]]\nname = \"x\"\nkind = \"bogus\"\n"),
+    )
+    .unwrap();
     agent.sighup();
     notify.wait_count("READY=1", 2, Duration::from_secs(10)).await;
     let lines = notify.lines();
@@ -109,7 +113,9 @@ async fn the_agent_notifies_ready_pings_the_watchdog_reloads_and_stops() {
     assert!(agent.log().contains("reload refused"), "{}", agent.log());
     // Still alive and pinging after the refused reload.
     let pings = notify.count("WATCHDOG=1");
-    notify.wait_count("WATCHDOG=1", pings + 2, Duration::from_secs(10)).await;
+    notify
+        .wait_count("WATCHDOG=1", pings + 2, Duration::from_secs(10))
+        .await;
 
     let started = Instant::now();
     let status = agent.terminate().expect("agent was running");
