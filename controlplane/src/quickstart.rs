@@ -252,7 +252,16 @@ async fn enroll_local_agent(
         created_by: "quickstart".into(),
     };
     store
-        .create_enrollment_token(&stored, now)
+        .create_enrollment_token(
+            &stored,
+            &crate::audit::AuditEntry::new(
+                crate::audit::actor::local(),
+                "enrollment_tokens.create",
+                crate::audit::Outcome::Success,
+            )
+            .target(format!("enrollment_token:{}", token.id)),
+            now,
+        )
         .await
         .map_err(|e| QuickstartError::Token(e.to_string()))?;
     let paths = steward_agent::enroll::IdentityPaths {

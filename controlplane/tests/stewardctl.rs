@@ -301,7 +301,7 @@ async fn audit_list_export_and_verify_with_exit_codes() {
     let out = stewardctl(&["audit", "export", "-f", file_arg], &s.url, Some(&s.token)).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        text(&out.stdout).starts_with("exported 3 audit entries and 1 checkpoints to "),
+        text(&out.stdout).starts_with("exported 3 audit entries and 1 checkpoint to "),
         "{}",
         text(&out.stdout)
     );
@@ -310,7 +310,7 @@ async fn audit_list_export_and_verify_with_exit_codes() {
     let out = stewardctl(&["audit", "verify", "-f", file_arg], "http://127.0.0.1:9", None).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(
-        text(&out.stdout).starts_with("audit log intact: 3 entries, 1 checkpoints"),
+        text(&out.stdout).starts_with("audit log intact: 3 entries, 1 checkpoint "),
         "{}",
         text(&out.stdout)
     );

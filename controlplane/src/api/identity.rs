@@ -14,6 +14,7 @@ use super::auth::Principal;
 use super::handlers::{json, resolve_host};
 use super::params::Params;
 use super::problem::Problem;
+use crate::audit::Outcome;
 use crate::enrollment::EnrollmentToken;
 use crate::store::identity::NewEnrollmentToken;
 
@@ -66,7 +67,8 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Prob
             .and_then(|m| m.split('`').next())
         {
             Some(unknown) if path == "." => unknown.to_string(),
-            _ if path == "." => "body".to_string(),
+            // "." is the body itself; "?" is where a syntax error stopped the parser.
+            _ if path == "." || path == "?" => "body".to_string(),
             _ => path,
         };
         Problem::invalid(&field, format!("invalid request body: {message}"))
@@ -111,7 +113,13 @@ pub async fn create_enrollment_token(
     };
     state
         .store
-        .create_enrollment_token(&stored, now)
+        .create_enrollment_token(
+            &stored,
+            &who.audit("enrollment_tokens.create", Outcome::Success)
+                .target(format!("enrollment_token:{}", token.id))
+                .details(serde_json::json!({ "labels": &req.labels, "uses": uses, "expires_at_ms": expires_at_ms })),
+            now,
+        )
         .await
         .map_err(Problem::from_store)?;
     tracing::info!(token_id = %token.id, uses, ?req.labels, "enrollment token created");
@@ -140,7 +148,12 @@ pub async fn revoke_host(state: ApiState, who: Principal, host: String, query: S
     let now = steward_shared::now_ms();
     if !state
         .store
-        .revoke_host(&host.id, now)
+        .revoke_host(
+            &host.id,
+            &who.audit("hosts.revoke", Outcome::Success)
+                .target(format!("host:{}", host.id)),
+            now,
+        )
         .await
         .map_err(Problem::from_store)?
     {

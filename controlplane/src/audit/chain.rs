@@ -376,13 +376,13 @@ pub struct Verified {
 
 impl fmt::Display for Verified {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "audit log intact: {} entries", self.entries)?;
+        write!(f, "audit log intact: {}", plural(self.entries, "entry", "entries"))?;
         match self.last_checkpoint {
             None => write!(f, ", no checkpoint yet")?,
             Some((cp, at, covers)) => write!(
                 f,
-                ", {} checkpoints (the newest, #{cp} of {}, covers entries up to {covers})",
-                self.checkpoints,
+                ", {} (the newest, #{cp} of {}, covers entries up to {covers})",
+                plural(self.checkpoints, "checkpoint", "checkpoints"),
                 rfc3339(at)
             )?,
         }
@@ -767,6 +767,11 @@ fn key_ids(keys: &[PublicKey]) -> String {
         return "none".into();
     }
     keys.iter().map(signing::key_id).collect::<Vec<_>>().join(", ")
+}
+
+/// `1 entry`, `2 entries`.
+pub fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// A duration for messages: `90s`, `12m`, `3h`, `2d`.

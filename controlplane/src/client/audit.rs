@@ -10,6 +10,7 @@ use clap::Subcommand;
 
 use super::table::audit_table;
 use super::{Cli, Client, ClientError, Output, items, meaning, write_json};
+use crate::audit::chain;
 use crate::audit::export::{self, AuditEntryView, VerifyError};
 use crate::audit::signing::{self, PublicKey};
 
@@ -76,9 +77,9 @@ pub(super) async fn run(command: &AuditCommand, cli: &Cli, out: &mut impl Write)
             })?;
             writeln!(
                 out,
-                "exported {} audit entries and {} checkpoints to {}",
-                count("entries"),
-                count("checkpoints"),
+                "exported {} and {} to {}",
+                chain::plural(count("entries") as u64, "audit entry", "audit entries"),
+                chain::plural(count("checkpoints") as u64, "checkpoint", "checkpoints"),
                 file.display()
             )?;
         }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use steward_shared::pki::{self, Ca};
 use tonic::Status;
 
+use crate::audit::{AuditEntry, Outcome, actor};
 use crate::enrollment::EnrollmentToken;
 use crate::store::Store;
 use crate::store::identity::IssuedCert;
@@ -58,7 +59,15 @@ impl Enroller {
         };
         match self
             .store
-            .redeem_enrollment(&token.id, &token.secret_hash(), &issued, steward_shared::now_ms())
+            .redeem_enrollment(
+                &token.id,
+                &token.secret_hash(),
+                &issued,
+                &AuditEntry::new(actor::host(&host_id), "hosts.enroll", Outcome::Success)
+                    .target(format!("host:{host_id}"))
+                    .details(serde_json::json!({ "enrollment_token": &token.id, "serial": &serial })),
+                steward_shared::now_ms(),
+            )
             .await
         {
             Ok(Ok(labels)) => {
@@ -67,6 +76,12 @@ impl Enroller {
             }
             Ok(Err(refusal)) => {
                 tracing::warn!(host = %host_id, token_id = %token.id, %refusal, "enrollment refused");
+                let denied = AuditEntry::new(actor::host(&host_id), "hosts.enroll", Outcome::Denied)
+                    .target(format!("host:{host_id}"))
+                    .details(serde_json::json!({ "enrollment_token": &token.id, "reason": refusal.to_string() }));
+                if let Err(error) = self.store.append_audit(denied).await {
+                    tracing::error!(%error, "the refused enrollment could not be audited");
+                }
                 let status = match refusal {
                     crate::store::identity::EnrollRefusal::HostExists(_) => Status::already_exists(refusal.to_string()),
                     _ => Status::permission_denied(refusal.to_string()),
@@ -90,7 +105,13 @@ impl Enroller {
             source: "renew",
         };
         self.store
-            .record_agent_cert(&issued, steward_shared::now_ms())
+            .record_agent_cert(
+                &issued,
+                &AuditEntry::new(actor::host(host_id), "certs.renew", Outcome::Success)
+                    .target(format!("host:{host_id}"))
+                    .details(serde_json::json!({ "serial": &serial, "not_after_ms": not_after_ms })),
+                steward_shared::now_ms(),
+            )
             .await
             .map_err(|error| {
                 tracing::error!(%error, "renewed certificate not recorded");

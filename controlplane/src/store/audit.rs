@@ -47,7 +47,9 @@ const CHECKPOINT_COLUMNS: &str = "cp_seq, created_ms, kind, last_seq, last_hash,
      max_entries, public_key, body, signature, hash";
 
 /// A write transaction whose changes commit together with their audit
-/// entries. Dropped without [`StoreTx::commit`], it rolls back.
+/// entries. Dropped without [`StoreTx::commit`], it rolls back. On SQLite it
+/// holds the one writer connection: do not call other writing [`Store`]
+/// methods while it is open (they would wait for it).
 pub struct StoreTx {
     tx: Tx,
     entries: Vec<AuditEntry>,

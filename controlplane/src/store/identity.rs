@@ -14,7 +14,9 @@ use std::collections::BTreeMap;
 use sqlx::Row;
 use subtle::ConstantTimeEq;
 
+use super::audit::{append_postgres, append_sqlite};
 use super::{Backend, Store, StoreError};
+use crate::audit::AuditEntry;
 
 /// A new enrollment token, as stored.
 #[derive(Debug, Clone)]
@@ -83,10 +85,17 @@ fn judge(row: Option<TokenRow>, secret_hash: &str, now_ms: i64) -> Result<String
 
 impl Store {
     /// Stores a new enrollment token.
-    pub async fn create_enrollment_token(&self, t: &NewEnrollmentToken, now_ms: i64) -> Result<(), StoreError> {
+    pub async fn create_enrollment_token(
+        &self,
+        t: &NewEnrollmentToken,
+        audit: &AuditEntry,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
         let labels = labels_json(&t.labels);
+        let audit = std::slice::from_ref(audit);
         match &self.backend {
             Backend::Sqlite(b) => {
+                let mut tx = b.write.begin_with("BEGIN IMMEDIATE").await?;
                 sqlx::query(
                     "INSERT INTO enrollment_tokens (id, secret_hash, labels, max_uses, uses_left, expires_ms, created_ms, created_by)
                      VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7)",
@@ -98,10 +107,13 @@ impl Store {
                 .bind(t.expires_ms)
                 .bind(now_ms)
                 .bind(&t.created_by)
-                .execute(&b.write)
+                .execute(&mut *tx)
                 .await?;
+                append_sqlite(&mut tx, audit, now_ms).await?;
+                tx.commit().await?;
             }
             Backend::Postgres(b) => {
+                let mut tx = b.pool.begin().await?;
                 sqlx::query(
                     "INSERT INTO enrollment_tokens (id, secret_hash, labels, max_uses, uses_left, expires_ms, created_ms, created_by)
                      VALUES ($1, $2, $3, $4, $4, $5, $6, $7)",
@@ -113,8 +125,10 @@ impl Store {
                 .bind(t.expires_ms)
                 .bind(now_ms)
                 .bind(&t.created_by)
-                .execute(&b.pool)
+                .execute(&mut *tx)
                 .await?;
+                append_postgres(&mut tx, audit, now_ms).await?;
+                tx.commit().await?;
             }
         }
         Ok(())
@@ -128,8 +142,10 @@ impl Store {
         token_id: &str,
         secret_hash: &str,
         cert: &IssuedCert<'_>,
+        audit: &AuditEntry,
         now_ms: i64,
     ) -> Result<Result<BTreeMap<String, String>, EnrollRefusal>, StoreError> {
+        let audit = std::slice::from_ref(audit);
         super::check_host_id(cert.host_id)?;
         let labels = match &self.backend {
             Backend::Sqlite(b) => {
@@ -181,6 +197,7 @@ impl Store {
                 .bind(cert.source)
                 .execute(&mut *tx)
                 .await?;
+                append_sqlite(&mut tx, audit, now_ms).await?;
                 tx.commit().await?;
                 labels
             }
@@ -235,6 +252,7 @@ impl Store {
                 .bind(cert.source)
                 .execute(&mut *tx)
                 .await?;
+                append_postgres(&mut tx, audit, now_ms).await?;
                 tx.commit().await?;
                 labels
             }
@@ -243,9 +261,16 @@ impl Store {
     }
 
     /// Records a certificate issued outside enrollment (renewal over the stream).
-    pub async fn record_agent_cert(&self, cert: &IssuedCert<'_>, now_ms: i64) -> Result<(), StoreError> {
+    pub async fn record_agent_cert(
+        &self,
+        cert: &IssuedCert<'_>,
+        audit: &AuditEntry,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let audit = std::slice::from_ref(audit);
         match &self.backend {
             Backend::Sqlite(b) => {
+                let mut tx = b.write.begin_with("BEGIN IMMEDIATE").await?;
                 sqlx::query(
                     "INSERT INTO agent_certs (serial, host_id, not_after_ms, issued_ms, source) VALUES (?1, ?2, ?3, ?4, ?5)
                      ON CONFLICT (serial) DO NOTHING",
@@ -255,10 +280,13 @@ impl Store {
                 .bind(cert.not_after_ms)
                 .bind(now_ms)
                 .bind(cert.source)
-                .execute(&b.write)
+                .execute(&mut *tx)
                 .await?;
+                append_sqlite(&mut tx, audit, now_ms).await?;
+                tx.commit().await?;
             }
             Backend::Postgres(b) => {
+                let mut tx = b.pool.begin().await?;
                 sqlx::query(
                     "INSERT INTO agent_certs (serial, host_id, not_after_ms, issued_ms, source) VALUES ($1, $2, $3, $4, $5)
                      ON CONFLICT (serial) DO NOTHING",
@@ -268,8 +296,10 @@ impl Store {
                 .bind(cert.not_after_ms)
                 .bind(now_ms)
                 .bind(cert.source)
-                .execute(&b.pool)
+                .execute(&mut *tx)
                 .await?;
+                append_postgres(&mut tx, audit, now_ms).await?;
+                tx.commit().await?;
             }
         }
         Ok(())
@@ -277,7 +307,8 @@ impl Store {
 
     /// Revokes a host: every certificate issued to it so far is refused from
     /// now on. Returns false when the host does not exist. Spooled data is kept.
-    pub async fn revoke_host(&self, host_id: &str, now_ms: i64) -> Result<bool, StoreError> {
+    pub async fn revoke_host(&self, host_id: &str, audit: &AuditEntry, now_ms: i64) -> Result<bool, StoreError> {
+        let audit = std::slice::from_ref(audit);
         let changed = match &self.backend {
             Backend::Sqlite(b) => {
                 let mut tx = b.write.begin_with("BEGIN IMMEDIATE").await?;
@@ -292,6 +323,9 @@ impl Store {
                     .bind(now_ms)
                     .execute(&mut *tx)
                     .await?;
+                if n > 0 {
+                    append_sqlite(&mut tx, audit, now_ms).await?;
+                }
                 tx.commit().await?;
                 n
             }
@@ -308,6 +342,9 @@ impl Store {
                     .bind(now_ms)
                     .execute(&mut *tx)
                     .await?;
+                if n > 0 {
+                    append_postgres(&mut tx, audit, now_ms).await?;
+                }
                 tx.commit().await?;
                 n
             }

@@ -53,6 +53,14 @@ async fn an_agent_enrolls_with_a_token_and_gets_the_tokens_labels() {
         "a refused enrollment creates nothing"
     );
     assert!(!other.dir.join("agent.pem").exists());
+    // Both the enrollment and the refusal are in the audit log.
+    let (status, audit) = cp.get("/api/v1/audit?action=hosts.enroll").await.unwrap();
+    assert_eq!(status, 200, "{audit}");
+    let text = audit.to_string();
+    assert!(
+        text.contains("host:fresh-01") && text.contains("host:fresh-02") && text.contains("denied"),
+        "{text}"
+    );
     agent.terminate();
 }
 
@@ -143,6 +151,11 @@ async fn revoking_a_host_closes_its_stream_within_a_second_and_keeps_its_data() 
     assert!(stored.len() >= 4, "the host's data is kept");
     let h = host(&cp, "doomed").await.unwrap();
     assert_eq!(h["connected"], false);
+    let (_, audit) = cp.get("/api/v1/audit?action=hosts.revoke").await.unwrap();
+    assert!(
+        audit.to_string().contains("host:doomed"),
+        "the revocation is audited: {audit}"
+    );
     agent.kill9();
 }
 
