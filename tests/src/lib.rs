@@ -59,6 +59,22 @@ pub fn run_cmd(cmd: &mut Command) -> (ExitStatus, String, String) {
     )
 }
 
+/// Starts `binary --config CONFIG SUBCOMMAND` with its output appended to `log`.
+fn spawn_daemon(binary: &str, config: &Path, subcommand: &str, env: &[(String, String)], log: &Path) -> Result<Child> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    Command::new(bin(binary))
+        .arg("--config")
+        .arg(config)
+        .arg(subcommand)
+        .env("STEWARD_LOG", "info")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("spawn {binary}"))
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
@@ -181,22 +197,14 @@ impl ControlPlane {
     /// Starts (or restarts) the `serve` process and waits until it is ready.
     pub async fn spawn(&mut self) -> Result<()> {
         let _ = std::fs::remove_file(self.dir.join("endpoints.json"));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("controlplane.log"))?;
-        let child = Command::new(bin("steward-controlplane"))
-            .arg("--config")
-            .arg(&self.config)
-            .arg("serve")
-            .env("STEWARD_LOG", "info")
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("spawn steward-controlplane")?;
-        self.child = Some(child);
+        let log = self.dir.join("controlplane.log");
+        self.child = Some(spawn_daemon(
+            "steward-controlplane",
+            &self.config,
+            "serve",
+            &self.env,
+            &log,
+        )?);
         let url = format!("{}/readyz", self.rest_url);
         let client = self.http()?;
         let dir = self.dir.clone();
@@ -413,22 +421,13 @@ impl Agent {
     }
 
     pub fn spawn(&mut self) -> Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("agent.log"))?;
-        let child = Command::new(bin("steward-agent"))
-            .arg("--config")
-            .arg(&self.config)
-            .arg("run")
-            .env("STEWARD_LOG", "info")
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("spawn steward-agent")?;
-        self.child = Some(child);
+        self.child = Some(spawn_daemon(
+            "steward-agent",
+            &self.config,
+            "run",
+            &self.env,
+            &self.dir.join("agent.log"),
+        )?);
         Ok(())
     }
 
