@@ -19,8 +19,10 @@ use crate::api::Problem;
 use crate::api::views::{CheckView, HostView};
 
 mod audit;
+mod slo;
 mod table;
 pub use audit::AuditCommand;
+pub use slo::SlosCommand;
 pub use table::{ago, audit_table, checks_table, host_detail, hosts_table};
 
 /// Default `--server`.
@@ -79,6 +81,11 @@ pub enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Service level objectives: apply definitions, list, show status.
+    Slos {
+        #[command(subcommand)]
+        command: SlosCommand,
     },
 }
 
@@ -497,6 +504,11 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> Result<(), ClientError> {
         out.flush()?;
         return Ok(());
     }
+    if let Command::Slos { command } = &cli.command {
+        slo::run(command, &cli, out).await?;
+        out.flush()?;
+        return Ok(());
+    }
     let client = Client::new(&cli.server, cli.token, cli.ca_cert.as_deref())?;
     let now = steward_shared::now_ms();
     match cli.command {
@@ -577,7 +589,7 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> Result<(), ClientError> {
                 Output::Table => out.write_all(checks_table(&items::<CheckView>(&list)?, now, true).as_bytes())?,
             }
         }
-        Command::Audit { .. } => {} // handled above
+        Command::Audit { .. } | Command::Slos { .. } => {} // handled above
     }
     out.flush()?;
     Ok(())

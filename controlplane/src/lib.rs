@@ -10,6 +10,7 @@
 //! - [`store`] — one storage interface, two backends, each with its own SQL and migrations.
 //! - [`api`] — the warp REST API (`/healthz`, `/readyz`, `/metrics`, `/api/v1/...`).
 //! - [`audit`] — the tamper-evident audit log: hash chain, signed checkpoints, export and verify.
+//! - [`slo`] — SLO definitions, one-minute event buckets, budgets, burn rates and alert tiers.
 //! - [`metrics`] — Prometheus metrics shared by gateway and API.
 //! - [`rest_serve`] — serves the REST filter (HTTP or HTTPS) from our own accept loop.
 //! - [`server`] — `serve`: starts everything, shuts it down on signals.
@@ -29,6 +30,7 @@ pub mod pki_cli;
 pub mod quickstart;
 pub mod rest_serve;
 pub mod server;
+pub mod slo;
 pub mod store;
 
 /// Control-plane version.

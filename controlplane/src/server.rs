@@ -88,6 +88,10 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
     }
     let store = Store::connect(&url).await.map_err(store_err)?;
     store.migrate().await.map_err(store_err)?;
+    // The SLO counting index, before the gateway ingests anything.
+    if let Err(error) = store.reload_sli_index().await {
+        tracing::warn!(%error, "cannot load SLO definitions at start; the SLO engine retries");
+    }
     // Signing key, `start` checkpoint, and the checkpointer task.
     let audit = crate::audit::checkpointer::start(&cfg.audit, &cfg.data_dir, store.clone(), shutdown.clone()).await?;
     let metrics = Arc::new(Metrics::new());
@@ -159,6 +163,12 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
     let state = crate::api::ApiState::new(store.clone(), metrics.clone(), cfg.rest.offline_after.as_std())
         .with_enrollment(ca_fingerprint, cfg.pki.enrollment_token_ttl.as_std())
         .with_audit(audit.signer.clone(), cfg.audit.denials_per_minute);
+    // SLOs: the engine loop keeps the counting index fresh and flushes API requests.
+    let slo_engine = tokio::spawn(crate::slo::engine::run(
+        store.clone(),
+        state.api_sli.clone(),
+        shutdown.clone(),
+    ));
     let routes = {
         use warp::{Filter, Reply};
         crate::api::routes(state).map(Reply::into_response).boxed()
@@ -190,7 +200,7 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
         endpoints,
         store,
         registry,
-        tasks: vec![rest, retention, sweep, audit.task],
+        tasks: vec![rest, retention, sweep, audit.task, slo_engine],
         grpc,
     })
 }

@@ -42,6 +42,9 @@ pub mod handlers;
 pub mod identity;
 pub mod params;
 pub mod problem;
+pub mod slo;
+#[cfg(test)]
+mod slo_tests;
 #[cfg(test)]
 mod tests;
 pub mod views;
@@ -62,17 +65,20 @@ pub struct ApiState {
     pub enrollment_token_ttl: Duration,
     /// Export signing and the budget of recorded denials.
     pub audit: audit::AuditApi,
+    /// Counts `/api/v1` requests for the API availability and latency SLIs.
+    pub api_sli: Arc<crate::slo::sli::ApiRecorder>,
 }
 
 impl ApiState {
     pub fn new(store: Store, metrics: Arc<Metrics>, offline_after: Duration) -> Self {
         ApiState {
-            store,
             metrics,
             offline_after,
             ca_fingerprint: None,
             enrollment_token_ttl: Duration::from_secs(3600),
             audit: audit::AuditApi::default(),
+            api_sli: Arc::new(crate::slo::sli::ApiRecorder::new(store.sli_handle())),
+            store,
         }
     }
 
@@ -103,6 +109,7 @@ pub fn routes(
     state: ApiState,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone + Send + Sync + 'static {
     let metrics = state.metrics.clone();
+    let api_sli = state.api_sli.clone();
 
     let healthz = warp::path!("healthz").and(warp::get()).then(handlers::healthz);
     let readyz = warp::path!("readyz")
@@ -165,11 +172,35 @@ pub fn routes(
     let revoke_host = warp::path!("api" / "v1" / "hosts" / String / "revoke")
         .and(warp::post())
         .and(with_state(state.clone()))
-        .and(authenticated(state))
+        .and(authenticated(state.clone()))
         .and_then(|host: String, state: ApiState, who| async move { decoded_segment(host).map(|h| (state, who, h)) })
         .untuple_one()
         .and(raw_query())
         .then(identity::revoke_host);
+    let slo_put = warp::path!("api" / "v1" / "slos" / String)
+        .and(warp::put())
+        .and(with_state(state.clone()))
+        .and(authenticated(state.clone()))
+        .and_then(|name: String, state: ApiState, who| async move { decoded(name, "name").map(|n| (state, who, n)) })
+        .untuple_one()
+        .and(raw_query())
+        .and(warp::body::content_length_limit(slo::MAX_BODY))
+        .and(warp::body::bytes())
+        .then(slo::put);
+    let slo_get = warp::path!("api" / "v1" / "slos" / String)
+        .and(warp::get())
+        .and(with_state(state.clone()))
+        .and(authenticated(state.clone()))
+        .and_then(|name: String, state: ApiState, who| async move { decoded(name, "name").map(|n| (state, who, n)) })
+        .untuple_one()
+        .and(raw_query())
+        .then(slo::get);
+    let slo_list = warp::path!("api" / "v1" / "slos")
+        .and(warp::get())
+        .and(with_state(state.clone()))
+        .and(authenticated(state))
+        .and(raw_query())
+        .then(slo::list);
 
     let api = list_hosts
         .or(get_host)
@@ -185,6 +216,12 @@ pub fn routes(
         .or(audit_list)
         .unify()
         .or(audit_export)
+        .unify()
+        .or(slo_put)
+        .unify()
+        .or(slo_get)
+        .unify()
+        .or(slo_list)
         .unify()
         .map(|r: Result<Response, Problem>| r.unwrap_or_else(Problem::into_response));
 
@@ -207,6 +244,10 @@ pub fn routes(
         .map(move |start: Instant, method: http::Method, path: FullPath, id: HeaderValue, mut resp: Response| {
             resp.headers_mut().insert("x-request-id", id);
             let route = route_template(path.as_str());
+            if route.starts_with("/api/v1/") {
+                let took = start.elapsed().as_micros() as u64;
+                api_sli.record(resp.status().as_u16(), took, steward_shared::now_ms());
+            }
             metrics.http_request(&method, route, resp.status().as_u16(), start.elapsed().as_secs_f64());
             tracing::debug!(%method, route, status = resp.status().as_u16(), "request served");
             resp
@@ -251,6 +292,16 @@ fn authenticated(state: ApiState) -> impl Filter<Extract = (auth::Principal,), E
                 }
             },
         )
+}
+
+/// A percent-decoded path segment, or a 400 naming `field`.
+fn decoded(raw: String, field: &'static str) -> Result<String, Rejection> {
+    params::decode_path_segment(&raw).ok_or_else(|| {
+        warp::reject::custom(Problem::invalid(
+            field,
+            format!("the {field} in the path is not valid UTF-8 text"),
+        ))
+    })
 }
 
 /// A percent-decoded path segment, or a 400 naming `host`.
@@ -318,6 +369,8 @@ pub fn route_template(path: &str) -> &'static str {
         ["api", "v1", "audit", "export"] => "/api/v1/audit/export",
         ["api", "v1", "enrollment-tokens"] => "/api/v1/enrollment-tokens",
         ["api", "v1", "hosts", _, "revoke"] => "/api/v1/hosts/{host}/revoke",
+        ["api", "v1", "slos"] => "/api/v1/slos",
+        ["api", "v1", "slos", _] => "/api/v1/slos/{name}",
         _ => "unmatched",
     }
 }

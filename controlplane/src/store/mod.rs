@@ -26,6 +26,9 @@ pub mod audit;
 mod backup;
 pub mod identity;
 mod postgres;
+pub mod slo;
+#[cfg(test)]
+mod slo_tests;
 mod sqlite;
 pub mod testdb;
 #[cfg(test)]
@@ -52,6 +55,8 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
+    /// What ingested events count towards (SLOs); see [`slo`].
+    sli: crate::slo::sli::SharedIndex,
 }
 
 #[derive(Clone)]
@@ -110,7 +115,10 @@ impl Store {
                 )));
             }
         };
-        Ok(Store { backend })
+        Ok(Store {
+            backend,
+            sli: Default::default(),
+        })
     }
 
     /// Runs the embedded migrations of the active backend.
@@ -182,7 +190,8 @@ impl Store {
             return Ok(());
         }
         let rows = IngestRows::prepare(batches)?;
-        dispatch!(self, b => b.ingest(&rows, now_ms).await)
+        let sli = self.sli_index();
+        dispatch!(self, b => b.ingest(&rows, now_ms, &sli).await)
     }
 
     /// Deletes result history ingested before `older_than_ms`, in bounded

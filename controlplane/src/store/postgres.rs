@@ -34,6 +34,7 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "identity",
         include_str!("../../migrations/postgres/0003_identity.sql"),
     ),
+    (6, "slo", include_str!("../../migrations/postgres/0006_slo.sql")),
 ];
 
 /// The answer to `backup` on PostgreSQL.
@@ -159,8 +160,15 @@ impl PgStore {
         Ok(())
     }
 
-    pub(super) async fn ingest(&self, rows: &IngestRows<'_>, now_ms: i64) -> Result<(), StoreError> {
+    pub(super) async fn ingest(
+        &self,
+        rows: &IngestRows<'_>,
+        now_ms: i64,
+        sli: &crate::slo::sli::SliIndex,
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
+        let count = sli.counts_checks();
+        let mut inserted = std::collections::HashSet::new();
 
         let ids: Vec<&str> = rows.hosts.iter().map(|h| h.id).collect();
         let seqs: Vec<i64> = rows.hosts.iter().map(|h| h.max_seq).collect();
@@ -183,13 +191,14 @@ impl PgStore {
 
         if !rows.results.is_empty() {
             let cols = Columns::of(rows, (0..rows.results.len()).collect());
-            sqlx::query(
+            let q = sqlx::query(
                 "INSERT INTO check_results (host_id, seq, name, kind, status, values_json, message, observed_ms, \
                                             duration_us, ingested_ms)
                  SELECT u.*, $10 FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
                                              $6::text[], $7::text[], $8::bigint[], $9::bigint[])
                      AS u (host_id, seq, name, kind, status, values_json, message, observed_ms, duration_us)
-                 ON CONFLICT (host_id, seq) DO NOTHING",
+                 ON CONFLICT (host_id, seq) DO NOTHING
+                 RETURNING host_id, seq",
             )
             .bind(cols.host_id)
             .bind(cols.seq)
@@ -200,9 +209,15 @@ impl PgStore {
             .bind(cols.message)
             .bind(cols.observed_ms)
             .bind(cols.duration_us)
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?;
+            .bind(now_ms);
+            if count {
+                // Only what this transaction inserted counts towards SLOs (resends do not).
+                for row in q.fetch_all(&mut *tx).await? {
+                    inserted.insert((row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)?));
+                }
+            } else {
+                q.execute(&mut *tx).await?;
+            }
 
             let cols = Columns::of(rows, rows.latest.clone());
             sqlx::query(
@@ -227,6 +242,9 @@ impl PgStore {
             .bind(cols.duration_us)
             .execute(&mut *tx)
             .await?;
+        }
+        if !inserted.is_empty() {
+            super::slo::count_ingest_postgres(&mut tx, rows, &inserted, sli, now_ms).await?;
         }
         tx.commit().await?;
         Ok(())

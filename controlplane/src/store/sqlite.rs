@@ -38,6 +38,7 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
     (2, "audit", include_str!("../../migrations/sqlite/0002_audit.sql")),
     (3, "identity", include_str!("../../migrations/sqlite/0003_identity.sql")),
+    (6, "slo", include_str!("../../migrations/sqlite/0006_slo.sql")),
 ];
 
 /// How long a statement waits for another process's write lock.
@@ -213,8 +214,15 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub(super) async fn ingest(&self, rows: &IngestRows<'_>, now_ms: i64) -> Result<(), StoreError> {
+    pub(super) async fn ingest(
+        &self,
+        rows: &IngestRows<'_>,
+        now_ms: i64,
+        sli: &crate::slo::sli::SliIndex,
+    ) -> Result<(), StoreError> {
         let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        let count = sli.counts_checks();
+        let mut inserted = std::collections::HashSet::new();
         for chunk in rows.hosts.chunks(CHUNK_ROWS) {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO hosts (id, first_seen_ms, last_seen_ms, last_seq, spool_dropped_total) ",
@@ -252,7 +260,15 @@ impl SqliteStore {
                     .push_bind(now_ms);
             });
             q.push(" ON CONFLICT (host_id, seq) DO NOTHING");
-            q.build().execute(&mut *tx).await?;
+            if count {
+                // Only what this transaction inserted counts towards SLOs (resends do not).
+                q.push(" RETURNING host_id, seq");
+                for row in q.build().fetch_all(&mut *tx).await? {
+                    inserted.insert((row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)?));
+                }
+            } else {
+                q.build().execute(&mut *tx).await?;
+            }
         }
         for chunk in rows.latest.chunks(CHUNK_ROWS) {
             let mut q = QueryBuilder::<Sqlite>::new(
@@ -279,6 +295,9 @@ impl SqliteStore {
                   WHERE excluded.seq > check_latest.seq",
             );
             q.build().execute(&mut *tx).await?;
+        }
+        if !inserted.is_empty() {
+            super::slo::count_ingest_sqlite(&mut tx, rows, &inserted, sli, now_ms).await?;
         }
         tx.commit().await?;
         Ok(())
