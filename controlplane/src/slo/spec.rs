@@ -301,7 +301,8 @@ impl SloSpec {
             ));
         }
         let secs = d.as_std().as_secs();
-        if secs < 3600 || !secs.is_multiple_of(60) || d.as_std().subsec_nanos() != 0 || secs > MAX_WINDOW_DAYS * 86_400 {
+        if secs < 3600 || !secs.is_multiple_of(60) || d.as_std().subsec_nanos() != 0 || secs > MAX_WINDOW_DAYS * 86_400
+        {
             return Err(err(
                 "timeWindow[0].duration",
                 format!("must be whole minutes, from 1h to {MAX_WINDOW_DAYS}d"),
