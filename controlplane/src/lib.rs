@@ -18,6 +18,7 @@
 //! - [`client`] — the REST client behind `stewardctl`.
 #![forbid(unsafe_code)]
 
+pub mod alert;
 pub mod api;
 pub mod audit;
 pub mod client;

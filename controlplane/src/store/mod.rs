@@ -22,6 +22,9 @@ use steward_shared::status::{CheckResult, CheckStatus, Value};
 use crate::audit::AuditEntry;
 use crate::model::{AgentHello, ApiToken, FleetStats, Host, IngestBatch, LatestCheck, Page, Role, StatusCounts};
 
+pub mod alert;
+#[cfg(test)]
+mod alert_tests;
 pub mod audit;
 mod backup;
 pub mod identity;
