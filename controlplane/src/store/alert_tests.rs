@@ -28,13 +28,13 @@ async fn alerts_deduplicate_resolve_silence_ack_and_queue_notifications() {
 
         let a = candidate("web", "page-1h");
         let r = store
-            .reconcile_alerts("slo", &[a.clone()], &route, 1_000)
+            .reconcile_alerts("slo", std::slice::from_ref(&a), &route, 1_000)
             .await
             .unwrap();
         assert_eq!(r.fired.len(), 1);
         // The same condition again: deduplicated by fingerprint.
         let r = store
-            .reconcile_alerts("slo", &[a.clone()], &route, 2_000)
+            .reconcile_alerts("slo", std::slice::from_ref(&a), &route, 2_000)
             .await
             .unwrap();
         assert!(r.fired.is_empty() && r.resolved.is_empty());
@@ -112,7 +112,7 @@ async fn alerts_deduplicate_resolve_silence_ack_and_queue_notifications() {
 
         // The condition ends: resolved, and a resolved notification queued per receiver.
         let r = store
-            .reconcile_alerts("slo", &[b.clone()], &route, 6_000)
+            .reconcile_alerts("slo", std::slice::from_ref(&b), &route, 6_000)
             .await
             .unwrap();
         assert_eq!(r.resolved.len(), 1);
