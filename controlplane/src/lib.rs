@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod model;
 pub mod pki_cli;
 pub mod quickstart;
+pub mod rbac;
 pub mod rest_serve;
 pub mod server;
 pub mod store;

@@ -158,7 +158,13 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
     let ca_fingerprint = enroller.as_ref().and_then(|e| e.ca_fingerprint());
     let state = crate::api::ApiState::new(store.clone(), metrics.clone(), cfg.rest.offline_after.as_std())
         .with_enrollment(ca_fingerprint, cfg.pki.enrollment_token_ttl.as_std())
-        .with_audit(audit.signer.clone(), cfg.audit.denials_per_minute);
+        .with_audit(audit.signer.clone(), cfg.audit.denials_per_minute)
+        .with_rbac(crate::api::rbac::RbacApi::new(
+            // Validated when the config was loaded.
+            cfg.rbac.role_defs().unwrap_or_default(),
+            cfg.rest.rate_limit_per_second,
+            cfg.rest.rate_limit_burst,
+        ));
     let routes = {
         use warp::{Filter, Reply};
         crate::api::routes(state).map(Reply::into_response).boxed()

@@ -40,8 +40,13 @@ mod audit_tests;
 pub mod auth;
 pub mod handlers;
 pub mod identity;
+pub mod openapi;
 pub mod params;
 pub mod problem;
+pub mod rbac;
+#[cfg(test)]
+mod rbac_tests;
+pub mod routes;
 #[cfg(test)]
 mod tests;
 pub mod views;
@@ -62,6 +67,8 @@ pub struct ApiState {
     pub enrollment_token_ttl: Duration,
     /// Export signing and the budget of recorded denials.
     pub audit: audit::AuditApi,
+    /// Roles from the config file and per-token rate limits.
+    pub rbac: rbac::RbacApi,
 }
 
 impl ApiState {
@@ -73,7 +80,14 @@ impl ApiState {
             ca_fingerprint: None,
             enrollment_token_ttl: Duration::from_secs(3600),
             audit: audit::AuditApi::default(),
+            rbac: rbac::RbacApi::default(),
         }
+    }
+
+    /// Roles from the config file and per-token rate limits.
+    pub fn with_rbac(mut self, rbac: rbac::RbacApi) -> Self {
+        self.rbac = rbac;
+        self
     }
 
     /// Signs audit exports with `signer`; records at most
@@ -117,13 +131,13 @@ pub fn routes(
     let list_hosts = warp::path!("api" / "v1" / "hosts")
         .and(warp::get())
         .and(with_state(state.clone()))
-        .and(authenticated(state.clone()))
+        .and(authorized(state.clone(), "GET", "/api/v1/hosts"))
         .and(raw_query())
         .then(handlers::list_hosts);
     let get_host = warp::path!("api" / "v1" / "hosts" / String)
         .and(warp::get())
         .and(with_state(state.clone()))
-        .and(authenticated(state.clone()))
+        .and(authorized(state.clone(), "GET", "/api/v1/hosts/{host}"))
         .and_then(|host: String, state: ApiState, who| async move { decoded_segment(host).map(|h| (state, who, h)) })
         .untuple_one()
         .and(raw_query())
@@ -131,7 +145,7 @@ pub fn routes(
     let host_checks = warp::path!("api" / "v1" / "hosts" / String / "checks")
         .and(warp::get())
         .and(with_state(state.clone()))
-        .and(authenticated(state.clone()))
+        .and(authorized(state.clone(), "GET", "/api/v1/hosts/{host}/checks"))
         .and_then(|host: String, state: ApiState, who| async move { decoded_segment(host).map(|h| (state, who, h)) })
         .untuple_one()
         .and(raw_query())
@@ -139,25 +153,25 @@ pub fn routes(
     let list_checks = warp::path!("api" / "v1" / "checks")
         .and(warp::get())
         .and(with_state(state.clone()))
-        .and(authenticated(state.clone()))
+        .and(authorized(state.clone(), "GET", "/api/v1/checks"))
         .and(raw_query())
         .then(handlers::list_checks);
     let audit_list = warp::path!("api" / "v1" / "audit")
         .and(warp::get())
         .and(with_state(state.clone()))
-        .and(authenticated(state.clone()))
+        .and(authorized(state.clone(), "GET", "/api/v1/audit"))
         .and(raw_query())
         .then(audit::list);
     let audit_export = warp::path!("api" / "v1" / "audit" / "export")
         .and(warp::get())
         .and(with_state(state.clone()))
-        .and(authenticated(state.clone()))
+        .and(authorized(state.clone(), "GET", "/api/v1/audit/export"))
         .and(raw_query())
         .then(audit::export);
     let create_enrollment_token = warp::path!("api" / "v1" / "enrollment-tokens")
         .and(warp::post())
         .and(with_state(state.clone()))
-        .and(authenticated(state.clone()))
+        .and(authorized(state.clone(), "POST", "/api/v1/enrollment-tokens"))
         .and(raw_query())
         .and(warp::body::content_length_limit(identity::MAX_BODY))
         .and(warp::body::bytes())
@@ -165,11 +179,16 @@ pub fn routes(
     let revoke_host = warp::path!("api" / "v1" / "hosts" / String / "revoke")
         .and(warp::post())
         .and(with_state(state.clone()))
-        .and(authenticated(state))
+        .and(authorized(state.clone(), "POST", "/api/v1/hosts/{host}/revoke"))
         .and_then(|host: String, state: ApiState, who| async move { decoded_segment(host).map(|h| (state, who, h)) })
         .untuple_one()
         .and(raw_query())
         .then(identity::revoke_host);
+    let rbac_routes = rbac_routes(state.clone());
+    let openapi_doc = warp::path!("api" / "v1" / "openapi.json")
+        .and(warp::get())
+        .and(raw_query())
+        .then(openapi::serve);
 
     let api = list_hosts
         .or(get_host)
@@ -185,6 +204,10 @@ pub fn routes(
         .or(audit_list)
         .unify()
         .or(audit_export)
+        .unify()
+        .or(rbac_routes)
+        .unify()
+        .or(openapi_doc)
         .unify()
         .map(|r: Result<Response, Problem>| r.unwrap_or_else(Problem::into_response));
 
@@ -253,6 +276,115 @@ fn authenticated(state: ApiState) -> impl Filter<Extract = (auth::Principal,), E
         )
 }
 
+/// [`authenticated`], then the route's row of [`routes::TABLE`]: the token's
+/// rate limit, its role's rules and scope against the route's permission
+/// (403, audited, when refused). The row is looked up when the filter is
+/// built, so a route missing from the table fails every API test.
+fn authorized(
+    state: ApiState,
+    method: &'static str,
+    path: &'static str,
+) -> impl Filter<Extract = (auth::Principal,), Error = Rejection> + Clone {
+    let spec = routes::spec(method, path);
+    authenticated(state.clone()).and(with_state(state)).and_then(
+        move |mut who: auth::Principal, state: ApiState| async move {
+            rbac::admit(&state, &mut who, spec, spec.path).await?;
+            Ok::<_, Rejection>(who)
+        },
+    )
+}
+
+/// `tokens`, `roles` and `hosts/{host}/labels` ([`rbac`]).
+fn rbac_routes(state: ApiState) -> impl Filter<Extract = (Result<Response, Problem>,), Error = Rejection> + Clone {
+    let body = || warp::body::content_length_limit(identity::MAX_BODY).and(warp::body::bytes());
+    let create_token = warp::path!("api" / "v1" / "tokens")
+        .and(warp::post())
+        .and(with_state(state.clone()))
+        .and(authorized(state.clone(), "POST", "/api/v1/tokens"))
+        .and(raw_query())
+        .and(body())
+        .then(rbac::create_token);
+    let list_tokens = warp::path!("api" / "v1" / "tokens")
+        .and(warp::get())
+        .and(with_state(state.clone()))
+        .and(authorized(state.clone(), "GET", "/api/v1/tokens"))
+        .and(raw_query())
+        .then(rbac::list_tokens);
+    let revoke_token = warp::path!("api" / "v1" / "tokens" / String)
+        .and(warp::delete())
+        .and(with_state(state.clone()))
+        .and(authorized(state.clone(), "DELETE", "/api/v1/tokens/{id}"))
+        .and_then(|id: String, state: ApiState, who| async move { decoded(id, "id").map(|id| (state, who, id)) })
+        .untuple_one()
+        .and(raw_query())
+        .then(rbac::revoke_token);
+    let list_roles = warp::path!("api" / "v1" / "roles")
+        .and(warp::get())
+        .and(with_state(state.clone()))
+        .and(authorized(state.clone(), "GET", "/api/v1/roles"))
+        .and(raw_query())
+        .then(rbac::list_roles);
+    let get_role = warp::path!("api" / "v1" / "roles" / String)
+        .and(warp::get())
+        .and(with_state(state.clone()))
+        .and(authorized(state.clone(), "GET", "/api/v1/roles/{name}"))
+        .and_then(|n: String, state: ApiState, who| async move { decoded(n, "name").map(|n| (state, who, n)) })
+        .untuple_one()
+        .and(raw_query())
+        .then(rbac::get_role);
+    let put_role = warp::path!("api" / "v1" / "roles" / String)
+        .and(warp::put())
+        .and(with_state(state.clone()))
+        .and(authorized(state.clone(), "PUT", "/api/v1/roles/{name}"))
+        .and_then(|n: String, state: ApiState, who| async move { decoded(n, "name").map(|n| (state, who, n)) })
+        .untuple_one()
+        .and(raw_query())
+        .and(body())
+        .then(rbac::put_role);
+    let delete_role = warp::path!("api" / "v1" / "roles" / String)
+        .and(warp::delete())
+        .and(with_state(state.clone()))
+        .and(authorized(state.clone(), "DELETE", "/api/v1/roles/{name}"))
+        .and_then(|n: String, state: ApiState, who| async move { decoded(n, "name").map(|n| (state, who, n)) })
+        .untuple_one()
+        .and(raw_query())
+        .then(rbac::delete_role);
+    let put_labels = warp::path!("api" / "v1" / "hosts" / String / "labels")
+        .and(warp::put())
+        .and(with_state(state.clone()))
+        .and(authorized(state, "PUT", "/api/v1/hosts/{host}/labels"))
+        .and_then(|host: String, state: ApiState, who| async move { decoded_segment(host).map(|h| (state, who, h)) })
+        .untuple_one()
+        .and(raw_query())
+        .and(body())
+        .then(rbac::put_host_labels);
+    create_token
+        .or(list_tokens)
+        .unify()
+        .or(revoke_token)
+        .unify()
+        .or(list_roles)
+        .unify()
+        .or(get_role)
+        .unify()
+        .or(put_role)
+        .unify()
+        .or(delete_role)
+        .unify()
+        .or(put_labels)
+        .unify()
+}
+
+/// A percent-decoded path segment, or a 400 naming `field`.
+fn decoded(raw: String, field: &'static str) -> Result<String, Rejection> {
+    params::decode_path_segment(&raw).ok_or_else(|| {
+        warp::reject::custom(Problem::invalid(
+            field,
+            format!("the {field} in the path is not valid UTF-8 text"),
+        ))
+    })
+}
+
 /// A percent-decoded path segment, or a 400 naming `host`.
 fn decoded_segment(raw: String) -> Result<String, Rejection> {
     params::decode_path_segment(&raw)
@@ -303,21 +435,8 @@ fn is_sane_request_id(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
-/// The route template of `path`, for metric labels (bounded set).
+/// The route template of `path`, for metric labels (bounded set): a path
+/// of [`routes::TABLE`], or `unmatched`.
 pub fn route_template(path: &str) -> &'static str {
-    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    match segments.as_slice() {
-        ["healthz"] => "/healthz",
-        ["readyz"] => "/readyz",
-        ["metrics"] => "/metrics",
-        ["api", "v1", "hosts"] => "/api/v1/hosts",
-        ["api", "v1", "hosts", _] => "/api/v1/hosts/{host}",
-        ["api", "v1", "hosts", _, "checks"] => "/api/v1/hosts/{host}/checks",
-        ["api", "v1", "checks"] => "/api/v1/checks",
-        ["api", "v1", "audit"] => "/api/v1/audit",
-        ["api", "v1", "audit", "export"] => "/api/v1/audit/export",
-        ["api", "v1", "enrollment-tokens"] => "/api/v1/enrollment-tokens",
-        ["api", "v1", "hosts", _, "revoke"] => "/api/v1/hosts/{host}/revoke",
-        _ => "unmatched",
-    }
+    routes::template_of(path).unwrap_or("unmatched")
 }

@@ -34,6 +34,7 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "identity",
         include_str!("../../migrations/postgres/0003_identity.sql"),
     ),
+    (4, "rbac", include_str!("../../migrations/postgres/0004_rbac.sql")),
 ];
 
 /// The answer to `backup` on PostgreSQL.
@@ -350,17 +351,18 @@ impl PgStore {
     /// In the caller's transaction (a [`super::audit::StoreTx`]), beside its audit entry.
     pub(super) async fn insert_api_token(conn: &mut PgConnection, t: &ApiToken) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO api_tokens (id, name, role, secret_hash, created_ms, expires_ms, revoked_ms, last_used_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO api_tokens (id, name, role, secret_hash, created_ms, expires_ms, revoked_ms, last_used_ms, scope)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&t.id)
         .bind(&t.name)
-        .bind(t.role.as_str())
+        .bind(&t.role)
         .bind(&t.secret_hash)
         .bind(t.created_ms)
         .bind(t.expires_ms)
         .bind(t.revoked_ms)
         .bind(t.last_used_ms)
+        .bind(&t.scope)
         .execute(&mut *conn)
         .await?;
         Ok(())

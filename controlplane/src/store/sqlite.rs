@@ -38,6 +38,7 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
     (2, "audit", include_str!("../../migrations/sqlite/0002_audit.sql")),
     (3, "identity", include_str!("../../migrations/sqlite/0003_identity.sql")),
+    (4, "rbac", include_str!("../../migrations/sqlite/0004_rbac.sql")),
 ];
 
 /// How long a statement waits for another process's write lock.
@@ -401,17 +402,18 @@ impl SqliteStore {
     /// In the caller's transaction (a [`super::audit::StoreTx`]), beside its audit entry.
     pub(super) async fn insert_api_token(conn: &mut SqliteConnection, t: &ApiToken) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO api_tokens (id, name, role, secret_hash, created_ms, expires_ms, revoked_ms, last_used_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO api_tokens (id, name, role, secret_hash, created_ms, expires_ms, revoked_ms, last_used_ms, scope)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )
         .bind(&t.id)
         .bind(&t.name)
-        .bind(t.role.as_str())
+        .bind(&t.role)
         .bind(&t.secret_hash)
         .bind(t.created_ms)
         .bind(t.expires_ms)
         .bind(t.revoked_ms)
         .bind(t.last_used_ms)
+        .bind(&t.scope)
         .execute(&mut *conn)
         .await?;
         Ok(())
