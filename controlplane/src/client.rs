@@ -19,8 +19,10 @@ use crate::api::Problem;
 use crate::api::views::{CheckView, HostView};
 
 mod audit;
+mod rbac;
 mod table;
 pub use audit::AuditCommand;
+pub use rbac::{RolesCommand, TokensCommand};
 pub use table::{ago, audit_table, checks_table, host_detail, hosts_table};
 
 /// Default `--server`.
@@ -80,6 +82,16 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// API tokens: create (shown once), list, revoke.
+    Tokens {
+        #[command(subcommand)]
+        command: TokensCommand,
+    },
+    /// Roles: built in, from the config file, or defined through the API.
+    Roles {
+        #[command(subcommand)]
+        command: RolesCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -116,6 +128,14 @@ pub enum HostsCommand {
     Revoke {
         /// Host ID or unique hostname.
         host: String,
+    },
+    /// Replace a host's control-plane labels (what selectors, token scopes
+    /// and role rules match): `hosts labels HOST env=prod,team=web`; "" clears them.
+    Labels {
+        /// Host ID or unique hostname.
+        host: String,
+        /// All of the host's labels, `k=v,...`.
+        labels: String,
     },
 }
 
@@ -497,6 +517,11 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> Result<(), ClientError> {
         out.flush()?;
         return Ok(());
     }
+    if rbac::handles(&cli.command) {
+        rbac::run(&cli, out).await?;
+        out.flush()?;
+        return Ok(());
+    }
     let client = Client::new(&cli.server, cli.token, cli.ca_cert.as_deref())?;
     let now = steward_shared::now_ms();
     match cli.command {
@@ -577,7 +602,12 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> Result<(), ClientError> {
                 Output::Table => out.write_all(checks_table(&items::<CheckView>(&list)?, now, true).as_bytes())?,
             }
         }
-        Command::Audit { .. } => {} // handled above
+        Command::Audit { .. }
+        | Command::Tokens { .. }
+        | Command::Roles { .. }
+        | Command::Hosts {
+            command: HostsCommand::Labels { .. },
+        } => {} // handled above
     }
     out.flush()?;
     Ok(())

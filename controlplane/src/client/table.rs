@@ -141,7 +141,7 @@ pub fn audit_table(entries: &[AuditEntryView]) -> String {
 }
 
 /// Left-aligned columns separated by three spaces, headers first.
-fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+pub(super) fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let rows: Vec<Vec<String>> = rows.iter().map(|r| r.iter().map(|c| clean(c)).collect()).collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in &rows {

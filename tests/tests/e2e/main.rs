@@ -6,5 +6,6 @@ mod gateway_refusals;
 mod identity;
 mod pipeline;
 mod quickstart;
+mod rbac;
 mod service;
 mod terraform;
