@@ -230,6 +230,11 @@ pub fn routes(
         .map(move |start: Instant, method: http::Method, path: FullPath, id: HeaderValue, mut resp: Response| {
             resp.headers_mut().insert("x-request-id", id);
             let route = route_template(path.as_str());
+            if resp.status() == http::StatusCode::METHOD_NOT_ALLOWED
+                && let Ok(allow) = HeaderValue::from_str(&routes::methods_of(route).join(", "))
+            {
+                resp.headers_mut().insert(http::header::ALLOW, allow);
+            }
             metrics.http_request(&method, route, resp.status().as_u16(), start.elapsed().as_secs_f64());
             tracing::debug!(%method, route, status = resp.status().as_u16(), "request served");
             resp

@@ -201,7 +201,7 @@ fn list_checks() {}
 
 /// A one-time enrollment token for new agents, shown once.
 /// Permission `enrollment-tokens:create` on hosts with the token's labels.
-#[utoipa::path(post, path = "/api/v1/enrollment-tokens", request_body = CreateEnrollmentToken,
+#[utoipa::path(post, path = "/api/v1/enrollment-tokens", request_body = Option<CreateEnrollmentToken>,
     responses((status = 201, description = "created", body = EnrollmentTokenView), Errors))]
 fn create_enrollment_token() {}
 

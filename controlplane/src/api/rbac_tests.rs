@@ -723,6 +723,12 @@ async fn every_route_in_the_table_is_served_and_labelled() {
             }
         }
         assert_eq!(route_template("/api/v1/nope"), "unmatched");
+        // A 405 names exactly the route's methods.
+        let r = call(&api.state, "PATCH", "/api/v1/roles/x", Some(&api.admin), None).await;
+        assert_eq!(r.status(), 405);
+        assert_eq!(r.headers()["allow"], "GET, PUT, DELETE");
+        let r = call(&api.state, "GET", "/api/v1/hosts/x/revoke", Some(&api.admin), None).await;
+        assert_eq!(r.headers()["allow"], "POST");
     })
     .await;
 }

@@ -99,6 +99,11 @@ pub fn spec(method: &str, path: &str) -> &'static RouteSpec {
         .unwrap_or_else(|| panic!("route {method} {path} is missing from api::routes::TABLE"))
 }
 
+/// The methods of the route template `path` (for `Allow` on a 405).
+pub fn methods_of(path: &str) -> Vec<&'static str> {
+    TABLE.iter().filter(|r| r.path == path).map(|r| r.method).collect()
+}
+
 /// The template of a concrete request path (any method), if it is a route.
 pub fn template_of(path: &str) -> Option<&'static str> {
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
