@@ -459,22 +459,14 @@ impl HostFilter {
         }
     }
 
-    /// Whether this filter certainly keeps every host (no scan needed).
+    /// Whether the decision cannot depend on a host's labels (no scope, no
+    /// host-limited rule): list queries then page without over-scanning.
+    /// Only an optimisation: [`HostFilter::matches`] is applied either way.
     pub fn is_all(&self) -> bool {
         match &self.inner {
             None => true,
-            Some((a, _)) => !a.is_scoped() && a.rules.iter().all(|r| r.hosts.is_none()) && a.allows_everywhere(self),
+            Some((a, _)) => !a.is_scoped() && a.rules.iter().all(|r| r.hosts.is_none()),
         }
-    }
-}
-
-impl Authority {
-    fn allows_everywhere(&self, filter: &HostFilter) -> bool {
-        // Without scope and host-limited rules the decision does not depend on labels.
-        filter
-            .inner
-            .as_ref()
-            .is_some_and(|(_, p)| self.allows(p, Some(&Labels::new())))
     }
 }
 

@@ -2,9 +2,11 @@
 //! [`handlers`], [`views`] (the JSON models), and one [`problem::recover`]
 //! that turns every rejection into `application/problem+json`.
 //!
-//! Routes: `GET /healthz`, `/readyz`, `/metrics` (no token), and under
-//! `/api/v1` (bearer token required): `hosts`, `hosts/{host}`,
-//! `hosts/{host}/checks`, `checks`, `audit`, `audit/export` ([`audit`]).
+//! Routes: every route, its method and its one permission are in
+//! [`routes::TABLE`]; `GET /healthz`, `/readyz`, `/metrics` and
+//! `/api/v1/openapi.json` need no token, every other `/api/v1` route a bearer
+//! token whose role and scope allow it ([`rbac`]). ARCHITECTURE.md, "Adding
+//! a route", says how to add one.
 //!
 //! Invariants:
 //! - Paths are matched before methods and before authentication, so an
