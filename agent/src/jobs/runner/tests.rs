@@ -486,3 +486,67 @@ async fn backup_schedules_run_without_a_control_plane_and_never_overlap() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn retention_with_an_injected_clock_keeps_exactly_restics_set() {
+    use crate::jobs::backup::retention::{Civil, days_from_civil};
+    use std::sync::atomic::AtomicI64;
+    let fx = fixture(1, 1 << 20);
+    let mut backup = fx.backup.clone();
+    backup.verify_after = false;
+    backup.keep_last = Some(2);
+    backup.keep_daily = Some(3);
+    backup.keep_weekly = Some(2);
+    backup.keep_monthly = Some(2);
+    let now = Arc::new(AtomicI64::new(0));
+    let clock = now.clone();
+    let actions = ActionsSection {
+        allow: vec!["backup.run".into()],
+        exec: vec![],
+    };
+    let exec = Executor::new(
+        &actions,
+        vec![backup.clone()],
+        vec![],
+        fx.journal.clone(),
+        Arc::new(NoService),
+    )
+    .unwrap()
+    .with_clock(Arc::new(move || clock.load(Ordering::SeqCst)));
+    fx.runner.replace_executor(exec);
+    let at = |month: u32, day: u32| days_from_civil(Civil { year: 2026, month, day }) * 86_400 + 3 * 3600;
+    // One backup a day at 03:00 UTC from 2026-01-01 to 2026-02-20 (a Friday).
+    let days: Vec<i64> = (at(1, 1)..=at(2, 20)).step_by(86_400).collect();
+    let mut deleted = Vec::new();
+    for (i, t) in days.iter().enumerate() {
+        now.store(*t, Ordering::SeqCst);
+        let attempt = format!("ret-{i}");
+        fx.runner
+            .assign(assignment(&attempt, "backup.run", &[("name", "files")], 60));
+        let f = fx.finished(&attempt, 1).await;
+        assert_eq!(f[0].outcome, "succeeded", "{}", f[0].reason);
+        let v: serde_json::Value = serde_json::from_str(&f[0].result_json).unwrap();
+        assert_eq!(v["created_at"], *t);
+        deleted.extend(
+            v["deleted"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_str().unwrap().to_string()),
+        );
+    }
+    let mut kept: Vec<i64> = crate::jobs::backup::list_snapshots(&backup)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.created_at)
+        .collect();
+    kept.sort_unstable_by(|a, b| b.cmp(a));
+    // keep-last 2: 02-20, 02-19; keep-daily 3: + 02-18; keep-weekly 2: W08 (02-20) and
+    // W07 (Sunday 02-15); keep-monthly 2: February (02-20) and January (01-31).
+    assert_eq!(kept, vec![at(2, 20), at(2, 19), at(2, 18), at(2, 15), at(1, 31)]);
+    assert_eq!(
+        deleted.len(),
+        days.len() - kept.len(),
+        "every other snapshot was reported deleted once"
+    );
+}
