@@ -115,11 +115,13 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
     })?;
 
     let registry = Arc::new(Registry::default());
-    let ingestor = Ingestor::start(
+    let jobs = crate::jobs::dispatcher::JobsHandle::new(cfg.jobs.settings());
+    let ingestor = Ingestor::start_with_jobs(
         store.clone(),
         metrics.clone(),
         cfg.ingest_workers(),
         cfg.grpc.ingest_max_rows,
+        jobs.settings.clone(),
     );
     // The CA key signs enrollments and renewals; a replica without it only serves streams.
     let enroller = match steward_shared::pki::Ca::load_dir(&cfg.data_dir) {
@@ -141,6 +143,7 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
         },
         shutdown: shutdown.clone(),
         enroller: enroller.clone(),
+        jobs: jobs.clone(),
     });
     let settings = GatewaySettings {
         tls: Arc::new(tls),
@@ -158,7 +161,8 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
     let ca_fingerprint = enroller.as_ref().and_then(|e| e.ca_fingerprint());
     let state = crate::api::ApiState::new(store.clone(), metrics.clone(), cfg.rest.offline_after.as_std())
         .with_enrollment(ca_fingerprint, cfg.pki.enrollment_token_ttl.as_std())
-        .with_audit(audit.signer.clone(), cfg.audit.denials_per_minute);
+        .with_audit(audit.signer.clone(), cfg.audit.denials_per_minute)
+        .with_jobs(jobs.clone());
     let routes = {
         use warp::{Filter, Reply};
         crate::api::routes(state).map(Reply::into_response).boxed()
@@ -179,6 +183,8 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
     ));
 
     let sweep = tokio::spawn(revocation_sweep(store.clone(), registry.clone(), shutdown.clone()));
+    let dispatcher =
+        crate::jobs::dispatcher::start(store.clone(), registry.clone(), metrics.clone(), jobs, shutdown.clone());
 
     let endpoints = Endpoints {
         grpc_addr,
@@ -190,7 +196,7 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
         endpoints,
         store,
         registry,
-        tasks: vec![rest, retention, sweep, audit.task],
+        tasks: vec![rest, retention, sweep, dispatcher, audit.task],
         grpc,
     })
 }

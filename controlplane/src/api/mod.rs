@@ -62,6 +62,8 @@ pub struct ApiState {
     pub enrollment_token_ttl: Duration,
     /// Export signing and the budget of recorded denials.
     pub audit: audit::AuditApi,
+    /// Wakes the job dispatcher (jobs created or cancelled) and its settings.
+    pub jobs: crate::jobs::dispatcher::JobsHandle,
 }
 
 impl ApiState {
@@ -73,7 +75,14 @@ impl ApiState {
             ca_fingerprint: None,
             enrollment_token_ttl: Duration::from_secs(3600),
             audit: audit::AuditApi::default(),
+            jobs: crate::jobs::dispatcher::JobsHandle::default(),
         }
+    }
+
+    /// Uses this process's job dispatcher.
+    pub fn with_jobs(mut self, jobs: crate::jobs::dispatcher::JobsHandle) -> Self {
+        self.jobs = jobs;
+        self
     }
 
     /// Signs audit exports with `signer`; records at most

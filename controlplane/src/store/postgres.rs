@@ -34,6 +34,7 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "identity",
         include_str!("../../migrations/postgres/0003_identity.sql"),
     ),
+    (5, "jobs", include_str!("../../migrations/postgres/0005_jobs.sql")),
 ];
 
 /// The answer to `backup` on PostgreSQL.
@@ -159,7 +160,12 @@ impl PgStore {
         Ok(())
     }
 
-    pub(super) async fn ingest(&self, rows: &IngestRows<'_>, now_ms: i64) -> Result<(), StoreError> {
+    pub(super) async fn ingest(
+        &self,
+        rows: &IngestRows<'_>,
+        jobs: &super::jobs::JobIngest<'_>,
+        now_ms: i64,
+    ) -> Result<crate::jobs::Applied, StoreError> {
         let mut tx = self.pool.begin().await?;
 
         let ids: Vec<&str> = rows.hosts.iter().map(|h| h.id).collect();
@@ -228,8 +234,10 @@ impl PgStore {
             .execute(&mut *tx)
             .await?;
         }
+        // Job reports of the same batches, and their audit entries (jobs issue).
+        let applied = super::jobs::apply_in_ingest(super::sql::Conn::Pg(&mut tx), jobs, now_ms).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(applied)
     }
 
     pub(super) async fn prune_results_chunk(&self, older_than_ms: i64, chunk: i64) -> Result<u64, StoreError> {
