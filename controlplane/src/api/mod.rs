@@ -4,7 +4,8 @@
 //!
 //! Routes: `GET /healthz`, `/readyz`, `/metrics` (no token), and under
 //! `/api/v1` (bearer token required): `hosts`, `hosts/{host}`,
-//! `hosts/{host}/checks`, `checks`, `audit`, `audit/export` ([`audit`]).
+//! `hosts/{host}/checks`, `checks`, `audit`, `audit/export` ([`audit`]),
+//! `jobs`, `jobs/{id}`, `jobs/{id}/output`, `jobs/{id}/cancel`, `backups` ([`jobs`]).
 //!
 //! Invariants:
 //! - Paths are matched before methods and before authentication, so an
@@ -40,6 +41,7 @@ mod audit_tests;
 pub mod auth;
 pub mod handlers;
 pub mod identity;
+pub mod jobs;
 pub mod params;
 pub mod problem;
 #[cfg(test)]
@@ -171,6 +173,7 @@ pub fn routes(
         .and(warp::body::content_length_limit(identity::MAX_BODY))
         .and(warp::body::bytes())
         .then(identity::create_enrollment_token);
+    let job_routes = jobs_routes(state.clone());
     let revoke_host = warp::path!("api" / "v1" / "hosts" / String / "revoke")
         .and(warp::post())
         .and(with_state(state.clone()))
@@ -194,6 +197,8 @@ pub fn routes(
         .or(audit_list)
         .unify()
         .or(audit_export)
+        .unify()
+        .or(job_routes)
         .unify()
         .map(|r: Result<Response, Problem>| r.unwrap_or_else(Problem::into_response));
 
@@ -223,6 +228,66 @@ pub fn routes(
         .with(warp::trace(|info| {
             tracing::info_span!("http", method = %info.method(), path = %info.path(), request_id = tracing::field::Empty, token_id = tracing::field::Empty)
         }))
+}
+
+/// The job and backup routes ([`jobs`]), boxed to keep the route type small.
+fn jobs_routes(state: ApiState) -> warp::filters::BoxedFilter<(Result<Response, Problem>,)> {
+    let create_jobs = warp::path!("api" / "v1" / "jobs")
+        .and(warp::post())
+        .and(with_state(state.clone()))
+        .and(authenticated(state.clone()))
+        .and(raw_query())
+        .and(warp::body::content_length_limit(identity::MAX_BODY))
+        .and(warp::body::bytes())
+        .then(jobs::create);
+    let list_jobs = warp::path!("api" / "v1" / "jobs")
+        .and(warp::get())
+        .and(with_state(state.clone()))
+        .and(authenticated(state.clone()))
+        .and(raw_query())
+        .then(jobs::list);
+    let get_job = warp::path!("api" / "v1" / "jobs" / String)
+        .and(warp::get())
+        .and(with_state(state.clone()))
+        .and(authenticated(state.clone()))
+        .map(|id, state, who| (state, who, id))
+        .untuple_one()
+        .and(raw_query())
+        .then(jobs::get);
+    let job_output = warp::path!("api" / "v1" / "jobs" / String / "output")
+        .and(warp::get())
+        .and(with_state(state.clone()))
+        .and(authenticated(state.clone()))
+        .map(|id, state, who| (state, who, id))
+        .untuple_one()
+        .and(raw_query())
+        .then(jobs::output);
+    let cancel_job = warp::path!("api" / "v1" / "jobs" / String / "cancel")
+        .and(warp::post())
+        .and(with_state(state.clone()))
+        .and(authenticated(state.clone()))
+        .map(|id, state, who| (state, who, id))
+        .untuple_one()
+        .and(raw_query())
+        .then(jobs::cancel);
+    let backups = warp::path!("api" / "v1" / "backups")
+        .and(warp::get())
+        .and(with_state(state.clone()))
+        .and(authenticated(state.clone()))
+        .and(raw_query())
+        .then(jobs::backups);
+    create_jobs
+        .or(list_jobs)
+        .unify()
+        .or(get_job)
+        .unify()
+        .or(job_output)
+        .unify()
+        .or(cancel_job)
+        .unify()
+        .or(backups)
+        .unify()
+        .boxed()
 }
 
 fn with_state(state: ApiState) -> impl Filter<Extract = (ApiState,), Error = Infallible> + Clone {
@@ -327,6 +392,11 @@ pub fn route_template(path: &str) -> &'static str {
         ["api", "v1", "audit", "export"] => "/api/v1/audit/export",
         ["api", "v1", "enrollment-tokens"] => "/api/v1/enrollment-tokens",
         ["api", "v1", "hosts", _, "revoke"] => "/api/v1/hosts/{host}/revoke",
+        ["api", "v1", "jobs"] => "/api/v1/jobs",
+        ["api", "v1", "jobs", _] => "/api/v1/jobs/{id}",
+        ["api", "v1", "jobs", _, "output"] => "/api/v1/jobs/{id}/output",
+        ["api", "v1", "jobs", _, "cancel"] => "/api/v1/jobs/{id}/cancel",
+        ["api", "v1", "backups"] => "/api/v1/backups",
         _ => "unmatched",
     }
 }
