@@ -30,6 +30,8 @@ pub struct ControlPlaneConfig {
     pub audit: AuditSection,
     #[serde(default)]
     pub rbac: RbacSection,
+    #[serde(default)]
+    pub jobs: JobsSection,
 }
 
 /// `[rbac]`: custom roles defined in the file (`[[rbac.roles]]`).
@@ -103,6 +105,70 @@ impl RbacSection {
             });
         }
         Ok(out)
+    }
+}
+
+/// `[jobs]`: the job queue.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsSection {
+    /// Output kept per job (the rest is dropped and the job marked truncated). Default `1MiB`.
+    #[serde(default = "default_job_output_cap")]
+    pub output_cap: ByteSize,
+    /// How long a sent attempt waits for the agent's acceptance before it is sent again. Default `30s`.
+    #[serde(default = "default_dispatch_lease")]
+    pub dispatch_lease: Duration,
+    /// Added to a job's timeout before the control plane itself times it out. Default `30s`.
+    #[serde(default = "default_timeout_grace")]
+    pub timeout_grace: Duration,
+    /// Jobs dispatched or running at once on one host. Default 1.
+    #[serde(default = "default_max_running_per_host")]
+    pub max_running_per_host: u32,
+    /// First retry delay (doubled per attempt, ±10 % jitter). Default `5s`.
+    #[serde(default = "default_retry_base")]
+    pub retry_base: Duration,
+    /// Longest retry delay. Default `1h`.
+    #[serde(default = "default_retry_max")]
+    pub retry_max: Duration,
+}
+
+impl JobsSection {
+    /// The queue settings these keys describe.
+    pub fn settings(&self) -> crate::jobs::JobSettings {
+        let ms = |d: &Duration| i64::try_from(d.as_std().as_millis()).unwrap_or(i64::MAX);
+        crate::jobs::JobSettings {
+            output_cap: self.output_cap.0,
+            dispatch_lease_ms: ms(&self.dispatch_lease).max(1000),
+            timeout_grace_ms: ms(&self.timeout_grace),
+            max_running_per_host: self.max_running_per_host.max(1),
+            retry_base_ms: ms(&self.retry_base).max(1),
+            retry_max_ms: ms(&self.retry_max).max(1),
+        }
+    }
+}
+
+fn default_job_output_cap() -> ByteSize {
+    ByteSize(1 << 20)
+}
+fn default_dispatch_lease() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_timeout_grace() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_running_per_host() -> u32 {
+    1
+}
+fn default_retry_base() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_retry_max() -> Duration {
+    Duration::from_secs(3600)
+}
+
+impl Default for JobsSection {
+    fn default() -> Self {
+        parse_toml("<defaults>", "").expect("empty jobs section has defaults")
     }
 }
 

@@ -23,6 +23,7 @@ pub mod client;
 pub mod config;
 pub mod enrollment;
 pub mod gateway;
+pub mod jobs;
 pub mod metrics;
 pub mod model;
 pub mod pki_cli;

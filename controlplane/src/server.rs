@@ -115,11 +115,13 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
     })?;
 
     let registry = Arc::new(Registry::default());
-    let ingestor = Ingestor::start(
+    let jobs = crate::jobs::dispatcher::JobsHandle::new(cfg.jobs.settings());
+    let ingestor = Ingestor::start_with_jobs(
         store.clone(),
         metrics.clone(),
         cfg.ingest_workers(),
         cfg.grpc.ingest_max_rows,
+        jobs.settings.clone(),
     );
     // The CA key signs enrollments and renewals; a replica without it only serves streams.
     let enroller = match steward_shared::pki::Ca::load_dir(&cfg.data_dir) {
@@ -141,6 +143,7 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
         },
         shutdown: shutdown.clone(),
         enroller: enroller.clone(),
+        jobs: jobs.clone(),
     });
     let settings = GatewaySettings {
         tls: Arc::new(tls),
@@ -164,7 +167,8 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
             cfg.rbac.role_defs().unwrap_or_default(),
             cfg.rest.rate_limit_per_second,
             cfg.rest.rate_limit_burst,
-        ));
+        ))
+        .with_jobs(jobs.clone());
     let routes = {
         use warp::{Filter, Reply};
         crate::api::routes(state).map(Reply::into_response).boxed()
@@ -185,6 +189,8 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
     ));
 
     let sweep = tokio::spawn(revocation_sweep(store.clone(), registry.clone(), shutdown.clone()));
+    let dispatcher =
+        crate::jobs::dispatcher::start(store.clone(), registry.clone(), metrics.clone(), jobs, shutdown.clone());
 
     let endpoints = Endpoints {
         grpc_addr,
@@ -196,7 +202,7 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
         endpoints,
         store,
         registry,
-        tasks: vec![rest, retention, sweep, audit.task],
+        tasks: vec![rest, retention, sweep, dispatcher, audit.task],
         grpc,
     })
 }

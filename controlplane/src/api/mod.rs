@@ -5,8 +5,8 @@
 //! Routes: every route, its method and its one permission are in
 //! [`routes::TABLE`]; `GET /healthz`, `/readyz`, `/metrics` and
 //! `/api/v1/openapi.json` need no token, every other `/api/v1` route a bearer
-//! token whose role and scope allow it ([`rbac`]). ARCHITECTURE.md, "Adding
-//! a route", says how to add one.
+//! token whose role and scope allow it ([`rbac`]); the job and backup routes
+//! are in [`jobs`]. ARCHITECTURE.md, "Adding a route", says how to add one.
 //!
 //! Invariants:
 //! - Paths are matched before methods and before authentication, so an
@@ -42,6 +42,7 @@ mod audit_tests;
 pub mod auth;
 pub mod handlers;
 pub mod identity;
+pub mod jobs;
 pub mod openapi;
 pub mod params;
 pub mod problem;
@@ -71,6 +72,8 @@ pub struct ApiState {
     pub audit: audit::AuditApi,
     /// Roles from the config file and per-token rate limits.
     pub rbac: rbac::RbacApi,
+    /// Wakes the job dispatcher (jobs created or cancelled) and its settings.
+    pub jobs: crate::jobs::dispatcher::JobsHandle,
 }
 
 impl ApiState {
@@ -83,12 +86,19 @@ impl ApiState {
             enrollment_token_ttl: Duration::from_secs(3600),
             audit: audit::AuditApi::default(),
             rbac: rbac::RbacApi::default(),
+            jobs: crate::jobs::dispatcher::JobsHandle::default(),
         }
     }
 
     /// Roles from the config file and per-token rate limits.
     pub fn with_rbac(mut self, rbac: rbac::RbacApi) -> Self {
         self.rbac = rbac;
+        self
+    }
+
+    /// Uses this process's job dispatcher.
+    pub fn with_jobs(mut self, jobs: crate::jobs::dispatcher::JobsHandle) -> Self {
+        self.jobs = jobs;
         self
     }
 
@@ -178,6 +188,7 @@ pub fn routes(
         .and(warp::body::content_length_limit(identity::MAX_BODY))
         .and(warp::body::bytes())
         .then(identity::create_enrollment_token);
+    let job_routes = jobs_routes(state.clone());
     let revoke_host = warp::path!("api" / "v1" / "hosts" / String / "revoke")
         .and(warp::post())
         .and(with_state(state.clone()))
@@ -210,6 +221,8 @@ pub fn routes(
         .or(rbac_routes)
         .unify()
         .or(openapi_doc)
+        .unify()
+        .or(job_routes)
         .unify()
         .map(|r: Result<Response, Problem>| r.unwrap_or_else(Problem::into_response));
 
@@ -244,6 +257,66 @@ pub fn routes(
         .with(warp::trace(|info| {
             tracing::info_span!("http", method = %info.method(), path = %info.path(), request_id = tracing::field::Empty, token_id = tracing::field::Empty)
         }))
+}
+
+/// The job and backup routes ([`jobs`]), boxed to keep the route type small.
+fn jobs_routes(state: ApiState) -> warp::filters::BoxedFilter<(Result<Response, Problem>,)> {
+    let create_jobs = warp::path!("api" / "v1" / "jobs")
+        .and(warp::post())
+        .and(with_state(state.clone()))
+        .and(authorized(state.clone(), "POST", "/api/v1/jobs"))
+        .and(raw_query())
+        .and(warp::body::content_length_limit(identity::MAX_BODY))
+        .and(warp::body::bytes())
+        .then(jobs::create);
+    let list_jobs = warp::path!("api" / "v1" / "jobs")
+        .and(warp::get())
+        .and(with_state(state.clone()))
+        .and(authorized(state.clone(), "GET", "/api/v1/jobs"))
+        .and(raw_query())
+        .then(jobs::list);
+    let get_job = warp::path!("api" / "v1" / "jobs" / String)
+        .and(warp::get())
+        .and(with_state(state.clone()))
+        .and(authorized(state.clone(), "GET", "/api/v1/jobs/{id}"))
+        .and_then(|id: String, state: ApiState, who| async move { decoded(id, "id").map(|id| (state, who, id)) })
+        .untuple_one()
+        .and(raw_query())
+        .then(jobs::get);
+    let job_output = warp::path!("api" / "v1" / "jobs" / String / "output")
+        .and(warp::get())
+        .and(with_state(state.clone()))
+        .and(authorized(state.clone(), "GET", "/api/v1/jobs/{id}/output"))
+        .and_then(|id: String, state: ApiState, who| async move { decoded(id, "id").map(|id| (state, who, id)) })
+        .untuple_one()
+        .and(raw_query())
+        .then(jobs::output);
+    let cancel_job = warp::path!("api" / "v1" / "jobs" / String / "cancel")
+        .and(warp::post())
+        .and(with_state(state.clone()))
+        .and(authorized(state.clone(), "POST", "/api/v1/jobs/{id}/cancel"))
+        .and_then(|id: String, state: ApiState, who| async move { decoded(id, "id").map(|id| (state, who, id)) })
+        .untuple_one()
+        .and(raw_query())
+        .then(jobs::cancel);
+    let backups = warp::path!("api" / "v1" / "backups")
+        .and(warp::get())
+        .and(with_state(state.clone()))
+        .and(authorized(state.clone(), "GET", "/api/v1/backups"))
+        .and(raw_query())
+        .then(jobs::backups);
+    create_jobs
+        .or(list_jobs)
+        .unify()
+        .or(get_job)
+        .unify()
+        .or(job_output)
+        .unify()
+        .or(cancel_job)
+        .unify()
+        .or(backups)
+        .unify()
+        .boxed()
 }
 
 fn with_state(state: ApiState) -> impl Filter<Extract = (ApiState,), Error = Infallible> + Clone {
@@ -301,8 +374,9 @@ fn authorized(
     )
 }
 
-/// `tokens`, `roles` and `hosts/{host}/labels` ([`rbac`]).
-fn rbac_routes(state: ApiState) -> impl Filter<Extract = (Result<Response, Problem>,), Error = Rejection> + Clone {
+/// `tokens`, `roles` and `hosts/{host}/labels` ([`rbac`]), boxed to keep the
+/// route type (and its future, on the stack) small.
+fn rbac_routes(state: ApiState) -> warp::filters::BoxedFilter<(Result<Response, Problem>,)> {
     let body = || warp::body::content_length_limit(identity::MAX_BODY).and(warp::body::bytes());
     let create_token = warp::path!("api" / "v1" / "tokens")
         .and(warp::post())
@@ -380,6 +454,7 @@ fn rbac_routes(state: ApiState) -> impl Filter<Extract = (Result<Response, Probl
         .unify()
         .or(put_labels)
         .unify()
+        .boxed()
 }
 
 /// A percent-decoded path segment, or a 400 naming `field`.

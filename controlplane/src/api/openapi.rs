@@ -20,6 +20,7 @@ use warp::Reply;
 use warp::reply::Response;
 
 use super::identity::{CreateEnrollmentToken, EnrollmentTokenView, RevokedView};
+use super::jobs::{BackupView, CreateJob, CreatedJobs, JobView, OutputView};
 use super::params::Params;
 use super::problem::{PROBLEM_CONTENT_TYPE, Problem};
 use super::rbac::{CreateToken, PutLabels, PutRole, RoleView, TokenView};
@@ -37,6 +38,21 @@ pub enum CheckStatusSchema {
     warning,
     critical,
     unknown,
+}
+
+/// Where a job is in its life.
+#[derive(ToSchema)]
+#[schema(as = JobState)]
+#[allow(non_camel_case_types)]
+pub enum JobStateSchema {
+    queued,
+    dispatched,
+    running,
+    succeeded,
+    failed,
+    timed_out,
+    cancelled,
+    discarded,
 }
 
 /// The errors every authenticated route may answer with.
@@ -93,11 +109,13 @@ impl Modify for BearerAuth {
         list_hosts, get_host, host_checks, revoke_host, put_host_labels, list_checks,
         create_enrollment_token, audit_list, audit_export,
         create_token, list_tokens, revoke_token, list_roles, get_role, put_role, delete_role,
+        create_jobs, list_jobs, get_job, job_output, cancel_job, list_backups,
     ),
     components(schemas(
         Problem, HostView, CheckView, ValueView, StatusCounts, CheckStatusSchema, AuditEntryView,
         CreateEnrollmentToken, EnrollmentTokenView, RevokedView, CreateToken, TokenView, RoleView, PutRole,
         PutLabels, RuleSpec, Effect, RoleSource,
+        CreateJob, CreatedJobs, JobView, JobStateSchema, OutputView, BackupView,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -267,3 +285,57 @@ fn put_role() {}
 #[utoipa::path(delete, path = "/api/v1/roles/{name}", params(("name" = String, Path)),
     responses((status = 200, description = "deleted", body = Object), Errors))]
 fn delete_role() {}
+
+// ---------------------------------------------------------------- jobs and backups
+
+/// Creates a job on one host (`host`), or one job per host of `selector`
+/// on which the token holds `jobs:create` (hosts it may not act on are left
+/// out; none at all is a 403 when it may see some of them, else a 400).
+/// With an `idempotency_key` already used, answers that request's jobs
+/// (200), or a 409 when they are not all the token's to see. Permission
+/// `jobs:create` on each host.
+#[utoipa::path(post, path = "/api/v1/jobs", request_body = CreateJob,
+    responses(
+        (status = 201, description = "created", body = CreatedJobs),
+        (status = 200, description = "the idempotency key's jobs, created before", body = CreatedJobs),
+        Errors,
+    ))]
+fn create_jobs() {}
+
+/// Jobs of the hosts the token may see, newest first. Permission `jobs:read`.
+#[utoipa::path(get, path = "/api/v1/jobs", params(
+    ("state" = Option<JobStateSchema>, Query, description = "only jobs in this state"),
+    ("host" = Option<String>, Query, description = "only this host (ID or unique hostname)"),
+    ("action" = Option<String>, Query, description = "only this action, e.g. `backup.run`"),
+    ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000),
+    ("cursor" = Option<String>, Query),
+), responses((status = 200, description = "a page of jobs", body = ListView<JobView>), Errors))]
+fn list_jobs() {}
+
+/// One job. Permission `jobs:read` on its host (404 for a host the token may not see).
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", params(("id" = String, Path, description = "job ID")),
+    responses((status = 200, description = "the job", body = JobView), Errors))]
+fn get_job() {}
+
+/// The stored output of a job's current attempt. Permission `jobs:read` on its host.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/output", params(("id" = String, Path, description = "job ID")),
+    responses((status = 200, description = "the output", body = OutputView), Errors))]
+fn job_output() {}
+
+/// Cancels a job: a queued one at once (200), one with an agent by asking
+/// the agent to stop (202); an ended one is a 409. Permission `jobs:cancel`
+/// on its host.
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", params(("id" = String, Path, description = "job ID")),
+    responses(
+        (status = 200, description = "cancelled", body = JobView),
+        (status = 202, description = "the agent is asked to stop it", body = JobView),
+        Errors,
+    ))]
+fn cancel_job() {}
+
+/// Backup status per host and backup, of the hosts the token may see.
+/// Permission `backups:read`.
+#[utoipa::path(get, path = "/api/v1/backups", params(
+    ("host" = Option<String>, Query, description = "only this host (ID or unique hostname)"),
+), responses((status = 200, description = "backups", body = ListView<BackupView>), Errors))]
+fn list_backups() {}

@@ -177,6 +177,7 @@ fn request_for(method: &str, template: &str) -> (String, Option<Json>) {
         })),
         ("PUT", "/api/v1/hosts/{host}/labels") => Some(json!({ "labels": { "team": "a", "env": "prod" } })),
         ("POST", "/api/v1/enrollment-tokens") => Some(json!({ "labels": { "team": "a" } })),
+        ("POST", "/api/v1/jobs") => Some(json!({ "action": "checks.run", "host": "h-a1" })),
         (_, _) => None,
     };
     (path, body)
@@ -761,4 +762,222 @@ fn the_openapi_document_has_exactly_the_routes_of_the_table() {
         let op = &doc["paths"][spec.path][spec.method.to_lowercase()];
         assert_eq!(op["security"], json!([{}]), "{}", spec.path);
     }
+}
+
+/// A finished local `backup.run` of backup `pg` on `host` (as an agent reports it).
+async fn backup_ran(store: &Store, host: &str, seq: u64) {
+    use crate::jobs::{JobEventKind, JobReport};
+    use crate::store::jobs::{JobBatch, JobIngest};
+    let now = steward_shared::now_ms();
+    let result = r#"{"backup":"pg","snapshot":"s1","files":1,"bytes":10,"duration_ms":1,"deleted":[],"verified":null,"rpo_secs":3600}"#;
+    let report = JobReport {
+        seq,
+        job_id: String::new(),
+        attempt_id: format!("local-{host}-{seq}"),
+        event: JobEventKind::Finished {
+            outcome: "succeeded".into(),
+            reason: String::new(),
+            result_json: result.into(),
+            finished_at_ms: now,
+            action: "backup.run".into(),
+            params: [("name".to_string(), "pg".to_string())].into(),
+            started_at_ms: now - 1,
+        },
+    };
+    let batch = IngestBatch {
+        host_id: host.into(),
+        results: vec![],
+        spool_dropped_total: 0,
+    };
+    let jobs = [JobBatch {
+        host_id: host.into(),
+        reports: vec![report],
+    }];
+    let ingest = JobIngest {
+        batches: &jobs,
+        settings: Default::default(),
+    };
+    store.ingest_with_jobs(&[batch], &ingest, now).await.unwrap();
+}
+
+#[tokio::test]
+async fn job_routes_keep_scoped_tokens_to_their_hosts() {
+    // A custom role that may create jobs on dev hosts only.
+    let dev_jobs = RoleDef {
+        name: "dev-jobs".into(),
+        description: String::new(),
+        rules: vec![
+            Rule::from_spec(&RuleSpec {
+                effect: rbac_effect(true),
+                permission: "*:read".into(),
+                hosts: None,
+            })
+            .unwrap(),
+            Rule::from_spec(&RuleSpec {
+                effect: rbac_effect(true),
+                permission: "jobs:create".into(),
+                hosts: Some("env=dev".into()),
+            })
+            .unwrap(),
+        ],
+        source: RoleSource::Config,
+    };
+    on_each_backend(vec![dev_jobs], (0, 0), |api| async move {
+        let create = |body: Json, token: String| {
+            let api = &api;
+            async move { api.call("POST", "/api/v1/jobs", &token, Some(&body)).await }
+        };
+        // Jobs on every host, one of team b with an idempotency key.
+        let mut job_of = BTreeMap::new();
+        for (host, _, _) in HOSTS {
+            let key = if *host == "h-b1" { json!("key-b") } else { json!(null) };
+            let r = create(
+                json!({ "action": "checks.run", "host": host, "idempotency_key": key }),
+                api.admin.clone(),
+            )
+            .await;
+            assert_eq!(r.status(), 201, "{:?}", r.body());
+            job_of.insert(*host, body(&r)["items"][0]["id"].as_str().unwrap().to_string());
+        }
+        for (i, (host, _, _)) in HOSTS.iter().enumerate() {
+            backup_ran(&api.store, host, 100 + i as u64).await;
+        }
+        let operator_a = api.token("operator", SCOPE).await;
+        let viewer_a = api.token("viewer", SCOPE).await;
+
+        // Lists, page by page: only team a's jobs and backups.
+        let jobs = api.list_all("/api/v1/jobs", &operator_a).await;
+        let hosts: BTreeSet<&str> = jobs.iter().map(|j| j["host_id"].as_str().unwrap()).collect();
+        assert_eq!(hosts, BTreeSet::from(["h-a1", "h-a2"]));
+        // Per host: the job created above and the recorded local backup run.
+        assert_eq!(jobs.len(), 4);
+        assert_eq!(api.list_all("/api/v1/jobs", &api.admin).await.len(), 2 * HOSTS.len());
+        let r = api.call("GET", "/api/v1/backups", &operator_a, None).await;
+        assert_eq!(r.status(), 200, "{:?}", r.body());
+        let backups: BTreeSet<String> = body(&r)["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["host_id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(backups, BTreeSet::from(["h-a1".to_string(), "h-a2".to_string()]));
+        let r = api.call("GET", "/api/v1/backups", &api.admin, None).await;
+        assert_eq!(body(&r)["items"].as_array().unwrap().len(), HOSTS.len());
+        for path in ["/api/v1/jobs?host=h-b1", "/api/v1/backups?host=h-b1"] {
+            let r = api.call("GET", path, &operator_a, None).await;
+            assert_eq!(r.status(), 404, "{path}: {:?}", r.body());
+        }
+
+        // One job of another team: as if it did not exist.
+        let b1 = &job_of["h-b1"];
+        for (method, path) in [
+            ("GET", format!("/api/v1/jobs/{b1}")),
+            ("GET", format!("/api/v1/jobs/{b1}/output")),
+            ("POST", format!("/api/v1/jobs/{b1}/cancel")),
+        ] {
+            let r = api.call(method, &path, &operator_a, None).await;
+            assert_eq!(r.status(), 404, "{method} {path}: {:?}", r.body());
+        }
+        // Its own team's job: readable; a viewer may not cancel it (403), an operator may.
+        let a1 = &job_of["h-a1"];
+        let r = api.call("GET", &format!("/api/v1/jobs/{a1}"), &viewer_a, None).await;
+        assert_eq!(r.status(), 200);
+        let r = api
+            .call("GET", &format!("/api/v1/jobs/{a1}/output"), &viewer_a, None)
+            .await;
+        assert_eq!(r.status(), 200);
+        let r = api
+            .call("POST", &format!("/api/v1/jobs/{a1}/cancel"), &viewer_a, None)
+            .await;
+        assert_eq!(r.status(), 403);
+        let r = api
+            .call("POST", &format!("/api/v1/jobs/{a1}/cancel"), &operator_a, None)
+            .await;
+        assert_eq!(r.status(), 200, "{:?}", r.body());
+        assert_eq!(body(&r)["state"], "cancelled");
+
+        // Creating: another team's host is a 404; a selector fans out only
+        // to the hosts in scope; one matching none of them is a 400.
+        let r = create(json!({ "action": "checks.run", "host": "h-b1" }), operator_a.clone()).await;
+        assert_eq!(r.status(), 404, "{:?}", r.body());
+        assert_eq!(body(&r)["field"], "host");
+        let r = create(
+            json!({ "action": "checks.run", "selector": "env=prod" }),
+            operator_a.clone(),
+        )
+        .await;
+        assert_eq!(r.status(), 201, "{:?}", r.body());
+        let items = body(&r)["items"].as_array().unwrap().clone();
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0]["host_id"], "h-a1");
+        let r = create(
+            json!({ "action": "checks.run", "selector": "team=b" }),
+            operator_a.clone(),
+        )
+        .await;
+        assert_eq!(r.status(), 400, "{:?}", r.body());
+        assert_eq!(body(&r)["field"], "selector");
+        // An idempotency key of another scope's request: a conflict naming
+        // the key, saying nothing about that job.
+        let r = create(
+            json!({ "action": "checks.run", "host": "h-a1", "idempotency_key": "key-b" }),
+            operator_a.clone(),
+        )
+        .await;
+        assert_eq!(r.status(), 409, "{:?}", r.body());
+        assert_eq!(body(&r)["field"], "idempotency_key");
+        assert!(!String::from_utf8_lossy(r.body()).contains(b1.as_str()));
+        // The key's own scope gets its jobs back.
+        let r = create(
+            json!({ "action": "checks.run", "host": "h-b1", "idempotency_key": "key-b" }),
+            api.admin.clone(),
+        )
+        .await;
+        assert_eq!(r.status(), 200, "{:?}", r.body());
+        assert_eq!(body(&r)["items"][0]["id"], b1.as_str());
+
+        // A role allowed jobs:create on dev hosts only: the selector fans
+        // out to those; prod hosts alone are an audited 403.
+        let dev = api.token("dev-jobs", "").await;
+        let r = create(
+            json!({ "action": "checks.run", "selector": "team in (a,b)" }),
+            dev.clone(),
+        )
+        .await;
+        assert_eq!(r.status(), 201, "{:?}", r.body());
+        let hosts: BTreeSet<String> = body(&r)["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["host_id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(hosts, BTreeSet::from(["h-a2".to_string(), "h-b2".to_string()]));
+        let r = create(json!({ "action": "checks.run", "selector": "env=prod" }), dev.clone()).await;
+        assert_eq!(r.status(), 403, "{:?}", r.body());
+        let r = create(json!({ "action": "checks.run", "host": "h-c1" }), dev.clone()).await;
+        assert_eq!(r.status(), 403, "{:?}", r.body());
+        let denied = api
+            .store
+            .list_audit(
+                &AuditFilter {
+                    action: Some("api.authorize".into()),
+                    ..AuditFilter::default()
+                },
+                None,
+                1000,
+            )
+            .await
+            .unwrap();
+        assert!(
+            denied
+                .items
+                .iter()
+                .filter(|e| e.details.to_string().contains("jobs:create"))
+                .count()
+                >= 2,
+            "{:?}",
+            denied.items
+        );
+    })
+    .await;
 }

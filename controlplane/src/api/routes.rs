@@ -16,12 +16,15 @@ pub enum Hosts {
     /// Handlers that create something about hosts (enrollment-token labels)
     /// check those labels themselves.
     Global,
-    /// The path names one host: the handler resolves it with
-    /// [`super::rbac::resolve_host_for`]; a host the caller may not read is
-    /// a 404, one it may read but not act on a 403.
+    /// The path names one host, or one thing of one host (a job): the
+    /// handler resolves the host with [`super::rbac::resolve_host_for`] (or
+    /// checks the job's host with [`super::auth::Principal::allows`]); a host
+    /// the caller may not read is a 404, one it may read but not act on a 403.
     One,
     /// A list over hosts: filtered with [`super::auth::Principal::host_filter`]
-    /// before paging, so nothing outside the scope is shown or counted.
+    /// before paging, so nothing outside the scope is shown or counted. Also
+    /// a change on hosts chosen in the body (`POST /api/v1/jobs`: one host,
+    /// or every host of a selector *that the caller may act on*).
     Filtered,
     /// Shows fleet-wide data that cannot be filtered by host (the audit
     /// log): unscoped tokens only.
@@ -85,6 +88,12 @@ pub const TABLE: &[RouteSpec] = &[
     route("GET", "/api/v1/roles/{name}", "roles:read", Hosts::Global),
     route("PUT", "/api/v1/roles/{name}", "roles:write", Hosts::Global),
     route("DELETE", "/api/v1/roles/{name}", "roles:delete", Hosts::Global),
+    route("POST", "/api/v1/jobs", "jobs:create", Hosts::Filtered),
+    route("GET", "/api/v1/jobs", "jobs:read", Hosts::Filtered),
+    route("GET", "/api/v1/jobs/{id}", "jobs:read", Hosts::One),
+    route("GET", "/api/v1/jobs/{id}/output", "jobs:read", Hosts::One),
+    route("POST", "/api/v1/jobs/{id}/cancel", "jobs:cancel", Hosts::One),
+    route("GET", "/api/v1/backups", "backups:read", Hosts::Filtered),
 ];
 
 /// The row of `method` `path` (a template, exactly as in [`TABLE`]).

@@ -26,8 +26,10 @@ use crate::rbac::HostFilter;
 pub mod audit;
 mod backup;
 pub mod identity;
+pub mod jobs;
 mod postgres;
 pub mod rbac;
+mod sql;
 mod sqlite;
 pub mod testdb;
 #[cfg(test)]
@@ -185,8 +187,9 @@ impl Store {
         if batches.is_empty() {
             return Ok(());
         }
-        let rows = IngestRows::prepare(batches)?;
-        dispatch!(self, b => b.ingest(&rows, now_ms).await)
+        self.ingest_with_jobs(batches, &jobs::JobIngest::default(), now_ms)
+            .await
+            .map(|_| ())
     }
 
     /// Deletes result history ingested before `older_than_ms`, in bounded

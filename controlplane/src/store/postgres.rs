@@ -35,6 +35,7 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/postgres/0003_identity.sql"),
     ),
     (4, "rbac", include_str!("../../migrations/postgres/0004_rbac.sql")),
+    (5, "jobs", include_str!("../../migrations/postgres/0005_jobs.sql")),
 ];
 
 /// The answer to `backup` on PostgreSQL.
@@ -160,7 +161,12 @@ impl PgStore {
         Ok(())
     }
 
-    pub(super) async fn ingest(&self, rows: &IngestRows<'_>, now_ms: i64) -> Result<(), StoreError> {
+    pub(super) async fn ingest(
+        &self,
+        rows: &IngestRows<'_>,
+        jobs: &super::jobs::JobIngest<'_>,
+        now_ms: i64,
+    ) -> Result<crate::jobs::Applied, StoreError> {
         let mut tx = self.pool.begin().await?;
 
         let ids: Vec<&str> = rows.hosts.iter().map(|h| h.id).collect();
@@ -229,8 +235,10 @@ impl PgStore {
             .execute(&mut *tx)
             .await?;
         }
+        // Job reports of the same batches, and their audit entries (jobs issue).
+        let applied = super::jobs::apply_in_ingest(super::sql::Conn::Pg(&mut tx), jobs, now_ms).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(applied)
     }
 
     pub(super) async fn prune_results_chunk(&self, older_than_ms: i64, chunk: i64) -> Result<u64, StoreError> {

@@ -39,6 +39,7 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "audit", include_str!("../../migrations/sqlite/0002_audit.sql")),
     (3, "identity", include_str!("../../migrations/sqlite/0003_identity.sql")),
     (4, "rbac", include_str!("../../migrations/sqlite/0004_rbac.sql")),
+    (5, "jobs", include_str!("../../migrations/sqlite/0005_jobs.sql")),
 ];
 
 /// How long a statement waits for another process's write lock.
@@ -214,7 +215,12 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub(super) async fn ingest(&self, rows: &IngestRows<'_>, now_ms: i64) -> Result<(), StoreError> {
+    pub(super) async fn ingest(
+        &self,
+        rows: &IngestRows<'_>,
+        jobs: &super::jobs::JobIngest<'_>,
+        now_ms: i64,
+    ) -> Result<crate::jobs::Applied, StoreError> {
         let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
         for chunk in rows.hosts.chunks(CHUNK_ROWS) {
             let mut q = QueryBuilder::<Sqlite>::new(
@@ -281,8 +287,10 @@ impl SqliteStore {
             );
             q.build().execute(&mut *tx).await?;
         }
+        // Job reports of the same batches, and their audit entries (jobs issue).
+        let applied = super::jobs::apply_in_ingest(super::sql::Conn::Lite(&mut tx), jobs, now_ms).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(applied)
     }
 
     pub(super) async fn prune_results_chunk(&self, older_than_ms: i64, chunk: i64) -> Result<u64, StoreError> {

@@ -4,6 +4,8 @@
 mod backup;
 mod gateway_refusals;
 mod identity;
+mod jobs;
+mod jobs_actions;
 mod pipeline;
 mod quickstart;
 mod rbac;
