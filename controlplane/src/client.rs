@@ -19,8 +19,10 @@ use crate::api::Problem;
 use crate::api::views::{CheckView, HostView};
 
 mod audit;
+mod jobs;
 mod table;
 pub use audit::AuditCommand;
+pub use jobs::{BackupsCommand, JobsCommand};
 pub use table::{ago, audit_table, checks_table, host_detail, hosts_table};
 
 /// Default `--server`.
@@ -79,6 +81,16 @@ pub enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Jobs: typed actions run by agents.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
+    /// Backups as the agents report them.
+    Backups {
+        #[command(subcommand)]
+        command: BackupsCommand,
     },
 }
 
@@ -188,6 +200,9 @@ pub enum ClientError {
     /// `audit verify` had nothing usable to verify.
     #[error("{0}")]
     Unusable(String),
+    /// `jobs run --wait`: a job did not succeed.
+    #[error("job {id} {state}{}", if reason.is_empty() { String::new() } else { format!(": {reason}") })]
+    JobEnded { id: String, state: String, reason: String },
 }
 
 impl ClientError {
@@ -497,6 +512,19 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> Result<(), ClientError> {
         out.flush()?;
         return Ok(());
     }
+    match &cli.command {
+        Command::Jobs { command } => {
+            jobs::run_jobs(command, &cli, out).await?;
+            out.flush()?;
+            return Ok(());
+        }
+        Command::Backups { command } => {
+            jobs::run_backups(command, &cli, out).await?;
+            out.flush()?;
+            return Ok(());
+        }
+        _ => {}
+    }
     let client = Client::new(&cli.server, cli.token, cli.ca_cert.as_deref())?;
     let now = steward_shared::now_ms();
     match cli.command {
@@ -577,7 +605,7 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> Result<(), ClientError> {
                 Output::Table => out.write_all(checks_table(&items::<CheckView>(&list)?, now, true).as_bytes())?,
             }
         }
-        Command::Audit { .. } => {} // handled above
+        Command::Audit { .. } | Command::Jobs { .. } | Command::Backups { .. } => {} // handled above
     }
     out.flush()?;
     Ok(())
