@@ -19,9 +19,11 @@ use crate::api::Problem;
 use crate::api::views::{CheckView, HostView};
 
 mod audit;
+mod jobs;
 mod rbac;
 mod table;
 pub use audit::AuditCommand;
+pub use jobs::{BackupsCommand, JobsCommand};
 pub use rbac::{RolesCommand, TokensCommand};
 pub use table::{ago, audit_table, checks_table, host_detail, hosts_table};
 
@@ -91,6 +93,16 @@ pub enum Command {
     Roles {
         #[command(subcommand)]
         command: RolesCommand,
+    },
+    /// Jobs: typed actions run by agents.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
+    /// Backups as the agents report them.
+    Backups {
+        #[command(subcommand)]
+        command: BackupsCommand,
     },
 }
 
@@ -208,6 +220,9 @@ pub enum ClientError {
     /// `audit verify` had nothing usable to verify.
     #[error("{0}")]
     Unusable(String),
+    /// `jobs run --wait`: a job did not succeed.
+    #[error("job {id} {state}{}", if reason.is_empty() { String::new() } else { format!(": {reason}") })]
+    JobEnded { id: String, state: String, reason: String },
 }
 
 impl ClientError {
@@ -522,6 +537,19 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> Result<(), ClientError> {
         out.flush()?;
         return Ok(());
     }
+    match &cli.command {
+        Command::Jobs { command } => {
+            jobs::run_jobs(command, &cli, out).await?;
+            out.flush()?;
+            return Ok(());
+        }
+        Command::Backups { command } => {
+            jobs::run_backups(command, &cli, out).await?;
+            out.flush()?;
+            return Ok(());
+        }
+        _ => {}
+    }
     let client = Client::new(&cli.server, cli.token, cli.ca_cert.as_deref())?;
     let now = steward_shared::now_ms();
     match cli.command {
@@ -605,6 +633,8 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> Result<(), ClientError> {
         Command::Audit { .. }
         | Command::Tokens { .. }
         | Command::Roles { .. }
+        | Command::Jobs { .. }
+        | Command::Backups { .. }
         | Command::Hosts {
             command: HostsCommand::Labels { .. },
         } => {} // handled above

@@ -494,7 +494,6 @@ impl Store {
                 }
             }
         }
-        drop(c);
         if out.is_empty() {
             return Ok(out);
         }
@@ -579,7 +578,6 @@ impl Store {
                 audit.extend(entries);
             }
         }
-        drop(c);
         if audit.is_empty() {
             return Ok(applied);
         }

@@ -330,4 +330,27 @@ async fn actions_outside_the_agents_policy_are_refused_and_audited() {
             "{entry}"
         );
     }
+
+    // The same through stewardctl: --wait exits 0 only for a success, with one line otherwise.
+    let run = ["jobs", "run", "exec", "--host", "policy-01", "--wait", "--param"];
+    let (ok, out, err) = cp.stewardctl(&[&run[..], &["command=/bin/true"]].concat());
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("succeeded"), "{out}");
+    let (ok, out, err) = cp.stewardctl(&[&run[..], &["command=/bin/false"]].concat());
+    assert!(!ok, "{out}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("not allowed by agent policy"), "{err}");
+    let (ok, _, err) = cp.stewardctl(&["jobs", "run", "reboot", "--host", "policy-01"]);
+    assert!(!ok && err.contains("action"), "{err}");
+    let (ok, out, err) = cp.stewardctl(&["jobs", "list", "--host", "policy-01"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 1 + 5, "header and five jobs: {out}");
+    let (ok, out, _) = cp.stewardctl(&["jobs", "show", &id(&listed)]);
+    assert!(ok && out.contains("succeeded"), "{out}");
+    let (ok, _, err) = cp.stewardctl(&["jobs", "logs", &id(&listed)]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = cp.stewardctl(&["jobs", "cancel", &id(&listed)]);
+    assert!(!ok && err.contains("already ended"), "{err}");
+    let (ok, out, err) = cp.stewardctl(&["backups", "list"]);
+    assert!(ok && out.starts_with("HOST"), "{out}{err}");
 }

@@ -423,3 +423,65 @@ async fn sighup_applies_a_new_policy_to_new_jobs_and_sigterm_drains_running_ones
     assert_eq!(job["state"], "cancelled", "{job}");
     assert_eq!(reason(&job), "agent is shutting down", "{job}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_stops_the_command_and_a_job_cut_short_by_kill9_is_reported_interrupted() {
+    let root = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(root.path()).await.unwrap();
+    let extra = "[actions]\nallow = [\"exec\"]\nexec = [\"/bin/sleep 37\", \"/bin/sleep 4\"]\n";
+    let mut agent = Agent::prepare(root.path(), &cp, "kill-01", "", extra).unwrap();
+    agent.spawn().unwrap();
+    connected(&cp, &agent).await;
+    let sleeping = || {
+        std::process::Command::new("pgrep")
+            .args(["-f", "^/bin/sleep 37$"])
+            .output()
+            .map(|o| !o.stdout.is_empty())
+            .unwrap_or(false)
+    };
+    let running = async |id: &str| {
+        wait_for("the job to run", Duration::from_secs(30), || async {
+            let (_, v) = cp.get(&format!("/api/v1/jobs/{id}")).await.ok()?;
+            (v["state"] == "running").then_some(())
+        })
+        .await
+        .unwrap();
+    };
+
+    // Cancel through the API: the agent kills the command and reports `cancelled`.
+    let id = create_job(&cp, "kill-01", "exec", json!({ "command": "/bin/sleep 37" })).await;
+    running(&id).await;
+    let resp = cp
+        .http()
+        .unwrap()
+        .post(format!("{}/api/v1/jobs/{id}/cancel", cp.rest_url))
+        .bearer_auth(&cp.token)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let job = wait_job(&cp, &id).await;
+    assert_eq!(job["state"], "cancelled", "{job}");
+    wait_for("the command to be gone", Duration::from_secs(10), || async {
+        (!sleeping()).then_some(())
+    })
+    .await
+    .unwrap();
+
+    // kill -9 of the agent mid-job: after the restart the attempt is reported
+    // failed with reason `interrupted`, and it is not run again.
+    // (A short command: the orphan it leaves behind ends by itself.)
+    let id = create_job(&cp, "kill-01", "exec", json!({ "command": "/bin/sleep 4" })).await;
+    running(&id).await;
+    agent.kill9();
+    agent.spawn().unwrap();
+    let job = wait_job(&cp, &id).await;
+    assert_eq!(
+        (job["state"].as_str(), job["reason"].as_str()),
+        (Some("failed"), Some("interrupted")),
+        "{job}"
+    );
+    assert_eq!(job["attempt"], 1, "{job}");
+    assert!(agent.log().contains("interrupted"), "{}", agent.log());
+    let _ = agent.terminate();
+}
