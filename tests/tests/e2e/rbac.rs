@@ -110,6 +110,42 @@ async fn scoped_tokens_roles_and_relabelling_through_stewardctl() {
         "{err}"
     );
 
+    // Jobs and backups with a scoped operator token: only its hosts.
+    let (ok, out, err) = cp.stewardctl(&[
+        "-o", "json", "tokens", "create", "--name", "ops-a", "--role", "operator", "--scope", "team=a",
+    ]);
+    assert!(ok, "{err}");
+    let ops_a = json(&out)["token"].as_str().unwrap().to_string();
+    let (ok, out, err) = cp.stewardctl(&["-o", "json", "jobs", "run", "checks.run", "--host", "web-b"]);
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = ctl_as(
+        &cp,
+        &ops_a,
+        &["-o", "json", "jobs", "run", "checks.run", "--host", "web-a"],
+    );
+    assert!(ok, "{out}{err}");
+    let job_a = json(&out)["items"][0]["id"].as_str().unwrap().to_string();
+    let (ok, _, err) = ctl_as(&cp, &ops_a, &["jobs", "run", "checks.run", "--host", "web-b"]);
+    assert!(!ok);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("not found"), "{err}");
+    let (ok, out, err) = ctl_as(&cp, &ops_a, &["-o", "json", "jobs", "list"]);
+    assert!(ok, "{err}");
+    let hosts: Vec<String> = json(&out)["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["host_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(hosts, ["web-a"]);
+    let (ok, out, err) = ctl_as(&cp, &scoped, &["jobs", "cancel", &job_a]);
+    assert!(!ok, "a viewer cancelled a job: {out}");
+    assert!(err.contains("jobs:cancel"), "{err}");
+    let (ok, _, err) = ctl_as(&cp, &ops_a, &["jobs", "cancel", &job_a]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = ctl_as(&cp, &ops_a, &["backups", "list"]);
+    assert!(ok && out.starts_with("HOST"), "{out}{err}");
+
     // Relabelling in the control plane moves web-b into the scope at once.
     let (ok, out, err) = cp.stewardctl(&["hosts", "labels", "web-b", "team=a,env=prod"]);
     assert!(ok, "{err}");
