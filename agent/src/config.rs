@@ -56,6 +56,35 @@ pub struct AgentSection {
     /// Timeout for checks that do not set `timeout`.
     #[serde(default = "default_timeout")]
     pub default_timeout: Duration,
+    /// How `service.restart` and deploys restart units: `"systemctl"` (default)
+    /// or `"command"` (run `restart_command` with the unit appended: for hosts
+    /// without systemd, and the stand-in for systemd in tests).
+    #[serde(default)]
+    pub service_manager: ServiceManagerKind,
+    /// With `service_manager = "command"`: argv (absolute program, no shell)
+    /// run as `ARGV... UNIT`; exit 0 means restarted.
+    pub restart_command: Option<Vec<String>>,
+    /// Most jobs (assigned or scheduled) running at once; more wait their turn. Default 2.
+    #[serde(default = "default_max_jobs")]
+    pub max_jobs: usize,
+    /// Timeout of an assigned job whose assignment sets none. Default `1h`.
+    #[serde(default = "default_job_timeout")]
+    pub job_timeout: Duration,
+    /// On SIGTERM, how long running jobs may go on before they are cancelled
+    /// (reported `cancelled`, reason `agent is shutting down`). Default `30s`.
+    #[serde(default = "default_job_grace")]
+    pub job_grace: Duration,
+}
+
+/// `[agent] service_manager`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceManagerKind {
+    /// `systemctl restart -- UNIT`.
+    #[default]
+    Systemctl,
+    /// `restart_command... UNIT`.
+    Command,
 }
 
 impl Default for AgentSection {
@@ -66,6 +95,11 @@ impl Default for AgentSection {
             shutdown_grace: default_grace(),
             default_interval: default_interval(),
             default_timeout: default_timeout(),
+            service_manager: ServiceManagerKind::default(),
+            restart_command: None,
+            max_jobs: default_max_jobs(),
+            job_timeout: default_job_timeout(),
+            job_grace: default_job_grace(),
         }
     }
 }
@@ -84,6 +118,15 @@ fn default_interval() -> Duration {
 }
 fn default_timeout() -> Duration {
     Duration::from_secs(10)
+}
+fn default_max_jobs() -> usize {
+    2
+}
+fn default_job_timeout() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_job_grace() -> Duration {
+    Duration::from_secs(30)
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -209,6 +252,33 @@ impl AgentConfig {
         }
         if self.agent.default_timeout.as_std().is_zero() {
             return Err(at("agent.default_timeout", "must be more than 0s".into()));
+        }
+        if self.agent.max_jobs == 0 || self.agent.max_jobs > 64 {
+            return Err(at("agent.max_jobs", "must be between 1 and 64".into()));
+        }
+        if self.agent.job_timeout.as_std().is_zero() {
+            return Err(at("agent.job_timeout", "must be more than 0s".into()));
+        }
+        match (&self.agent.service_manager, &self.agent.restart_command) {
+            (ServiceManagerKind::Command, None) => {
+                return Err(at(
+                    "agent.service_manager",
+                    "\"command\" needs `restart_command = [\"/absolute/program\", ...]`".into(),
+                ));
+            }
+            (ServiceManagerKind::Systemctl, Some(_)) => {
+                return Err(at(
+                    "agent.restart_command",
+                    "is used only with service_manager = \"command\"".into(),
+                ));
+            }
+            (_, Some(argv)) if !argv.first().is_some_and(|p| p.starts_with('/')) => {
+                return Err(at(
+                    "agent.restart_command",
+                    "must be a non-empty argv whose program is an absolute path".into(),
+                ));
+            }
+            _ => {}
         }
         if self.spool.max_size.0 < 4 * 1024 {
             return Err(at("spool.max_size", "must be at least 4KiB".into()));

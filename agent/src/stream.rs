@@ -2,7 +2,9 @@
 //! TLS to the control plane. Sends `Hello`, reconciles the spool with the
 //! control plane's `Welcome`, streams spooled reports in batches (a bounded
 //! window of unacknowledged batches), deletes them on `Ack`, and heartbeats.
-//! Reconnects with capped exponential backoff and full jitter.
+//! Reconnects with capped exponential backoff and full jitter. Job
+//! assignments are acknowledged with `JobAccepted` at once and handed to the
+//! [`JobRunner`]; their events come back through the spool like check results.
 //!
 //! Invariants:
 //! - Only reports read from the spool are sent, and a report leaves the spool
@@ -27,6 +29,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use crate::backoff::Backoff;
 use crate::config::ServerSection;
 use crate::enroll::{self, IdentityPaths};
+use crate::jobs::JobRunner;
 use crate::spool::{Spool, SpoolError};
 
 /// Unacknowledged batches allowed in flight on one stream.
@@ -70,6 +73,8 @@ pub struct StreamClient {
     /// Signalled by the spool writer after each append.
     pub new_data: Arc<Notify>,
     pub facts: std::collections::BTreeMap<String, String>,
+    /// Takes job assignments and cancels; without it assignments are not accepted.
+    pub jobs: Option<Arc<JobRunner>>,
 }
 
 enum End {
@@ -330,6 +335,27 @@ impl StreamClient {
                                     tracing::info!(valid_until = until, "certificate renewed; used from the next connection");
                                 }
                                 Err(error) => tracing::error!(%error, "cannot install the renewed certificate"),
+                            }
+                        }
+                        Some(proto::ControlMessage { msg: Some(control_message::Msg::Job(assignment)) }) => {
+                            let Some(jobs) = &self.jobs else {
+                                tracing::warn!(job = %assignment.job_id, "job assignment ignored: this agent runs no jobs");
+                                continue;
+                            };
+                            // Receipt first: also for a re-delivered attempt, which the runner never runs twice.
+                            let accepted = proto::JobAccepted {
+                                job_id: assignment.job_id.clone(),
+                                attempt_id: assignment.attempt_id.clone(),
+                            };
+                            if tx.send(AgentMessage { msg: Some(agent_message::Msg::JobAccepted(accepted)) }).await.is_err() {
+                                return Err(StreamError::Protocol("stream closed while sending".into()));
+                            }
+                            last_sent = Instant::now();
+                            jobs.assign(assignment);
+                        }
+                        Some(proto::ControlMessage { msg: Some(control_message::Msg::Cancel(c)) }) => {
+                            if let Some(jobs) = &self.jobs {
+                                jobs.cancel(&c.job_id, &c.attempt_id);
                             }
                         }
                         Some(proto::ControlMessage { msg: Some(other) }) => {

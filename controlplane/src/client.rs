@@ -19,9 +19,13 @@ use crate::api::Problem;
 use crate::api::views::{CheckView, HostView};
 
 mod audit;
+mod jobs;
+mod rbac;
 mod slo;
 mod table;
 pub use audit::AuditCommand;
+pub use jobs::{BackupsCommand, JobsCommand};
+pub use rbac::{RolesCommand, TokensCommand};
 pub use slo::SlosCommand;
 pub use table::{ago, audit_table, checks_table, host_detail, hosts_table};
 
@@ -87,6 +91,26 @@ pub enum Command {
         #[command(subcommand)]
         command: SlosCommand,
     },
+    /// API tokens: create (shown once), list, revoke.
+    Tokens {
+        #[command(subcommand)]
+        command: TokensCommand,
+    },
+    /// Roles: built in, from the config file, or defined through the API.
+    Roles {
+        #[command(subcommand)]
+        command: RolesCommand,
+    },
+    /// Jobs: typed actions run by agents.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
+    /// Backups as the agents report them.
+    Backups {
+        #[command(subcommand)]
+        command: BackupsCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -123,6 +147,14 @@ pub enum HostsCommand {
     Revoke {
         /// Host ID or unique hostname.
         host: String,
+    },
+    /// Replace a host's control-plane labels (what selectors, token scopes
+    /// and role rules match): `hosts labels HOST env=prod,team=web`; "" clears them.
+    Labels {
+        /// Host ID or unique hostname.
+        host: String,
+        /// All of the host's labels, `k=v,...`.
+        labels: String,
     },
 }
 
@@ -195,6 +227,9 @@ pub enum ClientError {
     /// `audit verify` had nothing usable to verify.
     #[error("{0}")]
     Unusable(String),
+    /// `jobs run --wait`: a job did not succeed.
+    #[error("job {id} {state}{}", if reason.is_empty() { String::new() } else { format!(": {reason}") })]
+    JobEnded { id: String, state: String, reason: String },
 }
 
 impl ClientError {
@@ -504,10 +539,28 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> Result<(), ClientError> {
         out.flush()?;
         return Ok(());
     }
-    if let Command::Slos { command } = &cli.command {
-        slo::run(command, &cli, out).await?;
+    if rbac::handles(&cli.command) {
+        rbac::run(&cli, out).await?;
         out.flush()?;
         return Ok(());
+    }
+    match &cli.command {
+        Command::Jobs { command } => {
+            jobs::run_jobs(command, &cli, out).await?;
+            out.flush()?;
+            return Ok(());
+        }
+        Command::Backups { command } => {
+            jobs::run_backups(command, &cli, out).await?;
+            out.flush()?;
+            return Ok(());
+        }
+        Command::Slos { command } => {
+            slo::run(command, &cli, out).await?;
+            out.flush()?;
+            return Ok(());
+        }
+        _ => {}
     }
     let client = Client::new(&cli.server, cli.token, cli.ca_cert.as_deref())?;
     let now = steward_shared::now_ms();
@@ -589,7 +642,15 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> Result<(), ClientError> {
                 Output::Table => out.write_all(checks_table(&items::<CheckView>(&list)?, now, true).as_bytes())?,
             }
         }
-        Command::Audit { .. } | Command::Slos { .. } => {} // handled above
+        Command::Audit { .. }
+        | Command::Slos { .. }
+        | Command::Tokens { .. }
+        | Command::Roles { .. }
+        | Command::Jobs { .. }
+        | Command::Backups { .. }
+        | Command::Hosts {
+            command: HostsCommand::Labels { .. },
+        } => {} // handled above
     }
     out.flush()?;
     Ok(())

@@ -28,6 +28,148 @@ pub struct ControlPlaneConfig {
     pub pki: PkiSection,
     #[serde(default)]
     pub audit: AuditSection,
+    #[serde(default)]
+    pub rbac: RbacSection,
+    #[serde(default)]
+    pub jobs: JobsSection,
+}
+
+/// `[rbac]`: custom roles defined in the file (`[[rbac.roles]]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RbacSection {
+    #[serde(default)]
+    pub roles: Vec<RoleConfig>,
+}
+
+/// One `[[rbac.roles]]`: `allow`/`deny` lists of permissions for every host,
+/// and `rules` for rules limited to hosts by a selector.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleConfig {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Permissions allowed on every host, e.g. `["*:read", "jobs:*"]`.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Permissions denied on every host (a deny always wins).
+    #[serde(default)]
+    pub deny: Vec<String>,
+    /// Rules with a host selector: `{ effect = "allow", permission = "jobs:*", hosts = "env=staging" }`.
+    #[serde(default)]
+    pub rules: Vec<crate::rbac::RuleSpec>,
+}
+
+impl RbacSection {
+    /// The roles as evaluated; an error names `rbac.roles[i].KEY`.
+    pub fn role_defs(&self) -> Result<Vec<crate::rbac::RoleDef>, (String, String)> {
+        use crate::rbac::{Effect, RoleDef, RoleSource, Rule, RuleSpec};
+        let mut out: Vec<RoleDef> = Vec::new();
+        for (i, role) in self.roles.iter().enumerate() {
+            let at = |key: &str| format!("rbac.roles[{i}].{key}");
+            if !crate::rbac::valid_role_name(&role.name) {
+                return Err((
+                    at("name"),
+                    "a role name is 1 to 64 lowercase letters, digits, `-` and `_`, starting with a letter".into(),
+                ));
+            }
+            if crate::rbac::builtin(&role.name).is_some() {
+                return Err((at("name"), format!("{} is a built-in role", role.name)));
+            }
+            if out.iter().any(|r| r.name == role.name) {
+                return Err((at("name"), format!("role {} is defined twice", role.name)));
+            }
+            let mut rules = Vec::new();
+            for (list, effect, key) in [
+                (&role.allow, Effect::Allow, "allow"),
+                (&role.deny, Effect::Deny, "deny"),
+            ] {
+                for (j, permission) in list.iter().enumerate() {
+                    let spec = RuleSpec {
+                        effect,
+                        permission: permission.clone(),
+                        hosts: None,
+                    };
+                    rules.push(Rule::from_spec(&spec).map_err(|(_, m)| (at(&format!("{key}[{j}]")), m))?);
+                }
+            }
+            for (j, spec) in role.rules.iter().enumerate() {
+                rules.push(Rule::from_spec(spec).map_err(|(field, m)| (at(&format!("rules[{j}].{field}")), m))?);
+            }
+            out.push(RoleDef {
+                name: role.name.clone(),
+                description: role.description.clone(),
+                rules,
+                source: RoleSource::Config,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// `[jobs]`: the job queue.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsSection {
+    /// Output kept per job (the rest is dropped and the job marked truncated). Default `1MiB`.
+    #[serde(default = "default_job_output_cap")]
+    pub output_cap: ByteSize,
+    /// How long a sent attempt waits for the agent's acceptance before it is sent again. Default `30s`.
+    #[serde(default = "default_dispatch_lease")]
+    pub dispatch_lease: Duration,
+    /// Added to a job's timeout before the control plane itself times it out. Default `30s`.
+    #[serde(default = "default_timeout_grace")]
+    pub timeout_grace: Duration,
+    /// Jobs dispatched or running at once on one host. Default 1.
+    #[serde(default = "default_max_running_per_host")]
+    pub max_running_per_host: u32,
+    /// First retry delay (doubled per attempt, ±10 % jitter). Default `5s`.
+    #[serde(default = "default_retry_base")]
+    pub retry_base: Duration,
+    /// Longest retry delay. Default `1h`.
+    #[serde(default = "default_retry_max")]
+    pub retry_max: Duration,
+}
+
+impl JobsSection {
+    /// The queue settings these keys describe.
+    pub fn settings(&self) -> crate::jobs::JobSettings {
+        let ms = |d: &Duration| i64::try_from(d.as_std().as_millis()).unwrap_or(i64::MAX);
+        crate::jobs::JobSettings {
+            output_cap: self.output_cap.0,
+            dispatch_lease_ms: ms(&self.dispatch_lease).max(1000),
+            timeout_grace_ms: ms(&self.timeout_grace),
+            max_running_per_host: self.max_running_per_host.max(1),
+            retry_base_ms: ms(&self.retry_base).max(1),
+            retry_max_ms: ms(&self.retry_max).max(1),
+        }
+    }
+}
+
+fn default_job_output_cap() -> ByteSize {
+    ByteSize(1 << 20)
+}
+fn default_dispatch_lease() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_timeout_grace() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_running_per_host() -> u32 {
+    1
+}
+fn default_retry_base() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_retry_max() -> Duration {
+    Duration::from_secs(3600)
+}
+
+impl Default for JobsSection {
+    fn default() -> Self {
+        parse_toml("<defaults>", "").expect("empty jobs section has defaults")
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -108,6 +250,13 @@ pub struct RestSection {
     /// A host whose last message is older than this is shown offline.
     #[serde(default = "default_offline_after")]
     pub offline_after: Duration,
+    /// Requests a second each API token may make (sustained); 0 disables
+    /// the limit. Beyond it: 429 with `Retry-After`.
+    #[serde(default = "default_rate_limit_per_second")]
+    pub rate_limit_per_second: u32,
+    /// Requests a token may make in a burst above the sustained rate.
+    #[serde(default = "default_rate_limit_burst")]
+    pub rate_limit_burst: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -121,6 +270,12 @@ pub struct RetentionSection {
     pub interval: Duration,
 }
 
+fn default_rate_limit_per_second() -> u32 {
+    50
+}
+fn default_rate_limit_burst() -> u32 {
+    200
+}
 fn default_agent_cert_lifetime() -> Duration {
     Duration::from_secs(24 * 3600)
 }
@@ -268,6 +423,12 @@ impl ControlPlaneConfig {
         if self.audit.denials_per_minute == 0 {
             return Err(at("audit.denials_per_minute", "must be at least 1"));
         }
+        if self.rest.rate_limit_per_second > 0 && self.rest.rate_limit_burst < self.rest.rate_limit_per_second {
+            return Err(at("rest.rate_limit_burst", "must be at least rate_limit_per_second"));
+        }
+        if let Err((key, message)) = self.rbac.role_defs() {
+            return Err(at(&key, &message));
+        }
         Ok(())
     }
 
@@ -342,6 +503,44 @@ mod tests {
             let e = ControlPlaneConfig::parse("cp.toml", src).unwrap_err();
             assert_eq!((e.line, e.key.as_deref()), (Some(2), Some(key)), "{e}");
         }
+    }
+
+    #[test]
+    fn rbac_roles_load_and_errors_name_the_key() {
+        let src = "[rest]\nrate_limit_per_second = 5\nrate_limit_burst = 10\n\n[[rbac.roles]]\nname = \"oncall\"\nallow = [\"*:read\", \"jobs:*\"]\ndeny = [\"jobs:cancel\"]\nrules = [{ effect = \"allow\", permission = \"backups:*\", hosts = \"env=staging\" }]\n";
+        let cfg = ControlPlaneConfig::parse("cp.toml", src).unwrap();
+        assert_eq!((cfg.rest.rate_limit_per_second, cfg.rest.rate_limit_burst), (5, 10));
+        let roles = cfg.rbac.role_defs().unwrap();
+        assert_eq!(roles.len(), 1);
+        assert_eq!(roles[0].rules.len(), 4);
+        for (src, line, key) in [
+            (
+                "[[rbac.roles]]\nname = \"x\"\nallow = [\"jobs\"]\n",
+                3,
+                "rbac.roles[0].allow[0]",
+            ),
+            (
+                "[[rbac.roles]]\nname = \"x\"\ndeny = [\"a:b\", \"jo*:read\"]\n",
+                3,
+                "rbac.roles[0].deny[1]",
+            ),
+            ("[[rbac.roles]]\nname = \"admin\"\n", 2, "rbac.roles[0].name"),
+            (
+                "[[rbac.roles]]\nname = \"a\"\n[[rbac.roles]]\nname = \"b\"\nrules = [{ effect = \"deny\", permission = \"x:y\", hosts = \"env in (\" }]\n",
+                5,
+                "rbac.roles[1].rules[0].hosts",
+            ),
+        ] {
+            let e = ControlPlaneConfig::parse("cp.toml", src).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{e}");
+            assert_eq!(e.line, Some(line), "{e}");
+        }
+        let e = ControlPlaneConfig::parse(
+            "cp.toml",
+            "[[rbac.roles]]\nname = \"x\"\nrules = [{ effect = \"maybe\", permission = \"a:b\" }]\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
     }
 
     #[test]

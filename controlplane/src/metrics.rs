@@ -80,6 +80,8 @@ pub struct Metrics {
     hosts_online: Gauge,
     http_requests: Family<HttpLabels, Counter>,
     http_request_seconds: Family<RouteLabels, Histogram>,
+    /// The job queue's metrics ([`crate::jobs::metrics`]).
+    pub(crate) jobs: crate::jobs::metrics::JobMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -159,6 +161,7 @@ impl Metrics {
             Unit::Seconds,
             http_request_seconds.clone(),
         );
+        let jobs = crate::jobs::metrics::JobMetrics::register(&mut registry);
         Metrics {
             registry,
             results_ingested,
@@ -172,6 +175,7 @@ impl Metrics {
             hosts_online,
             http_requests,
             http_request_seconds,
+            jobs,
         }
     }
 

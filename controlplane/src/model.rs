@@ -57,7 +57,7 @@ pub struct LatestCheck {
 }
 
 /// Number of a host's checks in each status.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StatusCounts {
     pub ok: u64,
     pub warning: u64,
@@ -86,8 +86,8 @@ pub struct Page<T> {
     pub has_more: bool,
 }
 
-/// Role carried by an API token. For now every valid token may read
-/// everything; the identity issue gives the roles their permissions.
+/// The built-in roles (their permissions are in [`crate::rbac::BUILTIN_ROLES`]).
+/// Tokens carry a role by name, which may also be a custom role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -107,6 +107,12 @@ impl Role {
             Self::Deployer => "deployer",
             Self::Admin => "admin",
         }
+    }
+}
+
+impl AsRef<str> for Role {
+    fn as_ref(&self) -> &str {
+        self.as_str()
     }
 }
 
@@ -137,7 +143,10 @@ pub struct ApiToken {
     /// Public part of the token (`stw_<id>_<secret>`), the primary key.
     pub id: String,
     pub name: String,
-    pub role: Role,
+    /// A built-in role's name (see [`Role`]) or a custom role's.
+    pub role: String,
+    /// Label selector narrowing the token to matching hosts; empty: unscoped.
+    pub scope: String,
     /// Lowercase hex SHA-256 of the secret part.
     pub secret_hash: String,
     pub created_ms: i64,

@@ -119,11 +119,13 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
     })?;
 
     let registry = Arc::new(Registry::default());
-    let ingestor = Ingestor::start(
+    let jobs = crate::jobs::dispatcher::JobsHandle::new(cfg.jobs.settings());
+    let ingestor = Ingestor::start_with_jobs(
         store.clone(),
         metrics.clone(),
         cfg.ingest_workers(),
         cfg.grpc.ingest_max_rows,
+        jobs.settings.clone(),
     );
     // The CA key signs enrollments and renewals; a replica without it only serves streams.
     let enroller = match steward_shared::pki::Ca::load_dir(&cfg.data_dir) {
@@ -145,6 +147,7 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
         },
         shutdown: shutdown.clone(),
         enroller: enroller.clone(),
+        jobs: jobs.clone(),
     });
     let settings = GatewaySettings {
         tls: Arc::new(tls),
@@ -162,7 +165,14 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
     let ca_fingerprint = enroller.as_ref().and_then(|e| e.ca_fingerprint());
     let state = crate::api::ApiState::new(store.clone(), metrics.clone(), cfg.rest.offline_after.as_std())
         .with_enrollment(ca_fingerprint, cfg.pki.enrollment_token_ttl.as_std())
-        .with_audit(audit.signer.clone(), cfg.audit.denials_per_minute);
+        .with_audit(audit.signer.clone(), cfg.audit.denials_per_minute)
+        .with_rbac(crate::api::rbac::RbacApi::new(
+            // Validated when the config was loaded.
+            cfg.rbac.role_defs().unwrap_or_default(),
+            cfg.rest.rate_limit_per_second,
+            cfg.rest.rate_limit_burst,
+        ))
+        .with_jobs(jobs.clone());
     // SLOs: the engine loop keeps the counting index fresh and flushes API requests.
     let slo_engine = tokio::spawn(crate::slo::engine::run(
         store.clone(),
@@ -189,6 +199,8 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
     ));
 
     let sweep = tokio::spawn(revocation_sweep(store.clone(), registry.clone(), shutdown.clone()));
+    let dispatcher =
+        crate::jobs::dispatcher::start(store.clone(), registry.clone(), metrics.clone(), jobs, shutdown.clone());
 
     let endpoints = Endpoints {
         grpc_addr,
@@ -200,7 +212,7 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
         endpoints,
         store,
         registry,
-        tasks: vec![rest, retention, sweep, audit.task, slo_engine],
+        tasks: vec![rest, retention, sweep, dispatcher, audit.task, slo_engine],
         grpc,
     })
 }

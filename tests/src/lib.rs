@@ -265,6 +265,92 @@ impl ControlPlane {
         Ok((status, json))
     }
 
+    /// POST a JSON body to a REST path with the admin token: (status, JSON body).
+    pub async fn post(&self, path: &str, body: &serde_json::Value) -> Result<(u16, serde_json::Value)> {
+        let resp = self
+            .http()?
+            .post(format!("{}{path}", self.rest_url))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        Ok((status, json))
+    }
+
+    /// `POST /api/v1/jobs` with `body`; the first job of the answer (fails on a non-2xx).
+    pub async fn create_job(&self, body: &serde_json::Value) -> Result<serde_json::Value> {
+        let (status, v) = self.post("/api/v1/jobs", body).await?;
+        if !(200..300).contains(&status) {
+            bail!("POST /api/v1/jobs: {status} {v}");
+        }
+        Ok(v["items"][0].clone())
+    }
+
+    /// Waits until `host` has an open stream to this control plane's database.
+    pub async fn wait_connected(&self, host: &str) -> Result<()> {
+        wait_for(&format!("host {host} to connect"), Duration::from_secs(60), || async {
+            let (s, v) = self.get(&format!("/api/v1/hosts/{host}")).await.ok()?;
+            (s == 200 && v["connected"] == true).then_some(())
+        })
+        .await
+    }
+
+    /// Waits until job `id` is in one of `states` (e.g. `&["running"]`); returns its view.
+    pub async fn wait_job_state(&self, id: &str, states: &[&str], timeout: Duration) -> Result<serde_json::Value> {
+        wait_for(&format!("job {id} in {states:?}"), timeout, || async {
+            let (status, v) = self.get(&format!("/api/v1/jobs/{id}")).await.ok()?;
+            (status == 200 && states.contains(&v["state"].as_str()?)).then_some(v)
+        })
+        .await
+    }
+
+    /// Waits until job `id` ended (succeeded, failed, timed_out, cancelled, discarded); returns its view.
+    pub async fn wait_job(&self, id: &str, timeout: Duration) -> Result<serde_json::Value> {
+        self.wait_job_state(
+            id,
+            &["succeeded", "failed", "timed_out", "cancelled", "discarded"],
+            timeout,
+        )
+        .await
+    }
+
+    /// A second control plane on the same database as `primary`, sharing its
+    /// CA and server certificate (so `primary`'s agents trust it); the admin
+    /// token of `primary` works for it too.
+    pub async fn start_replica(root: &Path, name: &str, primary: &ControlPlane) -> Result<ControlPlane> {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir)?;
+        for f in ["ca.pem", "ca.key", "server.pem", "server.key"] {
+            std::fs::copy(primary.dir.join(f), dir.join(f))?;
+        }
+        let grpc_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        let rest_port = free_port();
+        let config = dir.join("controlplane.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = {:?}\ndatabase_url = {:?}\n\n[grpc]\nlisten = \"{grpc_addr}\"\nheartbeat_interval = \"2s\"\nhandshake_timeout = \"3s\"\n\n[rest]\nlisten = \"127.0.0.1:{rest_port}\"\n",
+                dir.display().to_string(),
+                primary.database_url
+            ),
+        )?;
+        let mut this = ControlPlane {
+            dir,
+            config,
+            database_url: primary.database_url.clone(),
+            grpc_addr,
+            rest_url: format!("http://127.0.0.1:{rest_port}"),
+            token: primary.token.clone(),
+            env: Vec::new(),
+            child: None,
+        };
+        this.spawn().await?;
+        Ok(this)
+    }
+
     /// Runs `stewardctl` against this control plane: (success, stdout, stderr).
     pub fn stewardctl(&self, args: &[&str]) -> (bool, String, String) {
         let (st, out, err) = run_cmd(

@@ -232,7 +232,14 @@ impl Executor {
             left: self.output_cap,
             truncated: false,
         };
+        // Biased: an attempt cancelled before it started (queued behind the
+        // concurrency limit) ends at once without dispatching anything.
         let (outcome, value) = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => (
+                JobOutcome::Cancelled { reason: "cancelled by the control plane".into() },
+                serde_json::Value::Null,
+            ),
             ended = tokio::time::timeout(a.timeout, self.dispatch(action, &mut out)) => match ended {
                 Ok(ended) => ended,
                 Err(_) => (
@@ -240,10 +247,6 @@ impl Executor {
                     serde_json::Value::Null,
                 ),
             },
-            _ = cancel.cancelled() => (
-                JobOutcome::Cancelled { reason: "cancelled by the control plane".into() },
-                serde_json::Value::Null,
-            ),
         };
         if let Some(reason) = outcome.reason() {
             out.send(OutputStream::Agent, format!("{reason}\n").as_bytes()).await;
@@ -271,37 +274,29 @@ impl Executor {
                 let Some(cfg) = self.backup(&name) else {
                     return failed(format!("no backup named {name:?} in [[backups]]"));
                 };
-                let now = (self.clock)();
                 out.send(
                     OutputStream::Agent,
                     format!("backup {name}: writing a snapshot\n").as_bytes(),
                 )
                 .await;
-                match tokio::task::spawn_blocking(move || backup::run(&cfg, now)).await {
-                    Ok(Ok(report)) => {
-                        let line = format!(
-                            "backup {name}: snapshot {} ({} files, {} bytes), {} deleted by retention\n",
-                            report.snapshot,
-                            report.files,
-                            report.bytes,
-                            report.deleted.len()
-                        );
-                        out.send(OutputStream::Agent, line.as_bytes()).await;
-                        (JobOutcome::Succeeded, to_json(&report))
-                    }
-                    Ok(Err(e)) => failed(e.to_string()),
-                    Err(e) => failed(format!("backup task failed: {e}")),
+                let (outcome, value) = run_backup(cfg, (self.clock)()).await;
+                if outcome == JobOutcome::Succeeded {
+                    let line = format!(
+                        "backup {name}: snapshot {} ({} files, {} bytes), {} deleted by retention\n",
+                        value["snapshot"].as_str().unwrap_or_default(),
+                        value["files"],
+                        value["bytes"],
+                        value["deleted"].as_array().map_or(0, Vec::len)
+                    );
+                    out.send(OutputStream::Agent, line.as_bytes()).await;
                 }
+                (outcome, value)
             }
             Action::BackupVerify { name, snapshot } => {
                 let Some(cfg) = self.backup(&name) else {
                     return failed(format!("no backup named {name:?} in [[backups]]"));
                 };
-                match tokio::task::spawn_blocking(move || backup::verify(&cfg, snapshot.as_deref())).await {
-                    Ok(Ok(report)) => (JobOutcome::Succeeded, to_json(&report)),
-                    Ok(Err(e)) => failed(e.to_string()),
-                    Err(e) => failed(format!("verify task failed: {e}")),
-                }
+                verify_backup(cfg, snapshot).await
             }
             Action::DeployApply {
                 app,
@@ -356,6 +351,35 @@ impl Executor {
 
     fn app(&self, name: &str) -> Option<&AppConfig> {
         self.apps.iter().find(|a| a.name == name)
+    }
+}
+
+/// Writes a snapshot of `cfg` (on the blocking pool) with retention and,
+/// if configured, verification; the JSON is [`backup::run_json`] or [`backup::failed_json`].
+/// Used by `backup.run` and by the local schedule.
+pub async fn run_backup(cfg: BackupConfig, now: i64) -> (JobOutcome, serde_json::Value) {
+    let c = cfg.clone();
+    match tokio::task::spawn_blocking(move || backup::run(&c, now)).await {
+        Ok(Ok(report)) => (JobOutcome::Succeeded, backup::run_json(&cfg, &report, now)),
+        Ok(Err(e)) => (JobOutcome::failed(e.to_string()), backup::failed_json(&cfg, false)),
+        Err(e) => (
+            JobOutcome::failed(format!("backup task failed: {e}")),
+            backup::failed_json(&cfg, false),
+        ),
+    }
+}
+
+/// Verifies `snapshot` (default: the latest) of `cfg` by restoring it; used by
+/// `backup.verify` and by the local `verify_schedule`.
+pub async fn verify_backup(cfg: BackupConfig, snapshot: Option<String>) -> (JobOutcome, serde_json::Value) {
+    let c = cfg.clone();
+    match tokio::task::spawn_blocking(move || backup::verify(&c, snapshot.as_deref())).await {
+        Ok(Ok(report)) => (JobOutcome::Succeeded, backup::verify_json(&cfg, &report)),
+        Ok(Err(e)) => (JobOutcome::failed(e.to_string()), backup::failed_json(&cfg, true)),
+        Err(e) => (
+            JobOutcome::failed(format!("verify task failed: {e}")),
+            backup::failed_json(&cfg, true),
+        ),
     }
 }
 

@@ -10,15 +10,19 @@
 //! - [`deploy`] — `[[apps]]`: releases, atomic switch, health gate, rollback.
 //! - [`executor`] — runs one assignment: policy, journal, dispatch, timeout, output cap.
 //! - [`outcome`] — assignment, progress and result types.
+//! - [`runner`] — assignments from the stream → executor → `JobEvent` reports in the spool;
+//!   cancels, local backup schedules, interrupted attempts, drain.
 pub mod backup;
 pub mod deploy;
 pub mod executor;
 pub mod journal;
 pub mod outcome;
 pub mod policy;
+pub mod runner;
 
 pub use executor::{ChecksRunner, Executor};
 pub use outcome::{Assignment, JobOutcome, JobResult, OutputStream, Progress};
+pub use runner::JobRunner;
 
 use steward_shared::config::ConfigError;
 
@@ -97,5 +101,45 @@ deadline = "30s"
         );
         let e = err(AGENT_TOML.replace("retries = 5", "retries = 5\nbogus = 1"));
         assert!(e.message.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn the_service_manager_and_job_limits_are_validated_on_their_line() {
+        let ok = AgentConfig::parse(
+            "agent.toml",
+            "[agent]\nservice_manager = \"command\"\nrestart_command = [\"/usr/local/bin/restart\", \"--now\"]\nmax_jobs = 3\n",
+        )
+        .unwrap();
+        assert_eq!(ok.agent.max_jobs, 3);
+        assert_eq!(ok.agent.service_manager, crate::config::ServiceManagerKind::Command);
+        let defaults = AgentConfig::parse("agent.toml", "").unwrap();
+        assert_eq!(
+            defaults.agent.service_manager,
+            crate::config::ServiceManagerKind::Systemctl
+        );
+        assert_eq!(defaults.agent.job_grace.as_std(), std::time::Duration::from_secs(30));
+        let err = |src: &str| AgentConfig::parse("agent.toml", src).unwrap_err();
+        let e = err("[agent]\nmax_jobs = 2\nservice_manager = \"command\"\n");
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(3), Some("agent.service_manager")),
+            "{e}"
+        );
+        let e = err("[agent]\nrestart_command = [\"/bin/true\"]\n");
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(2), Some("agent.restart_command")),
+            "{e}"
+        );
+        let e = err("[agent]\nservice_manager = \"command\"\nrestart_command = [\"restart\"]\n");
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(3), Some("agent.restart_command")),
+            "{e}"
+        );
+        let e = err("[agent]\nservice_manager = \"upstart\"\n");
+        assert_eq!(e.line, Some(2), "{e}");
+        let e = err("[agent]\nmax_jobs = 0\n");
+        assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("agent.max_jobs")), "{e}");
     }
 }

@@ -4,6 +4,7 @@
 //! reason goes to the audit log only). A token is shown once, at creation,
 //! and never logged. Creating and revoking a token is audited in the same
 //! transaction.
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
@@ -14,7 +15,9 @@ use subtle::ConstantTimeEq;
 
 use crate::audit::{AuditEntry, Outcome, actor};
 use crate::model::{ApiToken, Role};
+use crate::rbac::{Authority, HostFilter, Labels};
 use crate::store::{Store, StoreError};
+use steward_shared::selector::Selector;
 
 pub const TOKEN_PREFIX: &str = "stw_";
 const ID_LEN: usize = 12;
@@ -23,17 +26,50 @@ const SECRET_BYTES: usize = 32;
 /// request would compete with ingest for SQLite's one writer).
 const TOUCH_INTERVAL_MS: i64 = 60_000;
 
-/// Who made a request, once its token is verified.
+/// Who made a request, once its token is verified, and what it may do.
+///
+/// The API for handlers (see ARCHITECTURE.md, "Adding a route"):
+/// [`Principal::allows`] decides one permission about one host (or about
+/// no particular host), [`Principal::host_filter`] gives the filter list
+/// queries apply before paging, and [`crate::api::rbac::resolve_host_for`]
+/// / [`crate::api::rbac::authorize`] turn a refusal into an audited 403.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub token_id: String,
     pub token_name: String,
-    pub role: Role,
+    /// The token's role (built-in or custom) by name.
+    pub role: String,
+    /// The token's scope; empty: unscoped.
+    pub scope: Selector,
+    /// The role's rules narrowed by the scope (resolved per request, so a
+    /// changed role or relabelled host counts from the next request on).
+    pub authority: Arc<Authority>,
     /// The request's `X-Request-Id` (None outside an HTTP request).
     pub request_id: Option<String>,
 }
 
 impl Principal {
+    /// Whether this caller holds `permission` (`resource:action`) on the
+    /// host with these control-plane labels, or, with `None`, on no
+    /// particular host (the route itself; lists are then filtered with
+    /// [`Principal::host_filter`]).
+    pub fn allows(&self, permission: &str, host_labels: Option<&Labels>) -> bool {
+        self.authority.allows(permission, host_labels)
+    }
+
+    /// The hosts on which this caller holds `permission`: give it to the
+    /// store's list queries ([`crate::store::CheckFilter::access`],
+    /// [`Store::list_hosts_visible`]) so pages, counts and totals never
+    /// include other hosts.
+    pub fn host_filter(&self, permission: &str) -> HostFilter {
+        self.authority.host_filter(permission)
+    }
+
+    /// Whether the token is limited to some hosts.
+    pub fn is_scoped(&self) -> bool {
+        !self.scope.is_empty()
+    }
+
     /// An audit entry of `action` by this caller, in this request.
     pub fn audit(&self, action: &str, outcome: Outcome) -> AuditEntry {
         AuditEntry::new(actor::token(&self.token_id), action, outcome).request_id(self.request_id.as_deref())
@@ -74,17 +110,37 @@ pub async fn create_admin_token(store: &Store, name: &str, ttl: Option<Duration>
     create_token(store, name, Role::Admin, ttl).await
 }
 
-/// Creates a token with `role` and returns it in full (the only time it is
-/// visible). Audited as done by the local user.
-pub async fn create_token(store: &Store, name: &str, role: Role, ttl: Option<Duration>) -> Result<String, StoreError> {
+/// Creates an unscoped token with `role` (a built-in [`Role`] or a role's
+/// name) and returns it in full (the only time it is visible). Audited as
+/// done by the local user.
+pub async fn create_token(
+    store: &Store,
+    name: &str,
+    role: impl AsRef<str>,
+    ttl: Option<Duration>,
+) -> Result<String, StoreError> {
     create_token_by(
         store,
         AuditEntry::new(actor::local(), TOKENS_CREATE, Outcome::Success),
-        name,
-        role,
-        ttl,
+        NewToken {
+            name,
+            role: role.as_ref(),
+            scope: &Selector::everything(),
+            ttl,
+        },
     )
     .await
+    .map(|(token, _)| token)
+}
+
+/// What a new token is.
+#[derive(Debug, Clone, Copy)]
+pub struct NewToken<'a> {
+    pub name: &'a str,
+    pub role: &'a str,
+    /// Empty: unscoped.
+    pub scope: &'a Selector,
+    pub ttl: Option<Duration>,
 }
 
 /// Action name of token creation in the audit log.
@@ -94,13 +150,14 @@ pub const TOKENS_REVOKE: &str = "tokens.revoke";
 
 /// Creates a token and records `audit` (its actor, action and request ID;
 /// the target and details are filled in here) in the same transaction.
+/// Returns the token in full and its stored form (without anything secret
+/// but the hash).
 pub async fn create_token_by(
     store: &Store,
     audit: AuditEntry,
-    name: &str,
-    role: Role,
-    ttl: Option<Duration>,
-) -> Result<String, StoreError> {
+    new: NewToken<'_>,
+) -> Result<(String, ApiToken), StoreError> {
+    let NewToken { name, role, scope, ttl } = new;
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 128 || name.chars().any(char::is_control) {
         return Err(StoreError::Invalid(
@@ -119,25 +176,23 @@ pub async fn create_token_by(
         }
     };
     let (token, id, secret_hash) = generate();
+    let scope = scope.to_string();
     let audit = audit
         .target(actor::token(&id))
-        .details(serde_json::json!({ "name": name, "role": role.as_str(), "expires_ms": expires_ms }));
-    store
-        .create_api_token(
-            &ApiToken {
-                id,
-                name: name.to_string(),
-                role,
-                secret_hash,
-                created_ms: now,
-                expires_ms,
-                revoked_ms: None,
-                last_used_ms: None,
-            },
-            audit,
-        )
-        .await?;
-    Ok(token)
+        .details(serde_json::json!({ "name": name, "role": role, "scope": scope, "expires_ms": expires_ms }));
+    let stored = ApiToken {
+        id,
+        name: name.to_string(),
+        role: role.to_string(),
+        scope,
+        secret_hash,
+        created_ms: now,
+        expires_ms,
+        revoked_ms: None,
+        last_used_ms: None,
+    };
+    store.create_api_token(&stored, audit).await?;
+    Ok((token, stored))
 }
 
 /// Revokes token `id` and records `audit` (actor, action, request ID) in the
@@ -252,10 +307,23 @@ pub async fn authenticate_detailed(
     {
         tracing::warn!(%error, token_id = %stored.id, "could not record token use");
     }
+    let scope = match Selector::parse(&stored.scope) {
+        Ok(scope) => scope,
+        Err(error) => {
+            // Never written so (validated at creation): refuse rather than widen.
+            tracing::warn!(%error, token_id = %stored.id, "unreadable token scope; the token is refused");
+            return Err(refused("unreadable scope", Some(&stored.id)));
+        }
+    };
+    // Built-in roles resolve here; others are resolved by the API layer
+    // (config and stored roles), until then the token may do nothing.
+    let rules = crate::rbac::builtin(&stored.role).map(|r| r.rules).unwrap_or_default();
     Ok(Principal {
         token_id: stored.id,
         token_name: stored.name,
+        authority: Arc::new(Authority::new(rules, scope.clone())),
         role: stored.role,
+        scope,
         request_id: None,
     })
 }

@@ -8,11 +8,12 @@ use warp::reply::Response;
 
 use super::ApiState;
 use super::auth::Principal;
-use super::params::{self, Params, truncate};
+use super::params::{self, Params};
 use super::problem::Problem;
+use super::rbac::resolve_host_for;
 use super::views::{CheckView, HostView, ListView};
 use crate::model::{Host, StatusCounts};
-use crate::store::{CheckFilter, HostLookup};
+use crate::store::CheckFilter;
 
 pub async fn healthz() -> Response {
     json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
@@ -45,13 +46,13 @@ pub async fn metrics(state: ApiState) -> Response {
 }
 
 /// `GET /api/v1/hosts?selector=&limit=&cursor=`
-pub async fn list_hosts(state: ApiState, _who: Principal, query: String) -> Result<Response, Problem> {
+pub async fn list_hosts(state: ApiState, who: Principal, query: String) -> Result<Response, Problem> {
     let p = Params::parse(&query, &["selector", "limit", "cursor"])?;
     let (selector, limit) = (p.selector()?, p.limit()?);
     let after = params::parse_host_cursor(p.get("cursor"))?;
     let page = state
         .store
-        .list_hosts(&selector, after.as_deref(), limit)
+        .list_hosts_visible(&selector, &who.host_filter("hosts:read"), after.as_deref(), limit)
         .await
         .map_err(Problem::from_store)?;
     let next_cursor = page
@@ -63,41 +64,43 @@ pub async fn list_hosts(state: ApiState, _who: Principal, query: String) -> Resu
 }
 
 /// `GET /api/v1/hosts/{host}` (ID or unique hostname).
-pub async fn get_host(state: ApiState, _who: Principal, host: String, query: String) -> Result<Response, Problem> {
+pub async fn get_host(state: ApiState, who: Principal, host: String, query: String) -> Result<Response, Problem> {
     Params::parse(&query, &[])?;
-    let host = resolve_host(&state, &host, "host").await?;
+    let host = resolve_host_for(&state, &who, &host, "hosts:read", "host").await?;
     let mut views = host_views(&state, vec![host]).await?;
     let view = views.pop().ok_or_else(Problem::internal)?;
     Ok(json(StatusCode::OK, &view))
 }
 
 /// `GET /api/v1/hosts/{host}/checks?status=&limit=&cursor=`
-pub async fn host_checks(state: ApiState, _who: Principal, host: String, query: String) -> Result<Response, Problem> {
+pub async fn host_checks(state: ApiState, who: Principal, host: String, query: String) -> Result<Response, Problem> {
     let p = Params::parse(&query, &["status", "limit", "cursor"])?;
     let (status, limit) = (p.status()?, p.limit()?);
     let after = params::parse_check_cursor(p.get("cursor"))?;
-    let host = resolve_host(&state, &host, "host").await?;
+    let host = resolve_host_for(&state, &who, &host, "checks:read", "host").await?;
     let filter = CheckFilter {
         host_id: Some(host.id),
         status,
+        access: who.host_filter("checks:read"),
         ..CheckFilter::default()
     };
     checks_page(&state, &filter, after, limit).await
 }
 
 /// `GET /api/v1/checks?status=&host=&selector=&limit=&cursor=`
-pub async fn list_checks(state: ApiState, _who: Principal, query: String) -> Result<Response, Problem> {
+pub async fn list_checks(state: ApiState, who: Principal, query: String) -> Result<Response, Problem> {
     let p = Params::parse(&query, &["status", "host", "selector", "limit", "cursor"])?;
     let (status, selector, limit) = (p.status()?, p.selector()?, p.limit()?);
     let after = params::parse_check_cursor(p.get("cursor"))?;
     let host_id = match p.get("host") {
-        Some(ident) => Some(resolve_host(&state, ident, "host").await?.id),
+        Some(ident) => Some(resolve_host_for(&state, &who, ident, "checks:read", "host").await?.id),
         None => None,
     };
     let filter = CheckFilter {
         host_id,
         status,
         selector,
+        access: who.host_filter("checks:read"),
     };
     checks_page(&state, &filter, after, limit).await
 }
@@ -124,26 +127,6 @@ async fn checks_page(
         .flatten();
     let items: Vec<CheckView> = page.items.into_iter().map(CheckView::from).collect();
     Ok(json(StatusCode::OK, &ListView { items, next_cursor }))
-}
-
-/// Finds a host by ID or unique hostname: 404 when none, 409 when several.
-pub(super) async fn resolve_host(state: &ApiState, ident: &str, field: &str) -> Result<Host, Problem> {
-    match state.store.find_host(ident).await.map_err(Problem::from_store)? {
-        HostLookup::Found(host) => Ok(*host),
-        HostLookup::NotFound => {
-            let mut p = Problem::not_found(format!("host {:?} not found", truncate(ident, 128)));
-            p.field = Some(field.to_string());
-            Err(p)
-        }
-        HostLookup::Ambiguous(ids) => Err(Problem::conflict(
-            field,
-            format!(
-                "hostname {:?} belongs to several hosts ({}); use the host ID",
-                truncate(ident, 128),
-                ids.join(", ")
-            ),
-        )),
-    }
 }
 
 async fn host_views(state: &ApiState, hosts: Vec<Host>) -> Result<Vec<HostView>, Problem> {

@@ -11,9 +11,10 @@ use warp::reply::Response;
 
 use super::ApiState;
 use super::auth::Principal;
-use super::handlers::{json, resolve_host};
+use super::handlers::json;
 use super::params::Params;
 use super::problem::Problem;
+use super::rbac::{authorize, resolve_host_for};
 use crate::audit::Outcome;
 use crate::enrollment::EnrollmentToken;
 use crate::store::identity::NewEnrollmentToken;
@@ -24,19 +25,20 @@ const MAX_USES: i64 = 100_000;
 const MAX_TTL_SECS: u64 = 30 * 86_400;
 
 /// `POST /api/v1/enrollment-tokens` body. Unknown fields are refused.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateEnrollmentToken {
     /// Labels given to every host that enrolls with the token.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     /// How long the token is valid, e.g. `1h` (default: the control plane's `pki.enrollment_token_ttl`).
+    #[schema(value_type = Option<String>, example = "1h")]
     pub ttl: Option<Duration>,
     /// How many hosts may enroll with it (default 1).
     pub uses: Option<i64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EnrollmentTokenView {
     pub id: String,
     /// The token to give to `steward-agent enroll --token`; shown only now.
@@ -95,6 +97,16 @@ pub async fn create_enrollment_token(
     if ttl.is_zero() || ttl.as_secs() > MAX_TTL_SECS {
         return Err(Problem::invalid("ttl", "must be more than 0s and at most 30d"));
     }
+    // The new hosts will carry these labels: the caller must hold the
+    // permission on hosts labelled so (a scoped token enrolls into its scope only).
+    authorize(
+        &state,
+        &who,
+        "enrollment-tokens:create",
+        Some(&req.labels),
+        "enrollment_tokens",
+    )
+    .await?;
     let Some(fingerprint) = state.ca_fingerprint.clone() else {
         return Err(Problem::unavailable(
             "this control plane has no CA to enroll agents with",
@@ -134,7 +146,7 @@ pub async fn create_enrollment_token(
     Ok(json(StatusCode::CREATED, &view))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RevokedView {
     pub host_id: String,
     pub revoked_at_ms: i64,
@@ -144,7 +156,7 @@ pub struct RevokedView {
 /// now on; its live stream closes within a second; its data is kept.
 pub async fn revoke_host(state: ApiState, who: Principal, host: String, query: String) -> Result<Response, Problem> {
     Params::parse(&query, &[])?;
-    let host = resolve_host(&state, &host, "host").await?;
+    let host = resolve_host_for(&state, &who, &host, "hosts:revoke", "host").await?;
     let now = steward_shared::now_ms();
     if !state
         .store

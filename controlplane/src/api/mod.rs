@@ -2,9 +2,11 @@
 //! [`handlers`], [`views`] (the JSON models), and one [`problem::recover`]
 //! that turns every rejection into `application/problem+json`.
 //!
-//! Routes: `GET /healthz`, `/readyz`, `/metrics` (no token), and under
-//! `/api/v1` (bearer token required): `hosts`, `hosts/{host}`,
-//! `hosts/{host}/checks`, `checks`, `audit`, `audit/export` ([`audit`]).
+//! Routes: every route, its method and its one permission are in
+//! [`routes::TABLE`]; `GET /healthz`, `/readyz`, `/metrics` and
+//! `/api/v1/openapi.json` need no token, every other `/api/v1` route a bearer
+//! token whose role and scope allow it ([`rbac`]); the job and backup routes
+//! are in [`jobs`]. ARCHITECTURE.md, "Adding a route", says how to add one.
 //!
 //! Invariants:
 //! - Paths are matched before methods and before authentication, so an
@@ -40,8 +42,14 @@ mod audit_tests;
 pub mod auth;
 pub mod handlers;
 pub mod identity;
+pub mod jobs;
+pub mod openapi;
 pub mod params;
 pub mod problem;
+pub mod rbac;
+#[cfg(test)]
+mod rbac_tests;
+pub mod routes;
 pub mod slo;
 #[cfg(test)]
 mod slo_tests;
@@ -67,6 +75,10 @@ pub struct ApiState {
     pub audit: audit::AuditApi,
     /// Counts `/api/v1` requests for the API availability and latency SLIs.
     pub api_sli: Arc<crate::slo::sli::ApiRecorder>,
+    /// Roles from the config file and per-token rate limits.
+    pub rbac: rbac::RbacApi,
+    /// Wakes the job dispatcher (jobs created or cancelled) and its settings.
+    pub jobs: crate::jobs::dispatcher::JobsHandle,
 }
 
 impl ApiState {
@@ -77,9 +89,23 @@ impl ApiState {
             ca_fingerprint: None,
             enrollment_token_ttl: Duration::from_secs(3600),
             audit: audit::AuditApi::default(),
+            rbac: rbac::RbacApi::default(),
+            jobs: crate::jobs::dispatcher::JobsHandle::default(),
             api_sli: Arc::new(crate::slo::sli::ApiRecorder::new(store.sli_handle())),
             store,
         }
+    }
+
+    /// Roles from the config file and per-token rate limits.
+    pub fn with_rbac(mut self, rbac: rbac::RbacApi) -> Self {
+        self.rbac = rbac;
+        self
+    }
+
+    /// Uses this process's job dispatcher.
+    pub fn with_jobs(mut self, jobs: crate::jobs::dispatcher::JobsHandle) -> Self {
+        self.jobs = jobs;
+        self
     }
 
     /// Signs audit exports with `signer`; records at most
@@ -124,13 +150,13 @@ pub fn routes(
     let list_hosts = warp::path!("api" / "v1" / "hosts")
         .and(warp::get())
         .and(with_state(state.clone()))
-        .and(authenticated(state.clone()))
+        .and(authorized(state.clone(), "GET", "/api/v1/hosts"))
         .and(raw_query())
         .then(handlers::list_hosts);
     let get_host = warp::path!("api" / "v1" / "hosts" / String)
         .and(warp::get())
         .and(with_state(state.clone()))
-        .and(authenticated(state.clone()))
+        .and(authorized(state.clone(), "GET", "/api/v1/hosts/{host}"))
         .and_then(|host: String, state: ApiState, who| async move { decoded_segment(host).map(|h| (state, who, h)) })
         .untuple_one()
         .and(raw_query())
@@ -138,7 +164,7 @@ pub fn routes(
     let host_checks = warp::path!("api" / "v1" / "hosts" / String / "checks")
         .and(warp::get())
         .and(with_state(state.clone()))
-        .and(authenticated(state.clone()))
+        .and(authorized(state.clone(), "GET", "/api/v1/hosts/{host}/checks"))
         .and_then(|host: String, state: ApiState, who| async move { decoded_segment(host).map(|h| (state, who, h)) })
         .untuple_one()
         .and(raw_query())
@@ -146,61 +172,44 @@ pub fn routes(
     let list_checks = warp::path!("api" / "v1" / "checks")
         .and(warp::get())
         .and(with_state(state.clone()))
-        .and(authenticated(state.clone()))
+        .and(authorized(state.clone(), "GET", "/api/v1/checks"))
         .and(raw_query())
         .then(handlers::list_checks);
     let audit_list = warp::path!("api" / "v1" / "audit")
         .and(warp::get())
         .and(with_state(state.clone()))
-        .and(authenticated(state.clone()))
+        .and(authorized(state.clone(), "GET", "/api/v1/audit"))
         .and(raw_query())
         .then(audit::list);
     let audit_export = warp::path!("api" / "v1" / "audit" / "export")
         .and(warp::get())
         .and(with_state(state.clone()))
-        .and(authenticated(state.clone()))
+        .and(authorized(state.clone(), "GET", "/api/v1/audit/export"))
         .and(raw_query())
         .then(audit::export);
     let create_enrollment_token = warp::path!("api" / "v1" / "enrollment-tokens")
         .and(warp::post())
         .and(with_state(state.clone()))
-        .and(authenticated(state.clone()))
+        .and(authorized(state.clone(), "POST", "/api/v1/enrollment-tokens"))
         .and(raw_query())
         .and(warp::body::content_length_limit(identity::MAX_BODY))
         .and(warp::body::bytes())
         .then(identity::create_enrollment_token);
+    let job_routes = jobs_routes(state.clone());
     let revoke_host = warp::path!("api" / "v1" / "hosts" / String / "revoke")
         .and(warp::post())
         .and(with_state(state.clone()))
-        .and(authenticated(state.clone()))
+        .and(authorized(state.clone(), "POST", "/api/v1/hosts/{host}/revoke"))
         .and_then(|host: String, state: ApiState, who| async move { decoded_segment(host).map(|h| (state, who, h)) })
         .untuple_one()
         .and(raw_query())
         .then(identity::revoke_host);
-    let slo_put = warp::path!("api" / "v1" / "slos" / String)
-        .and(warp::put())
-        .and(with_state(state.clone()))
-        .and(authenticated(state.clone()))
-        .and_then(|name: String, state: ApiState, who| async move { decoded(name, "name").map(|n| (state, who, n)) })
-        .untuple_one()
-        .and(raw_query())
-        .and(warp::body::content_length_limit(slo::MAX_BODY))
-        .and(warp::body::bytes())
-        .then(slo::put);
-    let slo_get = warp::path!("api" / "v1" / "slos" / String)
+    let rbac_routes = rbac_routes(state.clone());
+    let openapi_doc = warp::path!("api" / "v1" / "openapi.json")
         .and(warp::get())
-        .and(with_state(state.clone()))
-        .and(authenticated(state.clone()))
-        .and_then(|name: String, state: ApiState, who| async move { decoded(name, "name").map(|n| (state, who, n)) })
-        .untuple_one()
         .and(raw_query())
-        .then(slo::get);
-    let slo_list = warp::path!("api" / "v1" / "slos")
-        .and(warp::get())
-        .and(with_state(state.clone()))
-        .and(authenticated(state))
-        .and(raw_query())
-        .then(slo::list);
+        .then(openapi::serve);
+    let slo_routes = slo::routes(state.clone());
 
     let api = list_hosts
         .or(get_host)
@@ -217,11 +226,13 @@ pub fn routes(
         .unify()
         .or(audit_export)
         .unify()
-        .or(slo_put)
+        .or(rbac_routes)
         .unify()
-        .or(slo_get)
+        .or(openapi_doc)
         .unify()
-        .or(slo_list)
+        .or(job_routes)
+        .unify()
+        .or(slo_routes)
         .unify()
         .map(|r: Result<Response, Problem>| r.unwrap_or_else(Problem::into_response));
 
@@ -248,6 +259,11 @@ pub fn routes(
                 let took = start.elapsed().as_micros() as u64;
                 api_sli.record(resp.status().as_u16(), took, steward_shared::now_ms());
             }
+            if resp.status() == http::StatusCode::METHOD_NOT_ALLOWED
+                && let Ok(allow) = HeaderValue::from_str(&routes::methods_of(route).join(", "))
+            {
+                resp.headers_mut().insert(http::header::ALLOW, allow);
+            }
             metrics.http_request(&method, route, resp.status().as_u16(), start.elapsed().as_secs_f64());
             tracing::debug!(%method, route, status = resp.status().as_u16(), "request served");
             resp
@@ -255,6 +271,66 @@ pub fn routes(
         .with(warp::trace(|info| {
             tracing::info_span!("http", method = %info.method(), path = %info.path(), request_id = tracing::field::Empty, token_id = tracing::field::Empty)
         }))
+}
+
+/// The job and backup routes ([`jobs`]), boxed to keep the route type small.
+fn jobs_routes(state: ApiState) -> warp::filters::BoxedFilter<(Result<Response, Problem>,)> {
+    let create_jobs = warp::path!("api" / "v1" / "jobs")
+        .and(warp::post())
+        .and(with_state(state.clone()))
+        .and(authorized(state.clone(), "POST", "/api/v1/jobs"))
+        .and(raw_query())
+        .and(warp::body::content_length_limit(identity::MAX_BODY))
+        .and(warp::body::bytes())
+        .then(jobs::create);
+    let list_jobs = warp::path!("api" / "v1" / "jobs")
+        .and(warp::get())
+        .and(with_state(state.clone()))
+        .and(authorized(state.clone(), "GET", "/api/v1/jobs"))
+        .and(raw_query())
+        .then(jobs::list);
+    let get_job = warp::path!("api" / "v1" / "jobs" / String)
+        .and(warp::get())
+        .and(with_state(state.clone()))
+        .and(authorized(state.clone(), "GET", "/api/v1/jobs/{id}"))
+        .and_then(|id: String, state: ApiState, who| async move { decoded(id, "id").map(|id| (state, who, id)) })
+        .untuple_one()
+        .and(raw_query())
+        .then(jobs::get);
+    let job_output = warp::path!("api" / "v1" / "jobs" / String / "output")
+        .and(warp::get())
+        .and(with_state(state.clone()))
+        .and(authorized(state.clone(), "GET", "/api/v1/jobs/{id}/output"))
+        .and_then(|id: String, state: ApiState, who| async move { decoded(id, "id").map(|id| (state, who, id)) })
+        .untuple_one()
+        .and(raw_query())
+        .then(jobs::output);
+    let cancel_job = warp::path!("api" / "v1" / "jobs" / String / "cancel")
+        .and(warp::post())
+        .and(with_state(state.clone()))
+        .and(authorized(state.clone(), "POST", "/api/v1/jobs/{id}/cancel"))
+        .and_then(|id: String, state: ApiState, who| async move { decoded(id, "id").map(|id| (state, who, id)) })
+        .untuple_one()
+        .and(raw_query())
+        .then(jobs::cancel);
+    let backups = warp::path!("api" / "v1" / "backups")
+        .and(warp::get())
+        .and(with_state(state.clone()))
+        .and(authorized(state.clone(), "GET", "/api/v1/backups"))
+        .and(raw_query())
+        .then(jobs::backups);
+    create_jobs
+        .or(list_jobs)
+        .unify()
+        .or(get_job)
+        .unify()
+        .or(job_output)
+        .unify()
+        .or(cancel_job)
+        .unify()
+        .or(backups)
+        .unify()
+        .boxed()
 }
 
 fn with_state(state: ApiState) -> impl Filter<Extract = (ApiState,), Error = Infallible> + Clone {
@@ -292,6 +368,107 @@ fn authenticated(state: ApiState) -> impl Filter<Extract = (auth::Principal,), E
                 }
             },
         )
+}
+
+/// [`authenticated`], then the route's row of [`routes::TABLE`]: the token's
+/// rate limit, its role's rules and scope against the route's permission
+/// (403, audited, when refused). The row is looked up when the filter is
+/// built, so a route missing from the table fails every API test.
+fn authorized(
+    state: ApiState,
+    method: &'static str,
+    path: &'static str,
+) -> impl Filter<Extract = (auth::Principal,), Error = Rejection> + Clone {
+    let spec = routes::spec(method, path);
+    authenticated(state.clone()).and(with_state(state)).and_then(
+        move |mut who: auth::Principal, state: ApiState| async move {
+            rbac::admit(&state, &mut who, spec, spec.path).await?;
+            Ok::<_, Rejection>(who)
+        },
+    )
+}
+
+/// `tokens`, `roles` and `hosts/{host}/labels` ([`rbac`]), boxed to keep the
+/// route type (and its future, on the stack) small.
+fn rbac_routes(state: ApiState) -> warp::filters::BoxedFilter<(Result<Response, Problem>,)> {
+    let body = || warp::body::content_length_limit(identity::MAX_BODY).and(warp::body::bytes());
+    let create_token = warp::path!("api" / "v1" / "tokens")
+        .and(warp::post())
+        .and(with_state(state.clone()))
+        .and(authorized(state.clone(), "POST", "/api/v1/tokens"))
+        .and(raw_query())
+        .and(body())
+        .then(rbac::create_token);
+    let list_tokens = warp::path!("api" / "v1" / "tokens")
+        .and(warp::get())
+        .and(with_state(state.clone()))
+        .and(authorized(state.clone(), "GET", "/api/v1/tokens"))
+        .and(raw_query())
+        .then(rbac::list_tokens);
+    let revoke_token = warp::path!("api" / "v1" / "tokens" / String)
+        .and(warp::delete())
+        .and(with_state(state.clone()))
+        .and(authorized(state.clone(), "DELETE", "/api/v1/tokens/{id}"))
+        .and_then(|id: String, state: ApiState, who| async move { decoded(id, "id").map(|id| (state, who, id)) })
+        .untuple_one()
+        .and(raw_query())
+        .then(rbac::revoke_token);
+    let list_roles = warp::path!("api" / "v1" / "roles")
+        .and(warp::get())
+        .and(with_state(state.clone()))
+        .and(authorized(state.clone(), "GET", "/api/v1/roles"))
+        .and(raw_query())
+        .then(rbac::list_roles);
+    let get_role = warp::path!("api" / "v1" / "roles" / String)
+        .and(warp::get())
+        .and(with_state(state.clone()))
+        .and(authorized(state.clone(), "GET", "/api/v1/roles/{name}"))
+        .and_then(|n: String, state: ApiState, who| async move { decoded(n, "name").map(|n| (state, who, n)) })
+        .untuple_one()
+        .and(raw_query())
+        .then(rbac::get_role);
+    let put_role = warp::path!("api" / "v1" / "roles" / String)
+        .and(warp::put())
+        .and(with_state(state.clone()))
+        .and(authorized(state.clone(), "PUT", "/api/v1/roles/{name}"))
+        .and_then(|n: String, state: ApiState, who| async move { decoded(n, "name").map(|n| (state, who, n)) })
+        .untuple_one()
+        .and(raw_query())
+        .and(body())
+        .then(rbac::put_role);
+    let delete_role = warp::path!("api" / "v1" / "roles" / String)
+        .and(warp::delete())
+        .and(with_state(state.clone()))
+        .and(authorized(state.clone(), "DELETE", "/api/v1/roles/{name}"))
+        .and_then(|n: String, state: ApiState, who| async move { decoded(n, "name").map(|n| (state, who, n)) })
+        .untuple_one()
+        .and(raw_query())
+        .then(rbac::delete_role);
+    let put_labels = warp::path!("api" / "v1" / "hosts" / String / "labels")
+        .and(warp::put())
+        .and(with_state(state.clone()))
+        .and(authorized(state, "PUT", "/api/v1/hosts/{host}/labels"))
+        .and_then(|host: String, state: ApiState, who| async move { decoded_segment(host).map(|h| (state, who, h)) })
+        .untuple_one()
+        .and(raw_query())
+        .and(body())
+        .then(rbac::put_host_labels);
+    create_token
+        .or(list_tokens)
+        .unify()
+        .or(revoke_token)
+        .unify()
+        .or(list_roles)
+        .unify()
+        .or(get_role)
+        .unify()
+        .or(put_role)
+        .unify()
+        .or(delete_role)
+        .unify()
+        .or(put_labels)
+        .unify()
+        .boxed()
 }
 
 /// A percent-decoded path segment, or a 400 naming `field`.
@@ -354,23 +531,8 @@ fn is_sane_request_id(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
-/// The route template of `path`, for metric labels (bounded set).
+/// The route template of `path`, for metric labels (bounded set): a path
+/// of [`routes::TABLE`], or `unmatched`.
 pub fn route_template(path: &str) -> &'static str {
-    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    match segments.as_slice() {
-        ["healthz"] => "/healthz",
-        ["readyz"] => "/readyz",
-        ["metrics"] => "/metrics",
-        ["api", "v1", "hosts"] => "/api/v1/hosts",
-        ["api", "v1", "hosts", _] => "/api/v1/hosts/{host}",
-        ["api", "v1", "hosts", _, "checks"] => "/api/v1/hosts/{host}/checks",
-        ["api", "v1", "checks"] => "/api/v1/checks",
-        ["api", "v1", "audit"] => "/api/v1/audit",
-        ["api", "v1", "audit", "export"] => "/api/v1/audit/export",
-        ["api", "v1", "enrollment-tokens"] => "/api/v1/enrollment-tokens",
-        ["api", "v1", "hosts", _, "revoke"] => "/api/v1/hosts/{host}/revoke",
-        ["api", "v1", "slos"] => "/api/v1/slos",
-        ["api", "v1", "slos", _] => "/api/v1/slos/{name}",
-        _ => "unmatched",
-    }
+    routes::template_of(path).unwrap_or("unmatched")
 }

@@ -135,6 +135,19 @@ pub fn parse_check_cursor(raw: Option<&str>) -> Result<Option<(String, String)>,
     }
 }
 
+/// Opaque cursor of another list (`tag` tells lists apart), after `value`.
+pub fn opaque_cursor(tag: &str, value: &str) -> String {
+    encode_cursor(&[tag, value])
+}
+
+/// Decodes a cursor made by [`opaque_cursor`] with the same `tag`.
+pub fn parse_opaque_cursor(raw: &str, tag: &str) -> Result<String, Problem> {
+    match decode_cursor(raw).as_deref() {
+        Some([t, value]) if t == tag => Ok(value.clone()),
+        _ => Err(bad_cursor()),
+    }
+}
+
 /// Opaque cursor after the audit entry `seq`.
 pub fn audit_cursor(seq: u64) -> String {
     encode_cursor(&[AUDIT_CURSOR, &seq.to_string()])

@@ -14,7 +14,7 @@ use crate::store::StoreError;
 pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 
 /// One problem, serialised as the response body.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Problem {
     /// A URI naming the kind of problem (`urn:steward:problem:<slug>`).
     #[serde(rename = "type")]
@@ -59,6 +59,22 @@ impl Problem {
             "unauthorized",
             "Unauthorized",
             "a valid bearer token is required: Authorization: Bearer stw_...",
+        )
+    }
+
+    /// 403: the token is valid but may not do this (the detail says which
+    /// permission is missing, never anything about hosts it cannot see).
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", detail)
+    }
+
+    /// 429: the token's rate limit is used up (`Retry-After` is added by [`recover`]).
+    pub fn too_many_requests(retry_after_secs: u64) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate-limited",
+            "Too many requests",
+            format!("this token's request rate limit is used up; retry in {retry_after_secs}s"),
         )
     }
 
@@ -129,6 +145,13 @@ impl Problem {
 pub async fn recover(rejection: Rejection) -> Result<warp::reply::Response, Infallible> {
     let problem = if let Some(p) = rejection.find::<Problem>() {
         p.clone()
+    } else if let Some(limited) = rejection.find::<super::rbac::RateLimited>() {
+        let mut resp = Problem::too_many_requests(limited.retry_after_secs).into_response();
+        resp.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from(limited.retry_after_secs),
+        );
+        return Ok(resp);
     } else if rejection.is_not_found() {
         Problem::not_found("no such route; the API lives under /api/v1")
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {

@@ -3,15 +3,16 @@
 //! `GET /api/v1/slos/{name}` (the full status). Permissions (for RBAC):
 //! `slos:write` for the PUT, `slos:read` for the GETs.
 use http::StatusCode;
+use warp::Filter;
 use warp::reply::Response;
 
-use super::ApiState;
 use super::auth::Principal;
 use super::handlers::json;
 use super::identity::parse_body;
 use super::params::Params;
 use super::problem::Problem;
 use super::views::ListView;
+use super::{ApiState, authorized, decoded, raw_query, with_state};
 use crate::audit::Outcome;
 use crate::slo::spec::{SloSpec, validate_name};
 use crate::slo::status;
@@ -19,6 +20,36 @@ use crate::store::slo::PutOutcome;
 
 /// Largest SLO definition accepted.
 pub const MAX_BODY: u64 = 64 * 1024;
+
+/// The SLO routes, boxed (a small route type compiles fast and keeps the
+/// request future off a deep stack).
+pub fn routes(state: ApiState) -> warp::filters::BoxedFilter<(Result<Response, Problem>,)> {
+    let put_slo = warp::path!("api" / "v1" / "slos" / String)
+        .and(warp::put())
+        .and(with_state(state.clone()))
+        .and(authorized(state.clone(), "PUT", "/api/v1/slos/{name}"))
+        .and_then(|name: String, state: ApiState, who| async move { decoded(name, "name").map(|n| (state, who, n)) })
+        .untuple_one()
+        .and(raw_query())
+        .and(warp::body::content_length_limit(MAX_BODY))
+        .and(warp::body::bytes())
+        .then(put);
+    let get_slo = warp::path!("api" / "v1" / "slos" / String)
+        .and(warp::get())
+        .and(with_state(state.clone()))
+        .and(authorized(state.clone(), "GET", "/api/v1/slos/{name}"))
+        .and_then(|name: String, state: ApiState, who| async move { decoded(name, "name").map(|n| (state, who, n)) })
+        .untuple_one()
+        .and(raw_query())
+        .then(get);
+    let list_slos = warp::path!("api" / "v1" / "slos")
+        .and(warp::get())
+        .and(with_state(state.clone()))
+        .and(authorized(state, "GET", "/api/v1/slos"))
+        .and(raw_query())
+        .then(list);
+    put_slo.or(get_slo).unify().or(list_slos).unify().boxed()
+}
 
 fn check_name(name: &str) -> Result<(), Problem> {
     validate_name(name).map_err(|e| Problem::invalid("name", e.message))

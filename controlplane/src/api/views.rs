@@ -9,7 +9,7 @@ use steward_shared::status::CheckStatus;
 use crate::model::{Host, LatestCheck, StatusCounts};
 
 /// A page of a list.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ListView<T> {
     pub items: Vec<T>,
     /// Pass as `cursor` to get the next page; null on the last page.
@@ -17,7 +17,7 @@ pub struct ListView<T> {
 }
 
 /// `GET /api/v1/hosts/{host}` and the items of `GET /api/v1/hosts`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HostView {
     pub id: String,
     pub hostname: String,
@@ -64,7 +64,7 @@ impl HostView {
 }
 
 /// One measured value; `value` is null when it was not a finite number.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ValueView {
     pub name: String,
     pub value: Option<f64>,
@@ -72,12 +72,13 @@ pub struct ValueView {
 }
 
 /// The latest result of one check on one host.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CheckView {
     pub host_id: String,
     pub hostname: String,
     pub name: String,
     pub kind: String,
+    #[schema(value_type = crate::api::openapi::CheckStatusSchema)]
     pub status: CheckStatus,
     pub values: Vec<ValueView>,
     pub message: String,

@@ -27,7 +27,7 @@ pub const FORMAT: &str = "steward-audit-export";
 pub const FORMAT_VERSION: u32 = 1;
 
 /// One audit entry as the API shows it (the items of `GET /api/v1/audit`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditEntryView {
     pub seq: u64,
     pub time_ms: i64,

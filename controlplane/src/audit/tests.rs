@@ -68,7 +68,8 @@ fn token(id: &str) -> ApiToken {
     ApiToken {
         id: id.into(),
         name: format!("token {id}"),
-        role: Role::Viewer,
+        role: Role::Viewer.to_string(),
+        scope: String::new(),
         secret_hash: "00".repeat(32),
         created_ms: 1,
         expires_ms: None,

@@ -13,12 +13,16 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::jobs::{JobReport, JobSettings};
 use crate::metrics::Metrics;
 use crate::model::IngestBatch;
+use crate::store::jobs::{JobBatch, JobIngest};
 use crate::store::{Store, StoreError};
 
 struct Item {
     batch: IngestBatch,
+    /// The batch's job reports, committed in the same transaction.
+    jobs: Vec<JobReport>,
     reply: oneshot::Sender<Result<(), Arc<StoreError>>>,
 }
 
@@ -41,11 +45,22 @@ impl Ingestor {
     /// Starts `workers` writer tasks; each commits at most `max_rows` reports
     /// per transaction. The tasks end when every handle is dropped.
     pub fn start(store: Store, metrics: Arc<Metrics>, workers: usize, max_rows: usize) -> Self {
+        Self::start_with_jobs(store, metrics, workers, max_rows, JobSettings::default())
+    }
+
+    /// [`Ingestor::start`] with the job queue's settings (output cap, retries).
+    pub fn start_with_jobs(
+        store: Store,
+        metrics: Arc<Metrics>,
+        workers: usize,
+        max_rows: usize,
+        settings: JobSettings,
+    ) -> Self {
         let mut senders = Vec::with_capacity(workers);
         for _ in 0..workers.max(1) {
             let (tx, rx) = mpsc::channel::<Item>(1024);
             senders.push(tx);
-            tokio::spawn(writer(rx, store.clone(), metrics.clone(), max_rows));
+            tokio::spawn(writer(rx, store.clone(), metrics.clone(), max_rows, settings.clone()));
         }
         Ingestor {
             workers: Arc::new(senders),
@@ -54,13 +69,18 @@ impl Ingestor {
 
     /// Stores one host's batch; returns once it is committed.
     pub async fn submit(&self, batch: IngestBatch) -> Result<(), IngestError> {
+        self.submit_with_jobs(batch, Vec::new()).await
+    }
+
+    /// Stores one host's batch with its job reports; returns once committed.
+    pub async fn submit_with_jobs(&self, batch: IngestBatch, jobs: Vec<JobReport>) -> Result<(), IngestError> {
         // A batch the store would refuse must not fail the other hosts' batches
         // it would share a transaction with: refuse it here, alone.
         crate::store::validate_batch(&batch).map_err(|e| IngestError::Store(Arc::new(e)))?;
         let idx = worker_for(&batch.host_id, self.workers.len());
         let (reply, done) = oneshot::channel();
         self.workers[idx]
-            .send(Item { batch, reply })
+            .send(Item { batch, jobs, reply })
             .await
             .map_err(|_| IngestError::Closed)?;
         match done.await {
@@ -81,7 +101,13 @@ fn worker_for(host_id: &str, workers: usize) -> usize {
     (h % workers.max(1) as u64) as usize
 }
 
-async fn writer(mut rx: mpsc::Receiver<Item>, store: Store, metrics: Arc<Metrics>, max_rows: usize) {
+async fn writer(
+    mut rx: mpsc::Receiver<Item>,
+    store: Store,
+    metrics: Arc<Metrics>,
+    max_rows: usize,
+    settings: JobSettings,
+) {
     let mut pending: Vec<Item> = Vec::new();
     loop {
         if pending.is_empty() && rx.recv_many(&mut pending, 512).await == 0 {
@@ -91,20 +117,36 @@ async fn writer(mut rx: mpsc::Receiver<Item>, store: Store, metrics: Arc<Metrics
         let mut rows = 0usize;
         let mut take = 0usize;
         for item in &pending {
-            if take > 0 && rows + item.batch.results.len() > max_rows {
+            let n = item.batch.results.len() + item.jobs.len();
+            if take > 0 && rows + n > max_rows {
                 break;
             }
-            rows += item.batch.results.len();
+            rows += n;
             take += 1;
         }
         let round: Vec<Item> = pending.drain(..take).collect();
         let batches: Vec<IngestBatch> = round.iter().map(|i| i.batch.clone()).collect();
+        let job_batches: Vec<JobBatch> = round
+            .iter()
+            .filter(|i| !i.jobs.is_empty())
+            .map(|i| JobBatch {
+                host_id: i.batch.host_id.clone(),
+                reports: i.jobs.clone(),
+            })
+            .collect();
+        let jobs = JobIngest {
+            batches: &job_batches,
+            settings: settings.clone(),
+        };
         let started = Instant::now();
-        let result = store.ingest(&batches, steward_shared::now_ms()).await;
+        let result = store.ingest_with_jobs(&batches, &jobs, steward_shared::now_ms()).await;
         let secs = started.elapsed().as_secs_f64();
         match result {
-            Ok(()) => {
+            Ok(applied) => {
                 metrics.ingest_batch(rows as u64, secs);
+                for (state, action) in &applied.finished {
+                    metrics.job_finished(state.as_str(), action);
+                }
                 for item in round {
                     let _ = item.reply.send(Ok(()));
                 }

@@ -1,13 +1,21 @@
 //! Live agent sessions by host. A host has at most one current session: a new
 //! stream from the same host supersedes (and closes) the old one. Also the
-//! handle later issues use to close a revoked host's stream at once.
+//! handle later issues use to close a revoked host's stream at once, and
+//! the way the job dispatcher reaches a connected host's stream.
 use std::collections::HashMap;
 use std::sync::Mutex;
+use steward_shared::proto::ControlMessage;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+/// The sending half of a session's outbound stream.
+pub type Outbound = mpsc::Sender<Result<ControlMessage, tonic::Status>>;
 
 #[derive(Default)]
 pub struct Registry {
     inner: Mutex<HashMap<String, (u64, CancellationToken)>>,
+    /// Outbound streams of the current sessions, by host (set by [`Registry::attach`]).
+    outbound: Mutex<HashMap<String, (u64, Outbound)>>,
     next_generation: std::sync::atomic::AtomicU64,
 }
 
@@ -45,6 +53,10 @@ impl Registry {
         match map.get(&handle.host_id) {
             Some((generation, _)) if *generation == handle.generation => {
                 map.remove(&handle.host_id);
+                let mut out = self.outbound.lock().unwrap_or_else(|p| p.into_inner());
+                if out.get(&handle.host_id).is_some_and(|(g, _)| *g == handle.generation) {
+                    out.remove(&handle.host_id);
+                }
                 true
             }
             _ => false,
@@ -63,6 +75,44 @@ impl Registry {
         }
     }
 
+    /// Makes the session's outbound stream reachable (for job assignments).
+    pub fn attach(&self, handle: &SessionHandle, out: Outbound) {
+        let current = self
+            .inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&handle.host_id)
+            .is_some_and(|(g, _)| *g == handle.generation);
+        if current {
+            self.outbound
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(handle.host_id.clone(), (handle.generation, out));
+        }
+    }
+
+    /// The outbound stream of the current session of `host_id`.
+    pub fn outbound(&self, host_id: &str) -> Option<Outbound> {
+        self.outbound
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(host_id)
+            .map(|(_, o)| o.clone())
+    }
+
+    /// Hosts with a session attached here, sorted.
+    pub fn attached_hosts(&self) -> Vec<String> {
+        let mut hosts: Vec<String> = self
+            .outbound
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        hosts.sort_unstable();
+        hosts
+    }
+
     pub fn connected(&self) -> usize {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
@@ -79,12 +129,19 @@ mod tests {
         let b = r.register("web");
         assert!(a.cancel.is_cancelled());
         assert!(!b.cancel.is_cancelled());
+        let (tx, _rx) = mpsc::channel(1);
+        r.attach(&a, tx.clone());
+        assert!(r.attached_hosts().is_empty(), "a superseded session is not attached");
+        r.attach(&b, tx);
+        assert_eq!(r.attached_hosts(), vec!["web".to_string()]);
         assert!(!r.unregister(&a), "the superseded session does not disconnect the host");
+        assert!(r.outbound("web").is_some());
         assert_eq!(r.connected(), 1);
         assert!(r.kick("web"));
         assert!(b.cancel.is_cancelled());
         assert!(r.unregister(&b));
         assert_eq!(r.connected(), 0);
+        assert!(r.outbound("web").is_none());
         assert!(!r.kick("web"));
     }
 }

@@ -21,6 +21,8 @@ use tonic::{Status, Streaming};
 use super::enroll::Enroller;
 use super::ingest::Ingestor;
 use super::registry::Registry;
+use crate::jobs::dispatcher::JobsHandle;
+use crate::jobs::{JobEventKind, JobReport};
 use crate::metrics::Metrics;
 use crate::model::{AgentHello, IngestBatch};
 use crate::store::Store;
@@ -43,6 +45,8 @@ pub struct SessionDeps {
     pub shutdown: CancellationToken,
     /// Signs renewals (and enrollments); `None` without a CA key.
     pub enroller: Option<Arc<Enroller>>,
+    /// The job dispatcher (assignments go out through the registry).
+    pub jobs: JobsHandle,
 }
 
 type Out = mpsc::Sender<Result<ControlMessage, Status>>;
@@ -121,6 +125,9 @@ pub async fn run(
     };
     let mut ended = out.send(Ok(msg(control_message::Msg::Welcome(welcome)))).await.is_err();
     let mut last_acked = acked;
+    // Job assignments reach this stream from now on; due jobs go out at once.
+    deps.registry.attach(&handle, out.clone());
+    deps.jobs.kick();
 
     while !ended {
         let next = tokio::select! {
@@ -153,7 +160,7 @@ pub async fn run(
         };
         match message.msg {
             Some(agent_message::Msg::Reports(batch)) => {
-                let batch = match validate_batch(&host_id, batch, deps.limits.max_batch, last_acked) {
+                let (batch, jobs) = match validate_batch(&host_id, batch, deps.limits.max_batch, last_acked) {
                     Ok(b) => b,
                     Err(reason) => {
                         deps.metrics.stream_rejected("protocol");
@@ -162,8 +169,16 @@ pub async fn run(
                         break;
                     }
                 };
-                let top = batch.results.last().map(|(s, _)| *s).unwrap_or(last_acked);
-                if let Err(error) = deps.ingestor.submit(batch).await {
+                let top = batch
+                    .results
+                    .last()
+                    .map(|(s, _)| *s)
+                    .into_iter()
+                    .chain(jobs.last().map(|j| j.seq))
+                    .max()
+                    .unwrap_or(last_acked);
+                let ended_attempts = jobs.iter().any(|j| matches!(j.event, JobEventKind::Finished { .. }));
+                if let Err(error) = deps.ingestor.submit_with_jobs(batch, jobs).await {
                     tracing::error!(%error, "batch not stored");
                     let _ = out
                         .send(Err(Status::unavailable(
@@ -173,6 +188,9 @@ pub async fn run(
                     break;
                 }
                 last_acked = last_acked.max(top);
+                if ended_attempts {
+                    deps.jobs.kick(); // a slot on this host may be free
+                }
                 ended = out
                     .send(Ok(msg(control_message::Msg::Ack(proto::Ack { acked_seq: last_acked }))))
                     .await
@@ -220,13 +238,33 @@ pub async fn run(
                     }
                 }
             }
-            Some(agent_message::Msg::JobAccepted(_)) => {
-                let _ = out
-                    .send(Err(Status::unimplemented(
-                        "this control plane does not support that message yet",
-                    )))
-                    .await;
-                break;
+            Some(agent_message::Msg::JobAccepted(a)) => {
+                if a.job_id.is_empty() || a.job_id.len() > 64 || a.attempt_id.len() > 128 {
+                    deps.metrics.stream_rejected("protocol");
+                    let _ = out
+                        .send(Err(Status::invalid_argument("job_accepted: invalid job or attempt ID")))
+                        .await;
+                    break;
+                }
+                // A failure here is not fatal: the lease expires and the same
+                // attempt is sent again, which the agent accepts again.
+                match deps
+                    .store
+                    .accept_job(
+                        &host_id,
+                        &a.job_id,
+                        &a.attempt_id,
+                        steward_shared::now_ms(),
+                        &deps.jobs.settings,
+                    )
+                    .await
+                {
+                    Ok(true) => tracing::info!(job = %a.job_id, attempt = %a.attempt_id, "job accepted"),
+                    Ok(false) => {
+                        tracing::debug!(job = %a.job_id, attempt = %a.attempt_id, "repeated or stale acceptance")
+                    }
+                    Err(error) => tracing::warn!(%error, job = %a.job_id, "cannot record the acceptance"),
+                }
             }
             None => {
                 deps.metrics.stream_rejected("protocol");
@@ -257,7 +295,7 @@ pub fn validate_batch(
     batch: proto::ReportBatch,
     max_batch: u32,
     acked: u64,
-) -> Result<IngestBatch, String> {
+) -> Result<(IngestBatch, Vec<JobReport>), String> {
     if batch.reports.is_empty() {
         return Err("a report batch must not be empty".into());
     }
@@ -268,6 +306,7 @@ pub fn validate_batch(
         ));
     }
     let mut results = Vec::with_capacity(batch.reports.len());
+    let mut jobs = Vec::new();
     let mut prev = 0u64;
     for r in batch.reports {
         if r.seq == 0 {
@@ -295,19 +334,94 @@ pub fn validate_batch(
                     results.push((r.seq, CheckResult::from(c)));
                 }
             }
-            Some(report::Body::Job(_)) => {
-                return Err(format!(
-                    "report {}: job events are not supported by this control plane version",
-                    r.seq
-                ));
+            Some(report::Body::Job(j)) => {
+                let job = validate_job_event(r.seq, j)?;
+                if r.seq > acked {
+                    jobs.push(job);
+                }
             }
             None => return Err(format!("report {} has no body", r.seq)),
         }
     }
-    Ok(IngestBatch {
-        host_id: host_id.to_string(),
-        results,
-        spool_dropped_total: batch.spool_dropped_total,
+    Ok((
+        IngestBatch {
+            host_id: host_id.to_string(),
+            results,
+            spool_dropped_total: batch.spool_dropped_total,
+        },
+        jobs,
+    ))
+}
+
+/// Largest output chunk and result accepted in one job event.
+const MAX_JOB_DATA: usize = 1024 * 1024;
+
+/// Checks a job event from the wire and converts it; NUL in text becomes U+FFFD.
+fn validate_job_event(seq: u64, j: proto::JobEvent) -> Result<JobReport, String> {
+    let text = |s: String| s.replace('\0', "\u{FFFD}");
+    if j.job_id.len() > 64 || j.attempt_id.is_empty() || j.attempt_id.len() > 128 {
+        return Err(format!("report {seq}: job event with an invalid job or attempt ID"));
+    }
+    if j.job_id.is_empty() && !j.attempt_id.starts_with("local-") {
+        return Err(format!(
+            "report {seq}: a job event without job ID must be a local run (local-...)"
+        ));
+    }
+    let event = match j.event {
+        Some(proto::job_event::Event::Progress(p)) => {
+            if p.stage.len() > 256 || p.message.len() > 4096 {
+                return Err(format!("report {seq}: job progress exceeds size limits"));
+            }
+            JobEventKind::Progress {
+                stage: text(p.stage),
+                percent: if p.percent.is_finite() { p.percent } else { 0.0 },
+                message: text(p.message),
+            }
+        }
+        Some(proto::job_event::Event::Output(o)) => {
+            if o.data.len() > MAX_JOB_DATA || o.offset > i64::MAX as u64 {
+                return Err(format!("report {seq}: job output chunk exceeds size limits"));
+            }
+            JobEventKind::Output {
+                offset: o.offset,
+                data: o.data,
+                truncated: o.truncated,
+            }
+        }
+        Some(proto::job_event::Event::Finished(f)) => {
+            if !matches!(
+                f.outcome.as_str(),
+                "succeeded" | "failed" | "rolled_back" | "timed_out" | "cancelled"
+            ) {
+                return Err(format!(
+                    "report {seq}: unknown job outcome {:?}",
+                    f.outcome.chars().take(32).collect::<String>()
+                ));
+            }
+            if f.reason.len() > 4096 || f.result_json.len() > MAX_JOB_DATA || f.action.len() > 64 || f.params.len() > 64
+            {
+                return Err(format!("report {seq}: job result exceeds size limits"));
+            }
+            if f.params.iter().any(|(k, v)| k.len() > 64 || v.len() > 4096) {
+                return Err(format!("report {seq}: job parameter too long"));
+            }
+            JobEventKind::Finished {
+                outcome: f.outcome,
+                reason: text(f.reason),
+                result_json: text(f.result_json),
+                finished_at_ms: f.finished_at_ms,
+                action: text(f.action),
+                params: f.params.into_iter().map(|(k, v)| (text(k), text(v))).collect(),
+                started_at_ms: f.started_at_ms,
+            }
+        }
+        None => return Err(format!("report {seq}: job event without content")),
+    };
+    Ok(JobReport {
+        seq,
+        job_id: text(j.job_id),
+        attempt_id: text(j.attempt_id),
+        event,
     })
 }
 
@@ -332,7 +446,8 @@ mod tests {
             reports: vec![report(4, "a"), report(5, "b"), report(9, "c")],
             spool_dropped_total: 3,
         };
-        let out = validate_batch("web", b, 10, 4).unwrap();
+        let (out, jobs) = validate_batch("web", b, 10, 4).unwrap();
+        assert!(jobs.is_empty());
         assert_eq!(out.results.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![5, 9]);
         assert_eq!(out.spool_dropped_total, 3);
         assert_eq!(out.host_id, "web");

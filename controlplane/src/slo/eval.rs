@@ -51,7 +51,7 @@ const MONTH_30D_MINUTES: i64 = 30 * 1440;
 pub const HISTORY_POINTS: i64 = 48;
 
 /// One tier's windows after scaling to the SLO's window.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct TierState {
     pub name: &'static str,
     pub severity: &'static str,
@@ -67,14 +67,14 @@ pub struct TierState {
 }
 
 /// The burn rate over one window.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct BurnRate {
     pub window: &'static str,
     pub burn_rate: f64,
 }
 
 /// Everything a status shows for one budget (the whole SLO or one group).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Evaluation {
     pub window_start_ms: i64,
     pub window_end_ms: i64,

@@ -103,6 +103,11 @@ impl SliIndex {
         !self.checks.is_empty()
     }
 
+    /// Whether any SLO counts outcomes of the job action `action`.
+    pub fn counts_job(&self, action: &str) -> bool {
+        self.jobs.contains_key(action)
+    }
+
     /// Whether any SLO counts results of the check `name`.
     pub fn counts_check(&self, name: &str) -> bool {
         self.checks.contains_key(name)

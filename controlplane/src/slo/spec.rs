@@ -17,7 +17,7 @@ pub const MAX_WINDOW_DAYS: u64 = 90;
 pub const TIER_NAMES: [&str; 4] = ["page-1h", "page-6h", "ticket-1d", "ticket-3d"];
 
 /// One SLO definition. Unknown fields are refused.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct SloSpec {
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -38,7 +38,7 @@ pub struct SloSpec {
 }
 
 /// The service level indicator.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "camelCase", deny_unknown_fields)]
 pub enum Indicator {
     /// Share of `ok` results of the check named `check` on hosts matching `selector`.
@@ -52,6 +52,7 @@ pub enum Indicator {
     #[serde(rename_all = "camelCase")]
     CheckLatency {
         check: String,
+        #[schema(value_type = String, example = "250ms")]
         threshold: Duration,
         #[serde(default)]
         selector: String,
@@ -67,10 +68,13 @@ pub enum Indicator {
     ApiAvailability {},
     /// Share of `/api/v1` requests answered without a 5xx within `threshold`.
     #[serde(rename_all = "camelCase")]
-    ApiLatency { threshold: Duration },
+    ApiLatency {
+        #[schema(value_type = String, example = "300ms")]
+        threshold: Duration,
+    },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Objective {
     /// Share of good events (or good timeslices), e.g. `0.999`.
@@ -80,10 +84,11 @@ pub struct Objective {
     pub time_slice_target: Option<f64>,
     /// Timeslices: the slice length, whole minutes (default `1m`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "1m")]
     pub time_slice_window: Option<Duration>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TimeWindow {
     /// `30d`, `7d`, `12h`, ... (rolling) or `1M` (calendar month, UTC).
@@ -96,7 +101,7 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum BudgetingMethod {
     /// Budget in events: bad events may be (1 − target) of all events.
     #[default]
@@ -105,7 +110,7 @@ pub enum BudgetingMethod {
     Timeslices,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Alerting {
     /// Below this many events (timeslices with data) in a tier's long window, the tier stays quiet.
@@ -129,7 +134,7 @@ fn default_min_events() -> u64 {
     10
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TierSetting {
     #[serde(default = "yes")]

@@ -11,7 +11,7 @@ use crate::store::{Store, StoreError, slo::StoredSlo};
 /// Longest burn-rate window a status shows (3 days), in minutes.
 const LONGEST_BURN_MINUTES: i64 = 3 * 1440;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SloStatus {
     pub name: String,
     pub spec: SloSpec,
@@ -22,13 +22,14 @@ pub struct SloStatus {
     #[serde(flatten)]
     pub overall: Evaluation,
     /// `[end_ms, budget_remaining]`, from the window's start to now.
+    #[schema(value_type = Vec<Vec<f64>>)]
     pub budget_history: Vec<(i64, f64)>,
     /// One entry per group when the SLO is grouped.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<GroupStatus>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct GroupStatus {
     pub group: String,
     #[serde(flatten)]
@@ -36,7 +37,7 @@ pub struct GroupStatus {
 }
 
 /// A short line per SLO for `GET /api/v1/slos`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SloSummary {
     pub name: String,
     pub description: String,

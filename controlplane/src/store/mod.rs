@@ -20,7 +20,8 @@ use steward_shared::selector::Selector;
 use steward_shared::status::{CheckResult, CheckStatus, Value};
 
 use crate::audit::AuditEntry;
-use crate::model::{AgentHello, ApiToken, FleetStats, Host, IngestBatch, LatestCheck, Page, Role, StatusCounts};
+use crate::model::{AgentHello, ApiToken, FleetStats, Host, IngestBatch, LatestCheck, Page, StatusCounts};
+use crate::rbac::HostFilter;
 
 pub mod alert;
 #[cfg(test)]
@@ -28,10 +29,13 @@ mod alert_tests;
 pub mod audit;
 mod backup;
 pub mod identity;
+pub mod jobs;
 mod postgres;
+pub mod rbac;
 pub mod slo;
 #[cfg(test)]
 mod slo_tests;
+mod sql;
 mod sqlite;
 pub mod testdb;
 #[cfg(test)]
@@ -101,6 +105,8 @@ pub struct CheckFilter {
     pub status: Option<CheckStatus>,
     /// Only hosts whose control-plane labels match.
     pub selector: Selector,
+    /// Only hosts the caller may see (its role and scope, [`crate::rbac`]).
+    pub access: HostFilter,
 }
 
 impl Store {
@@ -192,9 +198,9 @@ impl Store {
         if batches.is_empty() {
             return Ok(());
         }
-        let rows = IngestRows::prepare(batches)?;
-        let sli = self.sli_index();
-        dispatch!(self, b => b.ingest(&rows, now_ms, &sli).await)
+        self.ingest_with_jobs(batches, &jobs::JobIngest::default(), now_ms)
+            .await
+            .map(|_| ())
     }
 
     /// Deletes result history ingested before `older_than_ms`, in bounded
@@ -226,8 +232,21 @@ impl Store {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Page<Host>, StoreError> {
+        self.list_hosts_visible(selector, &HostFilter::all(), after, limit)
+            .await
+    }
+
+    /// [`Store::list_hosts`], keeping only hosts `access` lets the caller see
+    /// (filtered before paging, so pages and `has_more` never count others).
+    pub async fn list_hosts_visible(
+        &self,
+        selector: &Selector,
+        access: &HostFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Host>, StoreError> {
         let limit = limit.max(1);
-        let scan = if selector.is_empty() {
+        let scan = if selector.is_empty() && access.is_all() {
             limit + 1
         } else {
             FILTERED_SCAN_ROWS.max(limit + 1)
@@ -239,7 +258,7 @@ impl Store {
             let exhausted = rows.len() < scan;
             for host in rows {
                 cursor.clone_from(&host.id);
-                if selector.matches(&host.labels) {
+                if selector.matches(&host.labels) && access.matches(&host.labels) {
                     if items.len() == limit {
                         return Ok(Page { items, has_more: true });
                     }
@@ -310,7 +329,7 @@ impl Store {
         limit: usize,
     ) -> Result<Page<LatestCheck>, StoreError> {
         let limit = limit.max(1);
-        let scan = if filter.selector.is_empty() {
+        let scan = if filter.selector.is_empty() && filter.access.is_all() {
             limit + 1
         } else {
             FILTERED_SCAN_ROWS.max(limit + 1)
@@ -330,7 +349,7 @@ impl Store {
             for (check, labels) in rows {
                 after_host.clone_from(&check.host_id);
                 after_name.clone_from(&check.result.name);
-                if filter.selector.matches(&labels) {
+                if filter.selector.matches(&labels) && filter.access.matches(&labels) {
                     if items.len() == limit {
                         return Ok(Page { items, has_more: true });
                     }
@@ -621,14 +640,14 @@ fn check_from_row(row: &impl RowExt) -> Result<(LatestCheck, BTreeMap<String, St
     Ok((check, map_from_json(&row.text("labels")?, "labels")))
 }
 
-const TOKEN_COLUMNS: &str = "id, name, role, secret_hash, created_ms, expires_ms, revoked_ms, last_used_ms";
+const TOKEN_COLUMNS: &str = "id, name, role, scope, secret_hash, created_ms, expires_ms, revoked_ms, last_used_ms";
 
 fn token_from_row(row: &impl RowExt) -> Result<ApiToken, StoreError> {
-    let role = row.text("role")?;
     Ok(ApiToken {
         id: row.text("id")?,
         name: row.text("name")?,
-        role: role.parse::<Role>().map_err(|e| StoreError::Invalid(e.to_string()))?,
+        role: row.text("role")?,
+        scope: row.text("scope")?,
         secret_hash: row.text("secret_hash")?,
         created_ms: row.int("created_ms")?,
         expires_ms: row.opt_int("expires_ms")?,

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use sqlx::{PgConnection, QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use super::audit::TxConn;
+use super::sql::{B, Conn};
 use super::{Backend, IngestRows, Store, StoreError, map_from_json};
 use crate::audit::AuditEntry;
 use crate::slo::eval::Bucket;
@@ -384,6 +385,45 @@ pub(super) async fn count_ingest_postgres(
     }
     let incs = increments(rows, inserted, &labels, sli, now_ms);
     upsert_postgres(conn, &incs, now_ms).await
+}
+
+/// Counts ended job attempts towards job-success SLOs, inside the
+/// transaction that ends them (ingest of the agent's report, or the sweep
+/// that times them out), so each attempt counts exactly once.
+pub(super) async fn count_jobs(
+    c: &mut Conn<'_>,
+    outcomes: &[crate::jobs::AttemptOutcome],
+    sli: &SliIndex,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let counted: Vec<_> = outcomes.iter().filter(|o| sli.counts_job(&o.action)).collect();
+    if counted.is_empty() {
+        return Ok(());
+    }
+    let mut labels: BTreeMap<&str, BTreeMap<String, String>> = BTreeMap::new();
+    for o in &counted {
+        if labels.contains_key(o.host_id.as_str()) {
+            continue;
+        }
+        let row = c
+            .fetch_one("SELECT labels FROM hosts WHERE id = $1", &[B::T(&o.host_id)])
+            .await?;
+        let l = match row {
+            Some(r) => map_from_json(&r.text("labels")?, "labels"),
+            None => BTreeMap::new(),
+        };
+        labels.insert(&o.host_id, l);
+    }
+    let empty = BTreeMap::new();
+    let mut incs = Increments::new();
+    for o in counted {
+        let l = labels.get(o.host_id.as_str()).unwrap_or(&empty);
+        sli.count_job(&mut incs, &o.host_id, l, &o.action, o.ok, o.at_ms, now_ms);
+    }
+    match c {
+        Conn::Lite(conn) => upsert_sqlite(conn, &incs, now_ms).await,
+        Conn::Pg(conn) => upsert_postgres(conn, &incs, now_ms).await,
+    }
 }
 
 fn sorted(incs: &Increments) -> Vec<(&BucketKey, (i64, i64))> {

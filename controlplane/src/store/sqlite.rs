@@ -38,6 +38,8 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
     (2, "audit", include_str!("../../migrations/sqlite/0002_audit.sql")),
     (3, "identity", include_str!("../../migrations/sqlite/0003_identity.sql")),
+    (4, "rbac", include_str!("../../migrations/sqlite/0004_rbac.sql")),
+    (5, "jobs", include_str!("../../migrations/sqlite/0005_jobs.sql")),
     (6, "slo", include_str!("../../migrations/sqlite/0006_slo.sql")),
 ];
 
@@ -217,9 +219,10 @@ impl SqliteStore {
     pub(super) async fn ingest(
         &self,
         rows: &IngestRows<'_>,
+        jobs: &super::jobs::JobIngest<'_>,
         now_ms: i64,
         sli: &crate::slo::sli::SliIndex,
-    ) -> Result<(), StoreError> {
+    ) -> Result<crate::jobs::Applied, StoreError> {
         let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
         let count = sli.counts_checks();
         let mut inserted = std::collections::HashSet::new();
@@ -299,8 +302,10 @@ impl SqliteStore {
         if !inserted.is_empty() {
             super::slo::count_ingest_sqlite(&mut tx, rows, &inserted, sli, now_ms).await?;
         }
+        // Job reports of the same batches, and their audit entries (jobs issue).
+        let applied = super::jobs::apply_in_ingest(super::sql::Conn::Lite(&mut tx), jobs, now_ms, sli).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(applied)
     }
 
     pub(super) async fn prune_results_chunk(&self, older_than_ms: i64, chunk: i64) -> Result<u64, StoreError> {
@@ -420,17 +425,18 @@ impl SqliteStore {
     /// In the caller's transaction (a [`super::audit::StoreTx`]), beside its audit entry.
     pub(super) async fn insert_api_token(conn: &mut SqliteConnection, t: &ApiToken) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO api_tokens (id, name, role, secret_hash, created_ms, expires_ms, revoked_ms, last_used_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO api_tokens (id, name, role, secret_hash, created_ms, expires_ms, revoked_ms, last_used_ms, scope)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )
         .bind(&t.id)
         .bind(&t.name)
-        .bind(t.role.as_str())
+        .bind(&t.role)
         .bind(&t.secret_hash)
         .bind(t.created_ms)
         .bind(t.expires_ms)
         .bind(t.revoked_ms)
         .bind(t.last_used_ms)
+        .bind(&t.scope)
         .execute(&mut *conn)
         .await?;
         Ok(())

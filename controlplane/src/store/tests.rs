@@ -404,6 +404,7 @@ async fn checks_filter_by_status_host_and_selector_with_pagination() {
             selector: Selector::parse("role!=db").unwrap(),
             status: Some(CheckStatus::Ok),
             host_id: None,
+            ..CheckFilter::default()
         };
         assert_eq!(all_checks(&store, &not_db).await.len(), 4);
 
@@ -489,7 +490,7 @@ async fn api_tokens_are_stored_hashed_and_can_expire_or_be_revoked() {
         let token = auth::create_admin_token(&store, "ops", None).await.unwrap();
         let (id, secret) = auth::parse_token(&token).unwrap();
         let stored = store.find_api_token(id).await.unwrap().unwrap();
-        assert_eq!((stored.name.as_str(), stored.role), ("ops", Role::Admin));
+        assert_eq!((stored.name.as_str(), stored.role.as_str()), ("ops", "admin"));
         assert_eq!(stored.secret_hash, auth::hash_secret(secret));
         assert!(!stored.secret_hash.contains(secret));
         assert!(auth::token_is_valid(&store, &token).await);
@@ -531,7 +532,7 @@ async fn api_tokens_are_stored_hashed_and_can_expire_or_be_revoked() {
         assert!(!auth::token_is_valid(&store, &token).await);
         let list = store.list_api_tokens().await.unwrap();
         assert_eq!(list.len(), 2);
-        assert!(list.iter().any(|t| t.role == Role::Viewer && t.expires_ms.is_some()));
+        assert!(list.iter().any(|t| t.role == "viewer" && t.expires_ms.is_some()));
         assert!(auth::create_admin_token(&store, "  ", None).await.is_err());
     })
     .await;

@@ -4,7 +4,10 @@
 mod backup;
 mod gateway_refusals;
 mod identity;
+mod jobs;
+mod jobs_actions;
 mod pipeline;
 mod quickstart;
+mod rbac;
 mod service;
 mod terraform;

@@ -257,7 +257,7 @@ pub fn run(cfg: &BackupConfig, now: i64) -> Result<BackupReport, BackupError> {
     let _ = std::fs::remove_file(dir.join(format!(".{id}.command.partial")));
     let (manifest, skipped) = result?;
     sync_dir(&dir)?;
-    let deleted = prune(cfg, &dir)?;
+    let deleted = prune(cfg, &dir, &id)?;
     let verified = if cfg.verify_after {
         verify_locked(cfg, &dir, &manifest)?;
         Some(true)
@@ -358,9 +358,17 @@ pub fn list_snapshots(cfg: &BackupConfig) -> Result<Vec<Manifest>, BackupError> 
     Ok(out)
 }
 
-/// Deletes the snapshots retention does not keep; returns their IDs.
-fn prune(cfg: &BackupConfig, dir: &Path) -> Result<Vec<String>, BackupError> {
-    let snapshots = list_snapshots(cfg)?;
+/// Deletes the snapshots retention does not keep; returns their IDs. The
+/// snapshot `newest` (just written) counts as the newest even when others
+/// share its second, so a run never deletes its own snapshot.
+fn prune(cfg: &BackupConfig, dir: &Path, newest: &str) -> Result<Vec<String>, BackupError> {
+    let mut snapshots = list_snapshots(cfg)?;
+    if let Some(i) = snapshots.iter().position(|m| m.id == newest)
+        && snapshots[i].created_at >= snapshots[0].created_at
+    {
+        let m = snapshots.remove(i);
+        snapshots.insert(0, m);
+    }
     let times: Vec<i64> = snapshots.iter().map(|m| m.created_at).collect();
     let keep = retention::keep(&times, &cfg.retention());
     let mut deleted = Vec::new();

@@ -147,6 +147,41 @@ pub fn excluded(path: &Path, patterns: &[String]) -> bool {
     })
 }
 
+/// The backup's RPO in seconds, if it has one.
+pub fn rpo_secs(cfg: &BackupConfig) -> Option<u64> {
+    cfg.rpo.map(|r| r.as_std().as_secs())
+}
+
+/// `result_json` of a successful `backup.run` (assigned or scheduled): the
+/// report plus `created_at` (unix seconds) and the backup's `rpo_secs`, which
+/// the control plane needs for `GET /api/v1/backups`.
+pub fn run_json(cfg: &BackupConfig, report: &BackupReport, created_at: i64) -> serde_json::Value {
+    let mut v = serde_json::to_value(report).unwrap_or_else(|_| serde_json::json!({ "backup": cfg.name }));
+    if let Some(map) = v.as_object_mut() {
+        map.insert("created_at".into(), created_at.into());
+        map.insert("rpo_secs".into(), rpo_secs(cfg).into());
+    }
+    v
+}
+
+/// `result_json` of a successful `backup.verify`.
+pub fn verify_json(cfg: &BackupConfig, report: &VerifyReport) -> serde_json::Value {
+    let mut v = serde_json::to_value(report).unwrap_or_else(|_| serde_json::json!({ "backup": cfg.name }));
+    if let Some(map) = v.as_object_mut() {
+        map.insert("rpo_secs".into(), rpo_secs(cfg).into());
+    }
+    v
+}
+
+/// `result_json` of a failed `backup.run` (`verify` false) or `backup.verify` (`verified: false`).
+pub fn failed_json(cfg: &BackupConfig, verify: bool) -> serde_json::Value {
+    let mut v = serde_json::json!({ "backup": cfg.name, "rpo_secs": rpo_secs(cfg) });
+    if verify {
+        v["verified"] = false.into();
+    }
+    v
+}
+
 /// Age of the last good snapshot against the RPO.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BackupStatus {

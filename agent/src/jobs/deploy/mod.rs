@@ -27,7 +27,7 @@ use steward_shared::config::ConfigError;
 use steward_shared::units::{ByteSize, Duration};
 
 pub use health::HealthConfig;
-pub use service::{ServiceManager, Systemctl};
+pub use service::{CommandService, ServiceManager, Systemctl};
 pub use unpack::{ArchiveKind, UnpackError};
 
 /// One `[[apps]]` table.

@@ -1,0 +1,194 @@
+//! Job queue throughput through the store, as the control plane runs it:
+//! enqueue (audited) → claim (audited, SKIP LOCKED on PostgreSQL) → complete
+//! (an agent's `finished` report applied in the ingest transaction, audited),
+//! in jobs per second; and, on PostgreSQL, a bare `FOR UPDATE SKIP LOCKED`
+//! claim/complete loop on the same server for comparison. Figures are
+//! printed as JSON, never asserted.
+//!
+//! `cargo run --release -p steward-bench --bin bench-queue -- --jobs 5000`
+//! `... -- --postgres` (a fresh database on `STEWARD_TEST_PG_URL`)
+use std::time::Instant;
+
+use anyhow::Result;
+use clap::Parser;
+use steward_controlplane::audit::{AuditEntry, Outcome};
+use steward_controlplane::jobs::{JobEventKind, JobReport, JobSettings, NewJob, new_job_id};
+use steward_controlplane::model::IngestBatch;
+use steward_controlplane::store::Store;
+use steward_controlplane::store::jobs::{JobBatch, JobIngest};
+use steward_controlplane::store::testdb::{TestBackend, fresh_database_url};
+
+#[derive(Parser)]
+struct Args {
+    /// Jobs to push through.
+    #[arg(long, default_value_t = 5000)]
+    jobs: usize,
+    /// Hosts the jobs are spread over.
+    #[arg(long, default_value_t = 100)]
+    hosts: usize,
+    /// Use PostgreSQL (`STEWARD_TEST_PG_URL`) instead of SQLite.
+    #[arg(long)]
+    postgres: bool,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let backend = if args.postgres {
+        TestBackend::Postgres
+    } else {
+        TestBackend::Sqlite
+    };
+    let url = fresh_database_url(backend).await;
+    let store = Store::connect(&url).await?;
+    store.migrate().await?;
+    let hosts: Vec<String> = (0..args.hosts).map(|i| format!("h{i:04}")).collect();
+    let settings = JobSettings {
+        max_running_per_host: u32::MAX / 2,
+        ..JobSettings::default()
+    };
+
+    let started = Instant::now();
+    for chunk in (0..args.jobs).collect::<Vec<_>>().chunks(100) {
+        let now = steward_shared::now_ms();
+        let jobs: Vec<NewJob> = chunk
+            .iter()
+            .map(|i| NewJob {
+                id: new_job_id(now),
+                action: "checks.run".into(),
+                params: Default::default(),
+                host_id: hosts[i % hosts.len()].clone(),
+                max_attempts: 1,
+                timeout_secs: 60,
+                idempotency_key: None,
+                rollout_id: None,
+                created_by: "token:bench".into(),
+            })
+            .collect();
+        let audit: Vec<AuditEntry> = jobs
+            .iter()
+            .map(|j| AuditEntry::new("token:bench", "jobs.create", Outcome::Success).target(format!("job:{}", j.id)))
+            .collect();
+        store.enqueue_jobs(&jobs, &audit, now).await?;
+    }
+    let enqueue_secs = started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    let mut done = 0usize;
+    let mut seq = 0u64;
+    while done < args.jobs {
+        let now = steward_shared::now_ms();
+        let claimed = store.claim_jobs("bench", &hosts, now, 256, &settings).await?;
+        if claimed.is_empty() {
+            break;
+        }
+        let mut by_host: std::collections::BTreeMap<String, Vec<JobReport>> = Default::default();
+        for c in &claimed {
+            seq += 1;
+            by_host.entry(c.host_id.clone()).or_default().push(JobReport {
+                seq,
+                job_id: c.job_id.clone(),
+                attempt_id: c.attempt_id.clone(),
+                event: JobEventKind::Finished {
+                    outcome: "succeeded".into(),
+                    reason: String::new(),
+                    result_json: "{}".into(),
+                    finished_at_ms: now,
+                    action: String::new(),
+                    params: Default::default(),
+                    started_at_ms: now,
+                },
+            });
+        }
+        let batches: Vec<IngestBatch> = by_host
+            .keys()
+            .map(|h| IngestBatch {
+                host_id: h.clone(),
+                results: Vec::new(),
+                spool_dropped_total: 0,
+            })
+            .collect();
+        let job_batches: Vec<JobBatch> = by_host
+            .into_iter()
+            .map(|(host_id, reports)| JobBatch { host_id, reports })
+            .collect();
+        let jobs = JobIngest {
+            batches: &job_batches,
+            settings: settings.clone(),
+        };
+        store
+            .ingest_with_jobs(&batches, &jobs, steward_shared::now_ms())
+            .await?;
+        done += claimed.len();
+    }
+    let run_secs = started.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({
+            "bench": "queue",
+            "backend": store.backend_name(),
+            "jobs": done,
+            "enqueue_jobs_per_s": (args.jobs as f64 / enqueue_secs).round(),
+            "claim_complete_jobs_per_s": (done as f64 / run_secs).round(),
+            "end_to_end_jobs_per_s": (done as f64 / (enqueue_secs + run_secs)).round(),
+        })
+    );
+    store.close().await;
+
+    if args.postgres {
+        bare_skip_locked(&url, args.jobs).await?;
+    }
+    Ok(())
+}
+
+/// The same enqueue → claim → complete cycle with nothing but a table and
+/// `FOR UPDATE SKIP LOCKED` (no audit, no fencing), 256 per claim.
+async fn bare_skip_locked(url: &str, n: usize) -> Result<()> {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(url)
+        .await?;
+    sqlx::query("CREATE TABLE bare_jobs (id BIGSERIAL PRIMARY KEY, state TEXT NOT NULL, owner TEXT)")
+        .execute(&pool)
+        .await?;
+    let started = Instant::now();
+    for _ in 0..n.div_ceil(100) {
+        sqlx::query("INSERT INTO bare_jobs (state) SELECT 'queued' FROM generate_series(1, 100)")
+            .execute(&pool)
+            .await?;
+    }
+    let enqueue_secs = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let mut done = 0usize;
+    loop {
+        let mut tx = pool.begin().await?;
+        let ids: Vec<(i64,)> = sqlx::query_as(
+            "WITH c AS (SELECT id FROM bare_jobs WHERE state = 'queued' ORDER BY id LIMIT 256 FOR UPDATE SKIP LOCKED)
+             UPDATE bare_jobs SET state = 'running', owner = 'bench' FROM c WHERE bare_jobs.id = c.id RETURNING bare_jobs.id",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        if ids.is_empty() {
+            break;
+        }
+        let ids: Vec<i64> = ids.into_iter().map(|r| r.0).collect();
+        sqlx::query("UPDATE bare_jobs SET state = 'succeeded' WHERE id = ANY($1) AND owner = 'bench'")
+            .bind(&ids)
+            .execute(&pool)
+            .await?;
+        done += ids.len();
+    }
+    let run_secs = started.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({
+            "bench": "queue_bare_skip_locked",
+            "backend": "postgres",
+            "jobs": done,
+            "claim_complete_jobs_per_s": (done as f64 / run_secs).round(),
+            "end_to_end_jobs_per_s": (done as f64 / (enqueue_secs + run_secs)).round(),
+        })
+    );
+    Ok(())
+}

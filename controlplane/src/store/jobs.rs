@@ -1,0 +1,1211 @@
+//! The job queue in the store: enqueue (idempotent on a key), claim (SQLite
+//! through the one writer; PostgreSQL with `FOR UPDATE SKIP LOCKED`, so
+//! several control planes on one database never claim a job twice), accept,
+//! the agent's reports (applied inside the ingest transaction), lease sweeps,
+//! cancellation, and the backup status derived from backup results.
+//! Statements are written once for both backends with the idioms of
+//! [`super::sql`]; every state change appends its audit entry in the same
+//! transaction.
+//!
+//! Invariants:
+//! - A job is claimed only for a host connected to the claiming process, and
+//!   at most `max_running_per_host` jobs of a host are dispatched or running.
+//! - Writes that end an attempt are fenced: the agent's result on
+//!   `id`, `attempt` and `attempt_id` (the lease token the agent journals),
+//!   sweeps additionally on the `lease_owner` and lease expiry they saw.
+//! - Output is kept up to the configured cap, deduplicated by offset.
+use std::collections::{BTreeMap, HashMap};
+
+use sqlx::{Postgres, Sqlite, Transaction};
+
+use super::audit::{append_postgres, append_sqlite};
+use super::sql::{AnyRow, B, Conn};
+use super::{Backend, IngestRows, Store, StoreError};
+use crate::audit::{AuditEntry, Outcome, actor};
+use crate::jobs::{
+    Applied, CancelOrder, Claimed, Job, JobEventKind, JobFilter, JobReport, JobSettings, JobState, NewJob,
+    state_of_outcome,
+};
+use crate::model::{IngestBatch, Page};
+
+pub(super) const JOB_COLUMNS: &str = "id, action, params, host_id, state, attempt, max_attempts, attempt_id, \
+     lease_owner, lease_expires_ms, timeout_secs, next_run_ms, created_ms, updated_ms, dispatched_ms, started_ms, \
+     finished_ms, outcome, reason, result, progress, output_bytes, output_truncated, cancel_requested, \
+     idempotency_key, rollout_id, source, created_by";
+
+/// Result of [`Store::enqueue_jobs`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Enqueued {
+    /// New jobs were created.
+    Created(Vec<Job>),
+    /// The idempotency key was used before: its jobs, unchanged.
+    Existing(Vec<Job>),
+}
+
+/// Result of [`Store::cancel_job`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum CancelResult {
+    NotFound,
+    /// It had not been dispatched: cancelled at once.
+    Cancelled(Job),
+    /// It is with an agent: the agent is told to stop it.
+    Requested(Job),
+    /// It had already ended.
+    AlreadyEnded(Job),
+}
+
+/// Per host and backup: the last good snapshot and the last verification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupStatus {
+    pub host_id: String,
+    pub name: String,
+    pub last_snapshot: Option<String>,
+    pub last_snapshot_ms: Option<i64>,
+    pub last_snapshot_job: Option<String>,
+    pub last_files: Option<i64>,
+    pub last_bytes: Option<i64>,
+    pub last_run_ms: Option<i64>,
+    pub last_run_outcome: Option<String>,
+    pub last_run_reason: Option<String>,
+    pub rpo_secs: Option<i64>,
+    pub last_verify_ms: Option<i64>,
+    pub last_verify_ok: Option<bool>,
+    pub last_verify_snapshot: Option<String>,
+    pub last_verify_reason: Option<String>,
+}
+
+/// A write transaction of either backend.
+pub(super) enum JTx {
+    Lite(Transaction<'static, Sqlite>),
+    Pg(Transaction<'static, Postgres>),
+}
+
+impl JTx {
+    pub(super) async fn begin(store: &Store) -> Result<JTx, StoreError> {
+        Ok(match &store.backend {
+            Backend::Sqlite(b) => JTx::Lite(b.write.begin_with("BEGIN IMMEDIATE").await?),
+            Backend::Postgres(b) => JTx::Pg(b.pool.begin().await?),
+        })
+    }
+
+    pub(super) fn conn(&mut self) -> Conn<'_> {
+        match self {
+            JTx::Lite(tx) => Conn::Lite(tx),
+            JTx::Pg(tx) => Conn::Pg(tx),
+        }
+    }
+
+    /// Appends `entries` to the audit log, then commits.
+    pub(super) async fn commit(mut self, entries: &[AuditEntry], now_ms: i64) -> Result<(), StoreError> {
+        match &mut self {
+            JTx::Lite(tx) => {
+                append_sqlite(tx, entries, now_ms).await?;
+            }
+            JTx::Pg(tx) => {
+                append_postgres(tx, entries, now_ms).await?;
+            }
+        }
+        match self {
+            JTx::Lite(tx) => tx.commit().await?,
+            JTx::Pg(tx) => tx.commit().await?,
+        }
+        Ok(())
+    }
+}
+
+/// A read connection of either backend.
+enum JRead {
+    Lite(sqlx::pool::PoolConnection<Sqlite>),
+    Pg(sqlx::pool::PoolConnection<Postgres>),
+}
+
+impl JRead {
+    async fn acquire(store: &Store) -> Result<JRead, StoreError> {
+        Ok(match &store.backend {
+            Backend::Sqlite(b) => JRead::Lite(b.read.acquire().await?),
+            Backend::Postgres(b) => JRead::Pg(b.pool.acquire().await?),
+        })
+    }
+
+    fn conn(&mut self) -> Conn<'_> {
+        match self {
+            JRead::Lite(c) => Conn::Lite(c),
+            JRead::Pg(c) => Conn::Pg(c),
+        }
+    }
+}
+
+fn u(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn params_json(params: &BTreeMap<String, String>) -> String {
+    serde_json::to_string(params).unwrap_or_else(|_| "{}".into())
+}
+
+fn params_from(json: &str) -> BTreeMap<String, String> {
+    serde_json::from_str(json).unwrap_or_default()
+}
+
+pub(super) fn job_from(row: &AnyRow) -> Result<Job, StoreError> {
+    let state = row.text("state")?;
+    Ok(Job {
+        id: row.text("id")?,
+        action: row.text("action")?,
+        params: params_from(&row.text("params")?),
+        host_id: row.text("host_id")?,
+        state: JobState::parse(&state).ok_or_else(|| StoreError::Invalid(format!("unknown job state {state:?}")))?,
+        attempt: u32::try_from(row.int("attempt")?).unwrap_or(0),
+        max_attempts: u32::try_from(row.int("max_attempts")?).unwrap_or(1),
+        attempt_id: row.opt_text("attempt_id")?,
+        lease_owner: row.opt_text("lease_owner")?,
+        lease_expires_ms: row.opt_int("lease_expires_ms")?,
+        timeout_secs: u(row.int("timeout_secs")?),
+        next_run_ms: row.int("next_run_ms")?,
+        created_ms: row.int("created_ms")?,
+        updated_ms: row.int("updated_ms")?,
+        dispatched_ms: row.opt_int("dispatched_ms")?,
+        started_ms: row.opt_int("started_ms")?,
+        finished_ms: row.opt_int("finished_ms")?,
+        outcome: row.opt_text("outcome")?,
+        reason: row.opt_text("reason")?,
+        result: row.opt_text("result")?,
+        progress: row.opt_text("progress")?,
+        output_bytes: u(row.int("output_bytes")?),
+        output_truncated: row.int("output_truncated")? != 0,
+        cancel_requested: row.int("cancel_requested")? != 0,
+        idempotency_key: row.opt_text("idempotency_key")?,
+        rollout_id: row.opt_text("rollout_id")?,
+        source: row.text("source")?,
+        created_by: row.text("created_by")?,
+    })
+}
+
+fn sel(where_: &str) -> String {
+    format!("SELECT {JOB_COLUMNS} FROM jobs {where_}")
+}
+
+fn system(action: &str, job: &str) -> AuditEntry {
+    AuditEntry::new(actor::SYSTEM, action, Outcome::Success).target(format!("job:{job}"))
+}
+
+fn by_host(host: &str, action: &str, job: &str) -> AuditEntry {
+    AuditEntry::new(actor::host(host), action, Outcome::Success).target(format!("job:{job}"))
+}
+
+fn is_unique_violation(e: &StoreError) -> bool {
+    match e {
+        StoreError::Database(sqlx::Error::Database(d)) => d.is_unique_violation(),
+        _ => false,
+    }
+}
+
+impl Store {
+    /// Creates `jobs` with their audit entries (`audit[i]` for `jobs[i]`) in
+    /// one transaction. With an idempotency key already used, nothing is
+    /// created and the key's jobs are returned.
+    pub async fn enqueue_jobs(
+        &self,
+        jobs: &[NewJob],
+        audit: &[AuditEntry],
+        now_ms: i64,
+    ) -> Result<Enqueued, StoreError> {
+        let key = jobs.first().and_then(|j| j.idempotency_key.clone());
+        for _ in 0..3 {
+            let mut tx = JTx::begin(self).await?;
+            if let Some(key) = &key {
+                let rows = tx
+                    .conn()
+                    .fetch(&sel("WHERE idempotency_key = $1 ORDER BY id"), &[B::T(key)])
+                    .await?;
+                if !rows.is_empty() {
+                    return Ok(Enqueued::Existing(rows.iter().map(job_from).collect::<Result<_, _>>()?));
+                }
+            }
+            let mut inserted = Ok(());
+            for j in jobs {
+                let params = params_json(&j.params);
+                let r = tx
+                    .conn()
+                    .exec(
+                        "INSERT INTO jobs (id, action, params, host_id, state, attempt, max_attempts, timeout_secs, \
+                             next_run_ms, created_ms, updated_ms, idempotency_key, rollout_id, source, created_by)
+                         VALUES ($1, $2, $3, $4, 'queued', 0, $5, $6, $7, $7, $7, $8, $9, 'api', $10)",
+                        &[
+                            B::T(&j.id),
+                            B::T(&j.action),
+                            B::T(&params),
+                            B::T(&j.host_id),
+                            B::I(i64::from(j.max_attempts)),
+                            B::I(i64::try_from(j.timeout_secs).unwrap_or(i64::MAX)),
+                            B::I(now_ms),
+                            B::OT(j.idempotency_key.as_deref()),
+                            B::OT(j.rollout_id.as_deref()),
+                            B::T(&j.created_by),
+                        ],
+                    )
+                    .await;
+                if let Err(e) = r {
+                    inserted = Err(e);
+                    break;
+                }
+            }
+            match inserted {
+                Ok(()) => {}
+                // Another request with the same key won the race: read its jobs.
+                Err(e) if key.is_some() && is_unique_violation(&e) => continue,
+                Err(e) => return Err(e),
+            }
+            let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
+            let rows = tx
+                .conn()
+                .fetch(&sel("WHERE id IN_LIST($1) ORDER BY id"), &[B::List(&ids)])
+                .await?;
+            let mut created: Vec<Job> = rows.iter().map(job_from).collect::<Result<_, _>>()?;
+            // In the order asked for.
+            created.sort_by_key(|j| ids.iter().position(|i| *i == j.id));
+            tx.commit(audit, now_ms).await?;
+            return Ok(Enqueued::Created(created));
+        }
+        Err(StoreError::Invalid("idempotency key contention: try again".into()))
+    }
+
+    /// One job by ID.
+    pub async fn get_job(&self, id: &str) -> Result<Option<Job>, StoreError> {
+        let mut c = JRead::acquire(self).await?;
+        let row = c.conn().fetch_one(&sel("WHERE id = $1"), &[B::T(id)]).await?;
+        row.as_ref().map(job_from).transpose()
+    }
+
+    /// Jobs matching `filter`, newest first, after (older than) the ID `before`.
+    pub async fn list_jobs(
+        &self,
+        filter: &JobFilter,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Job>, StoreError> {
+        let limit = limit.max(1);
+        let state = filter.state.map(JobState::as_str);
+        let mut c = JRead::acquire(self).await?;
+        let rows = c
+            .conn()
+            .fetch(
+                &sel(
+                    "WHERE ($1 = '' OR id < $1) AND ($2 = '' OR state = $2) AND ($3 = '' OR host_id = $3) \
+                      AND ($4 = '' OR action = $4) ORDER BY id DESC LIMIT $5",
+                ),
+                &[
+                    B::T(before.unwrap_or("")),
+                    B::T(state.unwrap_or("")),
+                    B::T(filter.host_id.as_deref().unwrap_or("")),
+                    B::T(filter.action.as_deref().unwrap_or("")),
+                    B::I(i64::try_from(limit + 1).unwrap_or(i64::MAX)),
+                ],
+            )
+            .await?;
+        let mut items: Vec<Job> = rows.iter().map(job_from).collect::<Result<_, _>>()?;
+        let has_more = items.len() > limit;
+        items.truncate(limit);
+        Ok(Page { items, has_more })
+    }
+
+    /// The stored output of a job's current attempt (None: no such job).
+    pub async fn job_output(&self, id: &str) -> Result<Option<(Job, Vec<u8>)>, StoreError> {
+        let Some(job) = self.get_job(id).await? else {
+            return Ok(None);
+        };
+        let mut c = JRead::acquire(self).await?;
+        let rows = c
+            .conn()
+            .fetch(
+                "SELECT pos, data FROM job_output WHERE job_id = $1 AND attempt = $2 ORDER BY pos",
+                &[B::T(id), B::I(i64::from(job.attempt))],
+            )
+            .await?;
+        let mut out = Vec::new();
+        for r in rows {
+            let pos = u(r.int("pos")?) as usize;
+            let data = r.bytes("data")?;
+            if pos > out.len() {
+                out.resize(pos, b'?');
+            }
+            if pos + data.len() > out.len() {
+                let skip = out.len() - pos;
+                out.extend_from_slice(&data[skip.min(data.len())..]);
+            }
+        }
+        Ok(Some((job, out)))
+    }
+
+    /// Cancels a job: a queued one at once, one with an agent by asking the
+    /// agent (the dispatcher delivers `JobCancel`); audited with `audit`.
+    pub async fn cancel_job(&self, id: &str, audit: AuditEntry, now_ms: i64) -> Result<CancelResult, StoreError> {
+        let mut tx = JTx::begin(self).await?;
+        let Some(row) = tx.conn().fetch_one(&sel("WHERE id = $1"), &[B::T(id)]).await? else {
+            return Ok(CancelResult::NotFound);
+        };
+        let job = job_from(&row)?;
+        let (sql, immediate) = match job.state {
+            JobState::Queued => (
+                "UPDATE jobs SET state = 'cancelled', reason = 'cancelled before it was dispatched', \
+                     finished_ms = $2, updated_ms = $2, cancel_requested = 1 WHERE id = $1 AND state = 'queued'",
+                true,
+            ),
+            JobState::Dispatched | JobState::Running if !job.cancel_requested => (
+                "UPDATE jobs SET cancel_requested = 1, updated_ms = $2 \
+                 WHERE id = $1 AND state IN ('dispatched', 'running')",
+                false,
+            ),
+            JobState::Dispatched | JobState::Running => return Ok(CancelResult::Requested(job)),
+            _ => return Ok(CancelResult::AlreadyEnded(job)),
+        };
+        if tx.conn().exec(sql, &[B::T(id), B::I(now_ms)]).await? != 1 {
+            return Ok(CancelResult::AlreadyEnded(job));
+        }
+        let row = tx.conn().fetch_one(&sel("WHERE id = $1"), &[B::T(id)]).await?;
+        let job = row
+            .as_ref()
+            .map(job_from)
+            .transpose()?
+            .ok_or_else(|| StoreError::Invalid("the job vanished while being cancelled".into()))?;
+        let entry = audit.target(format!("job:{id}")).details(serde_json::json!({
+            "state": job.state.as_str(),
+            "attempt": job.attempt,
+            "immediate": immediate,
+        }));
+        tx.commit(std::slice::from_ref(&entry), now_ms).await?;
+        Ok(if immediate {
+            CancelResult::Cancelled(job)
+        } else {
+            CancelResult::Requested(job)
+        })
+    }
+
+    /// Claims up to `limit` attempts for `hosts` (the hosts connected to the
+    /// claiming process `owner`): new attempts of queued jobs that are due,
+    /// and the same attempt again for dispatched jobs whose lease expired
+    /// before the agent accepted. Audited (`jobs.dispatch`).
+    pub async fn claim_jobs(
+        &self,
+        owner: &str,
+        hosts: &[String],
+        now_ms: i64,
+        limit: usize,
+        settings: &JobSettings,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        if hosts.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let lease = now_ms.saturating_add(settings.dispatch_lease_ms);
+        let lim = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut tx = JTx::begin(self).await?;
+        let mut c = tx.conn();
+        let mut out = Vec::new();
+        let mut audit = Vec::new();
+
+        // Attempts sent before whose lease expired unaccepted: the same attempt again.
+        let stale = c
+            .fetch(
+                "SELECT id, attempt FROM jobs WHERE state = 'dispatched' AND lease_expires_ms < $1 \
+                 AND cancel_requested = 0 AND host_id IN_LIST($2) ORDER BY id LIMIT $3 SKIP_LOCKED",
+                &[B::I(now_ms), B::List(hosts), B::I(lim)],
+            )
+            .await?;
+        for r in &stale {
+            let (id, attempt) = (r.text("id")?, r.int("attempt")?);
+            let rows = c
+                .fetch(
+                    &format!(
+                        "UPDATE jobs SET lease_owner = $1, lease_expires_ms = $2, updated_ms = $3 \
+                         WHERE id = $4 AND attempt = $5 AND state = 'dispatched' AND lease_expires_ms < $3 \
+                         RETURNING {JOB_COLUMNS}"
+                    ),
+                    &[B::T(owner), B::I(lease), B::I(now_ms), B::T(&id), B::I(attempt)],
+                )
+                .await?;
+            if let Some(row) = rows.first() {
+                let job = job_from(row)?;
+                audit.push(system("jobs.dispatch", &job.id).details(serde_json::json!({
+                    "host": job.host_id, "attempt": job.attempt, "attempt_id": job.attempt_id,
+                    "owner": owner, "resend": true,
+                })));
+                out.push(claimed(job, true));
+            }
+        }
+
+        // Free slots per host.
+        let busy = c
+            .fetch(
+                "SELECT host_id, count(*) AS n FROM jobs WHERE state IN ('dispatched', 'running') \
+                 AND host_id IN_LIST($1) GROUP BY host_id",
+                &[B::List(hosts)],
+            )
+            .await?;
+        let mut slots: HashMap<String, i64> = hosts
+            .iter()
+            .map(|h| (h.clone(), i64::from(settings.max_running_per_host)))
+            .collect();
+        for r in &busy {
+            if let Some(s) = slots.get_mut(&r.text("host_id")?) {
+                *s -= r.int("n")?;
+            }
+        }
+        let free: Vec<String> = slots.iter().filter(|(_, n)| **n > 0).map(|(h, _)| h.clone()).collect();
+        let room = limit.saturating_sub(out.len());
+        if !free.is_empty() && room > 0 {
+            let due = c
+                .fetch(
+                    "SELECT id, host_id FROM jobs WHERE state = 'queued' AND next_run_ms <= $1 \
+                     AND host_id IN_LIST($2) ORDER BY next_run_ms, id LIMIT $3 SKIP_LOCKED",
+                    &[
+                        B::I(now_ms),
+                        B::List(&free),
+                        B::I(i64::try_from(room * 4).unwrap_or(i64::MAX)),
+                    ],
+                )
+                .await?;
+            for r in &due {
+                if out.len() >= limit {
+                    break;
+                }
+                let (id, host) = (r.text("id")?, r.text("host_id")?);
+                let Some(slot) = slots.get_mut(&host).filter(|n| **n > 0) else {
+                    continue;
+                };
+                let rows = c
+                    .fetch(
+                        &format!(
+                            "UPDATE jobs SET state = 'dispatched', attempt = attempt + 1, \
+                                 attempt_id = id || '-a' || (attempt + 1), lease_owner = $1, lease_expires_ms = $2, \
+                                 dispatched_ms = $3, started_ms = NULL, finished_ms = NULL, updated_ms = $3, \
+                                 output_bytes = 0, output_truncated = 0, progress = NULL \
+                             WHERE id = $4 AND state = 'queued' RETURNING {JOB_COLUMNS}"
+                        ),
+                        &[B::T(owner), B::I(lease), B::I(now_ms), B::T(&id)],
+                    )
+                    .await?;
+                if let Some(row) = rows.first() {
+                    *slot -= 1;
+                    let job = job_from(row)?;
+                    audit.push(system("jobs.dispatch", &job.id).details(serde_json::json!({
+                        "host": job.host_id, "attempt": job.attempt, "attempt_id": job.attempt_id, "owner": owner,
+                    })));
+                    out.push(claimed(job, false));
+                }
+            }
+        }
+        if out.is_empty() {
+            return Ok(out);
+        }
+        tx.commit(&audit, now_ms).await?;
+        Ok(out)
+    }
+
+    /// The agent of `host_id` accepted `attempt_id`: the job is running, with
+    /// a lease of its timeout plus the grace. False when nothing changed
+    /// (unknown, stale or repeated acceptance).
+    pub async fn accept_job(
+        &self,
+        host_id: &str,
+        job_id: &str,
+        attempt_id: &str,
+        now_ms: i64,
+        settings: &JobSettings,
+    ) -> Result<bool, StoreError> {
+        let mut tx = JTx::begin(self).await?;
+        let rows = tx
+            .conn()
+            .fetch(
+                "UPDATE jobs SET state = 'running', started_ms = $1, updated_ms = $1, \
+                     lease_expires_ms = $1 + timeout_secs * 1000 + $2 \
+                 WHERE id = $3 AND attempt_id = $4 AND host_id = $5 AND state = 'dispatched' RETURNING attempt",
+                &[
+                    B::I(now_ms),
+                    B::I(settings.timeout_grace_ms),
+                    B::T(job_id),
+                    B::T(attempt_id),
+                    B::T(host_id),
+                ],
+            )
+            .await?;
+        let Some(row) = rows.first() else {
+            return Ok(false);
+        };
+        let attempt = row.int("attempt")?;
+        let entry = by_host(host_id, "jobs.start", job_id)
+            .details(serde_json::json!({ "attempt": attempt, "attempt_id": attempt_id }));
+        tx.commit(std::slice::from_ref(&entry), now_ms).await?;
+        Ok(true)
+    }
+
+    /// Ends what the agents no longer will: running jobs past their lease
+    /// (timeout plus grace) time out; dispatched jobs cancelled before the
+    /// agent accepted them are cancelled. Fenced on the lease each saw.
+    pub async fn sweep_jobs(&self, now_ms: i64, settings: &JobSettings) -> Result<Applied, StoreError> {
+        let mut tx = JTx::begin(self).await?;
+        let mut c = tx.conn();
+        let rows = c
+            .fetch(
+                &sel("WHERE state IN ('dispatched', 'running') AND lease_expires_ms < $1 \
+                      AND (state = 'running' OR cancel_requested = 1) ORDER BY id LIMIT 500"),
+                &[B::I(now_ms)],
+            )
+            .await?;
+        let mut applied = Applied::default();
+        let mut audit = Vec::new();
+        for r in &rows {
+            let job = job_from(r)?;
+            let (outcome, reason) = if job.state == JobState::Running {
+                ("timed_out", "no result from the agent within the job's timeout")
+            } else {
+                ("cancelled", "cancelled before the agent accepted it")
+            };
+            let fence = Fence {
+                id: &job.id,
+                attempt: job.attempt,
+                attempt_id: job.attempt_id.as_deref().unwrap_or(""),
+                lease: Some((job.lease_owner.as_deref(), job.lease_expires_ms)),
+            };
+            let end = End {
+                outcome,
+                reason,
+                result: None,
+                finished_ms: now_ms,
+                started_ms: job.started_ms.unwrap_or(now_ms),
+            };
+            if let Some((state, entries)) = finish(&mut c, &job, &fence, &end, settings, actor::SYSTEM).await? {
+                applied.finished.push((state, job.action.clone()));
+                applied.ended(&job.host_id, &job.action, outcome, now_ms);
+                audit.extend(entries);
+            }
+        }
+        if audit.is_empty() {
+            return Ok(applied);
+        }
+        // Timeouts count towards job-success SLOs, in this transaction.
+        super::slo::count_jobs(&mut c, &applied.outcomes, &self.sli_index(), now_ms).await?;
+        tx.commit(&audit, now_ms).await?;
+        Ok(applied)
+    }
+
+    /// Cancellations to deliver to `hosts` (connected here).
+    pub async fn pending_cancels(&self, hosts: &[String]) -> Result<Vec<CancelOrder>, StoreError> {
+        if hosts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut c = JRead::acquire(self).await?;
+        let rows = c
+            .conn()
+            .fetch(
+                "SELECT id, attempt_id, host_id FROM jobs WHERE cancel_requested = 1 \
+                 AND state IN ('dispatched', 'running') AND host_id IN_LIST($1) LIMIT 1000",
+                &[B::List(hosts)],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(CancelOrder {
+                    job_id: r.text("id")?,
+                    attempt_id: r.opt_text("attempt_id")?.unwrap_or_default(),
+                    host_id: r.text("host_id")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Jobs per state (for the queue-depth gauge).
+    pub async fn job_counts(&self) -> Result<BTreeMap<JobState, u64>, StoreError> {
+        let mut c = JRead::acquire(self).await?;
+        let rows = c
+            .conn()
+            .fetch("SELECT state, count(*) AS n FROM jobs GROUP BY state", &[])
+            .await?;
+        let mut out = BTreeMap::new();
+        for r in rows {
+            if let Some(s) = JobState::parse(&r.text("state")?) {
+                out.insert(s, u(r.int("n")?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Backup status per host and backup, by host then name.
+    pub async fn list_backups(&self, host_id: Option<&str>) -> Result<Vec<BackupStatus>, StoreError> {
+        let mut c = JRead::acquire(self).await?;
+        let rows = c
+            .conn()
+            .fetch(
+                "SELECT * FROM backup_status WHERE ($1 = '' OR host_id = $1) ORDER BY host_id, name",
+                &[B::T(host_id.unwrap_or(""))],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(BackupStatus {
+                    host_id: r.text("host_id")?,
+                    name: r.text("name")?,
+                    last_snapshot: r.opt_text("last_snapshot")?,
+                    last_snapshot_ms: r.opt_int("last_snapshot_ms")?,
+                    last_snapshot_job: r.opt_text("last_snapshot_job")?,
+                    last_files: r.opt_int("last_files")?,
+                    last_bytes: r.opt_int("last_bytes")?,
+                    last_run_ms: r.opt_int("last_run_ms")?,
+                    last_run_outcome: r.opt_text("last_run_outcome")?,
+                    last_run_reason: r.opt_text("last_run_reason")?,
+                    rpo_secs: r.opt_int("rpo_secs")?,
+                    last_verify_ms: r.opt_int("last_verify_ms")?,
+                    last_verify_ok: r.opt_int("last_verify_ok")?.map(|v| v != 0),
+                    last_verify_snapshot: r.opt_text("last_verify_snapshot")?,
+                    last_verify_reason: r.opt_text("last_verify_reason")?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// One host's job reports, ingested with its check results.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobBatch {
+    pub host_id: String,
+    pub reports: Vec<JobReport>,
+}
+
+/// The job part of an ingest call.
+#[derive(Debug, Clone, Default)]
+pub struct JobIngest<'a> {
+    pub batches: &'a [JobBatch],
+    pub settings: JobSettings,
+}
+
+impl Store {
+    /// [`Store::ingest`] plus job reports, in the same transaction (so one
+    /// `Ack` covers both); returns what the reports changed.
+    pub async fn ingest_with_jobs(
+        &self,
+        batches: &[IngestBatch],
+        jobs: &JobIngest<'_>,
+        now_ms: i64,
+    ) -> Result<Applied, StoreError> {
+        if batches.is_empty() && jobs.batches.is_empty() {
+            return Ok(Applied::default());
+        }
+        let mut rows = IngestRows::prepare(batches)?;
+        // Job reports carry sequence numbers too: the host's stored maximum covers them.
+        for jb in jobs.batches {
+            let top = jb.reports.iter().map(|r| r.seq).max().unwrap_or(0);
+            let top = i64::try_from(top).map_err(|_| StoreError::Invalid(format!("sequence {top} is out of range")))?;
+            if let Some(h) = rows.hosts.iter_mut().find(|h| h.id == jb.host_id) {
+                h.max_seq = h.max_seq.max(top);
+            }
+        }
+        let sli = self.sli_index();
+        match &self.backend {
+            Backend::Sqlite(b) => b.ingest(&rows, jobs, now_ms, &sli).await,
+            Backend::Postgres(b) => b.ingest(&rows, jobs, now_ms, &sli).await,
+        }
+    }
+}
+
+/// Called by both backends' ingest just before their commit.
+pub(super) async fn apply_in_ingest(
+    mut c: Conn<'_>,
+    jobs: &JobIngest<'_>,
+    now_ms: i64,
+    sli: &crate::slo::sli::SliIndex,
+) -> Result<Applied, StoreError> {
+    let mut applied = Applied::default();
+    let mut audit = Vec::new();
+    for jb in jobs.batches {
+        audit.extend(apply_reports(&mut c, &jb.host_id, &jb.reports, now_ms, &jobs.settings, &mut applied).await?);
+    }
+    // Ended attempts count towards job-success SLOs in this same transaction.
+    super::slo::count_jobs(&mut c, &applied.outcomes, sli, now_ms).await?;
+    if !audit.is_empty() {
+        match &mut c {
+            Conn::Lite(conn) => append_sqlite(conn, &audit, now_ms).await?,
+            Conn::Pg(conn) => append_postgres(conn, &audit, now_ms).await?,
+        };
+    }
+    Ok(applied)
+}
+
+fn claimed(job: Job, resend: bool) -> Claimed {
+    Claimed {
+        attempt_id: job.attempt_id.clone().unwrap_or_default(),
+        ready_ms: if resend {
+            job.updated_ms
+        } else {
+            job.next_run_ms.max(job.created_ms)
+        },
+        job_id: job.id,
+        host_id: job.host_id,
+        action: job.action,
+        params: job.params,
+        timeout_secs: job.timeout_secs,
+        resend,
+    }
+}
+
+/// Which attempt a write may end.
+struct Fence<'a> {
+    id: &'a str,
+    attempt: u32,
+    attempt_id: &'a str,
+    /// For sweeps: the lease owner and expiry seen.
+    lease: Option<(Option<&'a str>, Option<i64>)>,
+}
+
+/// How an attempt ended.
+struct End<'a> {
+    outcome: &'a str,
+    reason: &'a str,
+    result: Option<&'a str>,
+    finished_ms: i64,
+    started_ms: i64,
+}
+
+/// Ends the attempt of `job` (fenced): terminal, or queued again with a
+/// backoff while attempts remain, or `discarded` once retries are spent.
+/// Returns the new state and the audit entries, or None when the fence
+/// refused the write.
+async fn finish(
+    c: &mut Conn<'_>,
+    job: &Job,
+    fence: &Fence<'_>,
+    end: &End<'_>,
+    settings: &JobSettings,
+    who: &str,
+) -> Result<Option<(JobState, Vec<AuditEntry>)>, StoreError> {
+    let (mut state, retryable) = state_of_outcome(end.outcome, end.reason);
+    let retry = retryable && !job.cancel_requested && job.attempt < job.max_attempts;
+    if retryable && !retry && !job.cancel_requested && job.max_attempts > 1 {
+        state = JobState::Discarded;
+    }
+    let next_run = if retry {
+        end.finished_ms.saturating_add(settings.retry_delay_ms(job.attempt))
+    } else {
+        job.next_run_ms
+    };
+    let new_state = if retry { JobState::Queued } else { state };
+    let (owner, expires) = fence.lease.unwrap_or((None, None));
+    let lease_fence = if fence.lease.is_some() {
+        " AND lease_owner IS NOT DISTINCT FROM $11 AND lease_expires_ms IS NOT DISTINCT FROM $12"
+    } else {
+        " AND $11 IS NULL AND $12 IS NULL"
+    };
+    let sql = format!(
+        "UPDATE jobs SET state = $1, outcome = $2, reason = $3, result = $4, \
+             finished_ms = $5, started_ms = coalesce(started_ms, $6), next_run_ms = $7, \
+             lease_owner = NULL, lease_expires_ms = NULL, updated_ms = $13 \
+         WHERE id = $8 AND attempt = $9 AND attempt_id = $10 AND state IN ('dispatched', 'running'){lease_fence}"
+    );
+    let finished_ms = (!retry).then_some(end.finished_ms);
+    let n = c
+        .exec(
+            &sql,
+            &[
+                B::T(new_state.as_str()),
+                B::T(end.outcome),
+                B::OT(Some(end.reason).filter(|r| !r.is_empty())),
+                B::OT(end.result),
+                B::OI(finished_ms),
+                B::I(end.started_ms),
+                B::I(next_run),
+                B::T(fence.id),
+                B::I(i64::from(fence.attempt)),
+                B::T(fence.attempt_id),
+                B::OT(owner),
+                B::OI(expires),
+                B::I(end.finished_ms),
+            ],
+        )
+        .await?;
+    if n != 1 {
+        return Ok(None);
+    }
+    let mut entries = vec![
+        AuditEntry::new(who, "jobs.finish", Outcome::Success)
+            .target(format!("job:{}", job.id))
+            .details(serde_json::json!({
+                "host": job.host_id, "attempt": job.attempt, "attempt_id": fence.attempt_id,
+                "outcome": end.outcome, "reason": end.reason, "state": state.as_str(),
+            })),
+    ];
+    if retry {
+        entries.push(system("jobs.retry", &job.id).details(serde_json::json!({
+            "attempt": job.attempt, "max_attempts": job.max_attempts, "next_run_ms": next_run,
+        })));
+    } else if state == JobState::Discarded {
+        entries.push(system("jobs.discard", &job.id).details(serde_json::json!({
+            "attempts": job.attempt, "reason": end.reason,
+        })));
+    }
+    Ok(Some((new_state, entries)))
+}
+
+/// Applies one host's job reports inside the ingest transaction `c`;
+/// returns the audit entries to append before its commit.
+pub(super) async fn apply_reports(
+    c: &mut Conn<'_>,
+    host_id: &str,
+    reports: &[JobReport],
+    now_ms: i64,
+    settings: &JobSettings,
+    applied: &mut Applied,
+) -> Result<Vec<AuditEntry>, StoreError> {
+    let mut audit = Vec::new();
+    for r in reports {
+        match &r.event {
+            JobEventKind::Progress {
+                stage,
+                percent,
+                message,
+            } => {
+                let progress =
+                    serde_json::json!({ "stage": stage, "percent": percent, "message": message }).to_string();
+                c.exec(
+                    "UPDATE jobs SET progress = $1, updated_ms = $2 \
+                     WHERE id = $3 AND host_id = $4 AND attempt_id = $5 AND state IN ('dispatched', 'running')",
+                    &[
+                        B::T(&progress),
+                        B::I(now_ms),
+                        B::T(&r.job_id),
+                        B::T(host_id),
+                        B::T(&r.attempt_id),
+                    ],
+                )
+                .await?;
+            }
+            JobEventKind::Output {
+                offset,
+                data,
+                truncated,
+            } => {
+                apply_output(c, host_id, r, *offset, data, *truncated, settings).await?;
+            }
+            JobEventKind::Finished {
+                outcome,
+                reason,
+                result_json,
+                finished_at_ms,
+                action,
+                params,
+                started_at_ms,
+            } => {
+                let result = Some(result_json.as_str()).filter(|s| !s.is_empty());
+                if r.job_id.is_empty() {
+                    record_local_run(
+                        c,
+                        host_id,
+                        r,
+                        outcome,
+                        reason,
+                        result,
+                        *finished_at_ms,
+                        action,
+                        params,
+                        *started_at_ms,
+                        now_ms,
+                        &mut audit,
+                        applied,
+                    )
+                    .await?;
+                    continue;
+                }
+                let row = c
+                    .fetch_one(
+                        &sel("WHERE id = $1 AND host_id = $2 AND attempt_id = $3"),
+                        &[B::T(&r.job_id), B::T(host_id), B::T(&r.attempt_id)],
+                    )
+                    .await?;
+                let Some(job) = row.as_ref().map(job_from).transpose()? else {
+                    tracing::info!(job = %r.job_id, attempt = %r.attempt_id, "result for an unknown attempt ignored");
+                    continue;
+                };
+                if job.state.is_terminal() || job.state == JobState::Queued {
+                    tracing::info!(job = %job.id, state = %job.state, "late result of an ended attempt ignored");
+                    continue;
+                }
+                let fence = Fence {
+                    id: &job.id,
+                    attempt: job.attempt,
+                    attempt_id: &r.attempt_id,
+                    lease: None,
+                };
+                let finished_ms = if *finished_at_ms > 0 { *finished_at_ms } else { now_ms };
+                let end = End {
+                    outcome,
+                    reason,
+                    result,
+                    finished_ms,
+                    started_ms: if *started_at_ms > 0 {
+                        *started_at_ms
+                    } else {
+                        job.started_ms.unwrap_or(finished_ms)
+                    },
+                };
+                if let Some((state, entries)) = finish(c, &job, &fence, &end, settings, &actor::host(host_id)).await? {
+                    applied.finished.push((state, job.action.clone()));
+                    applied.ended(host_id, &job.action, outcome, finished_ms);
+                    audit.extend(entries);
+                    let params = job.params.clone();
+                    update_backup_status(
+                        c,
+                        host_id,
+                        &job.id,
+                        &job.action,
+                        &params,
+                        outcome,
+                        reason,
+                        result,
+                        finished_ms,
+                    )
+                    .await?;
+                }
+            }
+        }
+    }
+    Ok(audit)
+}
+
+async fn apply_output(
+    c: &mut Conn<'_>,
+    host_id: &str,
+    r: &JobReport,
+    offset: u64,
+    data: &[u8],
+    truncated: bool,
+    settings: &JobSettings,
+) -> Result<(), StoreError> {
+    let Some(row) = c
+        .fetch_one(
+            "SELECT attempt, output_bytes FROM jobs WHERE id = $1 AND host_id = $2 AND attempt_id = $3",
+            &[B::T(&r.job_id), B::T(host_id), B::T(&r.attempt_id)],
+        )
+        .await?
+    else {
+        return Ok(());
+    };
+    let (attempt, stored) = (row.int("attempt")?, u(row.int("output_bytes")?));
+    let end = offset.saturating_add(data.len() as u64);
+    if end <= stored && !truncated {
+        return Ok(()); // a resend of output already kept
+    }
+    let start = offset.max(stored);
+    let skip = (start - offset) as usize;
+    let room = settings.output_cap.saturating_sub(start);
+    let keep = (data.len().saturating_sub(skip) as u64).min(room) as usize;
+    let cut = truncated || keep < data.len().saturating_sub(skip);
+    if keep > 0 {
+        c.exec(
+            "INSERT INTO job_output (job_id, attempt, pos, data) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (job_id, attempt, pos) DO NOTHING",
+            &[
+                B::T(&r.job_id),
+                B::I(attempt),
+                B::I(i64::try_from(start).unwrap_or(i64::MAX)),
+                B::Bytes(&data[skip..skip + keep]),
+            ],
+        )
+        .await?;
+    }
+    let new_len = if keep > 0 { start + keep as u64 } else { stored };
+    c.exec(
+        "UPDATE jobs SET output_bytes = $1, output_truncated = CASE WHEN $2 = 1 THEN 1 ELSE output_truncated END \
+         WHERE id = $3 AND attempt = $4",
+        &[
+            B::I(i64::try_from(new_len).unwrap_or(i64::MAX)),
+            B::I(i64::from(cut)),
+            B::T(&r.job_id),
+            B::I(attempt),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// A run the agent started itself (a scheduled backup or verification):
+/// recorded once as a finished job of source `local`.
+#[allow(clippy::too_many_arguments)]
+async fn record_local_run(
+    c: &mut Conn<'_>,
+    host_id: &str,
+    r: &JobReport,
+    outcome: &str,
+    reason: &str,
+    result: Option<&str>,
+    finished_at_ms: i64,
+    action: &str,
+    params: &BTreeMap<String, String>,
+    started_at_ms: i64,
+    now_ms: i64,
+    audit: &mut Vec<AuditEntry>,
+    applied: &mut Applied,
+) -> Result<(), StoreError> {
+    if r.attempt_id.is_empty() || action.is_empty() {
+        return Ok(());
+    }
+    let (state, _) = state_of_outcome(outcome, reason);
+    let finished = if finished_at_ms > 0 { finished_at_ms } else { now_ms };
+    let started = if started_at_ms > 0 { started_at_ms } else { finished };
+    let params_text = params_json(params);
+    let n = c
+        .exec(
+            "INSERT INTO jobs (id, action, params, host_id, state, attempt, max_attempts, attempt_id, timeout_secs, \
+                 next_run_ms, created_ms, updated_ms, dispatched_ms, started_ms, finished_ms, outcome, reason, result, \
+                 source, created_by)
+             VALUES ($1, $2, $3, $4, $5, 1, 1, $1, 0, $6, $6, $7, $6, $6, $8, $9, $10, $11, 'local', $12)
+             ON CONFLICT (id) DO NOTHING",
+            &[
+                B::T(&r.attempt_id),
+                B::T(action),
+                B::T(&params_text),
+                B::T(host_id),
+                B::T(state.as_str()),
+                B::I(started),
+                B::I(now_ms),
+                B::I(finished),
+                B::T(outcome),
+                B::OT(Some(reason).filter(|s| !s.is_empty())),
+                B::OT(result),
+                B::T(&actor::host(host_id)),
+            ],
+        )
+        .await?;
+    if n == 1 {
+        applied.finished.push((state, action.to_string()));
+        applied.ended(host_id, action, outcome, finished);
+        audit.push(
+            by_host(host_id, "jobs.local_run", &r.attempt_id)
+                .details(serde_json::json!({ "action": action, "outcome": outcome, "reason": reason })),
+        );
+        update_backup_status(
+            c,
+            host_id,
+            &r.attempt_id,
+            action,
+            params,
+            outcome,
+            reason,
+            result,
+            finished,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Updates `backup_status` from a finished `backup.run` / `backup.verify`.
+#[allow(clippy::too_many_arguments)]
+async fn update_backup_status(
+    c: &mut Conn<'_>,
+    host_id: &str,
+    job_id: &str,
+    action: &str,
+    params: &BTreeMap<String, String>,
+    outcome: &str,
+    reason: &str,
+    result: Option<&str>,
+    finished_ms: i64,
+) -> Result<(), StoreError> {
+    if action != "backup.run" && action != "backup.verify" {
+        return Ok(());
+    }
+    let json: serde_json::Value = result.and_then(|r| serde_json::from_str(r).ok()).unwrap_or_default();
+    let name = json
+        .get("backup")
+        .and_then(|v| v.as_str())
+        .map(str::to_string)
+        .or_else(|| params.get("name").cloned());
+    let Some(name) = name.filter(|n| !n.is_empty()) else {
+        return Ok(());
+    };
+    let snapshot = json.get("snapshot").and_then(|v| v.as_str());
+    let rpo = json.get("rpo_secs").and_then(|v| v.as_i64());
+    let reason = Some(reason).filter(|r| !r.is_empty());
+    c.exec(
+        "INSERT INTO backup_status (host_id, name) VALUES ($1, $2) ON CONFLICT (host_id, name) DO NOTHING",
+        &[B::T(host_id), B::T(&name)],
+    )
+    .await?;
+    if rpo.is_some() {
+        c.exec(
+            "UPDATE backup_status SET rpo_secs = $1 WHERE host_id = $2 AND name = $3",
+            &[B::OI(rpo), B::T(host_id), B::T(&name)],
+        )
+        .await?;
+    }
+    let ok = outcome == "succeeded";
+    if action == "backup.run" {
+        c.exec(
+            "UPDATE backup_status SET last_run_ms = $1, last_run_outcome = $2, last_run_reason = $3 \
+             WHERE host_id = $4 AND name = $5 AND (last_run_ms IS NULL OR last_run_ms <= $1)",
+            &[
+                B::I(finished_ms),
+                B::T(outcome),
+                B::OT(reason),
+                B::T(host_id),
+                B::T(&name),
+            ],
+        )
+        .await?;
+        if ok && let Some(snapshot) = snapshot {
+            let files = json.get("files").and_then(|v| v.as_i64());
+            let bytes = json.get("bytes").and_then(|v| v.as_i64());
+            c.exec(
+                "UPDATE backup_status SET last_snapshot = $1, last_snapshot_ms = $2, last_snapshot_job = $3, \
+                     last_files = $4, last_bytes = $5 \
+                 WHERE host_id = $6 AND name = $7 AND (last_snapshot_ms IS NULL OR last_snapshot_ms <= $2)",
+                &[
+                    B::T(snapshot),
+                    B::I(finished_ms),
+                    B::T(job_id),
+                    B::OI(files),
+                    B::OI(bytes),
+                    B::T(host_id),
+                    B::T(&name),
+                ],
+            )
+            .await?;
+        }
+        // A backup verified right after writing counts as a verification too.
+        if let Some(verified) = json.get("verified").and_then(|v| v.as_bool()) {
+            verify_update(c, host_id, &name, finished_ms, verified, snapshot, reason).await?;
+        }
+    } else {
+        let verified = ok && json.get("verified").and_then(|v| v.as_bool()).unwrap_or(true);
+        verify_update(c, host_id, &name, finished_ms, verified, snapshot, reason).await?;
+    }
+    Ok(())
+}
+
+async fn verify_update(
+    c: &mut Conn<'_>,
+    host_id: &str,
+    name: &str,
+    at_ms: i64,
+    ok: bool,
+    snapshot: Option<&str>,
+    reason: Option<&str>,
+) -> Result<(), StoreError> {
+    c.exec(
+        "UPDATE backup_status SET last_verify_ms = $1, last_verify_ok = $2, last_verify_snapshot = $3, \
+             last_verify_reason = $4 \
+         WHERE host_id = $5 AND name = $6 AND (last_verify_ms IS NULL OR last_verify_ms <= $1)",
+        &[
+            B::I(at_ms),
+            B::I(i64::from(ok)),
+            B::OT(snapshot),
+            B::OT(reason),
+            B::T(host_id),
+            B::T(name),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+mod visible;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,187 @@
+//! A thin layer for store modules whose statements are the same on both
+//! backends except for placeholders and two idioms: statements are written
+//! once with `$N` placeholders, `IN_LIST($N)` (a list of texts: SQLite
+//! `IN (SELECT value FROM json_each(?N))`, PostgreSQL `= ANY($N)`) and
+//! `SKIP_LOCKED` (PostgreSQL `FOR UPDATE SKIP LOCKED`; nothing on SQLite,
+//! whose one writer already serialises claims). [`Conn::lite`] shows the
+//! SQLite text of a statement. Used by [`super::jobs`].
+use sqlx::postgres::{PgArguments, PgConnection, PgRow};
+use sqlx::sqlite::{SqliteArguments, SqliteConnection, SqliteRow};
+use sqlx::{Arguments, AssertSqlSafe, Row};
+
+use super::StoreError;
+
+/// A bound value.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum B<'a> {
+    I(i64),
+    OI(Option<i64>),
+    T(&'a str),
+    OT(Option<&'a str>),
+    Bytes(&'a [u8]),
+    List(&'a [String]),
+}
+
+/// A connection (inside a transaction) of either backend.
+pub(super) enum Conn<'a> {
+    Lite(&'a mut SqliteConnection),
+    Pg(&'a mut PgConnection),
+}
+
+/// A row of either backend.
+pub(super) enum AnyRow {
+    Lite(SqliteRow),
+    Pg(PgRow),
+}
+
+impl AnyRow {
+    pub(super) fn text(&self, col: &str) -> Result<String, sqlx::Error> {
+        match self {
+            AnyRow::Lite(r) => r.try_get(col),
+            AnyRow::Pg(r) => r.try_get(col),
+        }
+    }
+    pub(super) fn opt_text(&self, col: &str) -> Result<Option<String>, sqlx::Error> {
+        match self {
+            AnyRow::Lite(r) => r.try_get(col),
+            AnyRow::Pg(r) => r.try_get(col),
+        }
+    }
+    pub(super) fn int(&self, col: &str) -> Result<i64, sqlx::Error> {
+        match self {
+            AnyRow::Lite(r) => r.try_get(col),
+            AnyRow::Pg(r) => r.try_get(col),
+        }
+    }
+    pub(super) fn opt_int(&self, col: &str) -> Result<Option<i64>, sqlx::Error> {
+        match self {
+            AnyRow::Lite(r) => r.try_get(col),
+            AnyRow::Pg(r) => r.try_get(col),
+        }
+    }
+    pub(super) fn bytes(&self, col: &str) -> Result<Vec<u8>, sqlx::Error> {
+        match self {
+            AnyRow::Lite(r) => r.try_get(col),
+            AnyRow::Pg(r) => r.try_get(col),
+        }
+    }
+}
+
+/// The SQLite text of a statement written for PostgreSQL with the idioms above.
+pub(super) fn lite(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 32);
+    let mut rest = sql;
+    while let Some(i) = rest.find("IN_LIST($") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + "IN_LIST($".len()..];
+        let end = after.find(')').unwrap_or(after.len());
+        out.push_str(&format!("IN (SELECT value FROM json_each(?{}))", &after[..end]));
+        rest = after.get(end + 1..).unwrap_or("");
+    }
+    out.push_str(rest);
+    out.replace("SKIP_LOCKED", "").replace('$', "?")
+}
+
+/// The PostgreSQL text of a statement.
+pub(super) fn pg(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut rest = sql;
+    while let Some(i) = rest.find("IN_LIST($") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + "IN_LIST($".len()..];
+        let end = after.find(')').unwrap_or(after.len());
+        out.push_str(&format!("= ANY(${})", &after[..end]));
+        rest = after.get(end + 1..).unwrap_or("");
+    }
+    out.push_str(rest);
+    out.replace("SKIP_LOCKED", "FOR UPDATE SKIP LOCKED")
+}
+
+fn lite_args(binds: &[B<'_>]) -> Result<SqliteArguments, StoreError> {
+    let mut a = SqliteArguments::default();
+    for b in binds {
+        let r = match *b {
+            B::I(v) => a.add(v),
+            B::OI(v) => a.add(v),
+            B::T(v) => a.add(v.to_string()),
+            B::OT(v) => a.add(v.map(str::to_string)),
+            B::Bytes(v) => a.add(v.to_vec()),
+            B::List(v) => a.add(serde_json::to_string(v).unwrap_or_else(|_| "[]".into())),
+        };
+        r.map_err(|e| StoreError::Invalid(format!("cannot bind a value: {e}")))?;
+    }
+    Ok(a)
+}
+
+fn pg_args(binds: &[B<'_>]) -> Result<PgArguments, StoreError> {
+    let mut a = PgArguments::default();
+    for b in binds {
+        let r = match *b {
+            B::I(v) => a.add(v),
+            B::OI(v) => a.add(v),
+            B::T(v) => a.add(v.to_string()),
+            B::OT(v) => a.add(v.map(str::to_string)),
+            B::Bytes(v) => a.add(v.to_vec()),
+            B::List(v) => a.add(v.to_vec()),
+        };
+        r.map_err(|e| StoreError::Invalid(format!("cannot bind a value: {e}")))?;
+    }
+    Ok(a)
+}
+
+impl Conn<'_> {
+    /// Runs a statement; returns the rows it affected.
+    pub(super) async fn exec(&mut self, sql: &str, binds: &[B<'_>]) -> Result<u64, StoreError> {
+        Ok(match self {
+            Conn::Lite(c) => sqlx::query_with(AssertSqlSafe(lite(sql)), lite_args(binds)?)
+                .execute(&mut **c)
+                .await?
+                .rows_affected(),
+            Conn::Pg(c) => sqlx::query_with(AssertSqlSafe(pg(sql)), pg_args(binds)?)
+                .execute(&mut **c)
+                .await?
+                .rows_affected(),
+        })
+    }
+
+    /// Runs a query; returns its rows.
+    pub(super) async fn fetch(&mut self, sql: &str, binds: &[B<'_>]) -> Result<Vec<AnyRow>, StoreError> {
+        Ok(match self {
+            Conn::Lite(c) => sqlx::query_with(AssertSqlSafe(lite(sql)), lite_args(binds)?)
+                .fetch_all(&mut **c)
+                .await?
+                .into_iter()
+                .map(AnyRow::Lite)
+                .collect(),
+            Conn::Pg(c) => sqlx::query_with(AssertSqlSafe(pg(sql)), pg_args(binds)?)
+                .fetch_all(&mut **c)
+                .await?
+                .into_iter()
+                .map(AnyRow::Pg)
+                .collect(),
+        })
+    }
+
+    /// The first row of a query, if any.
+    pub(super) async fn fetch_one(&mut self, sql: &str, binds: &[B<'_>]) -> Result<Option<AnyRow>, StoreError> {
+        Ok(self.fetch(sql, binds).await?.into_iter().next())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_translate_per_backend() {
+        let sql = "SELECT id FROM jobs WHERE host_id IN_LIST($1) AND n < $2 SKIP_LOCKED";
+        assert_eq!(
+            lite(sql),
+            "SELECT id FROM jobs WHERE host_id IN (SELECT value FROM json_each(?1)) AND n < ?2 "
+        );
+        assert_eq!(
+            pg(sql),
+            "SELECT id FROM jobs WHERE host_id = ANY($1) AND n < $2 FOR UPDATE SKIP LOCKED"
+        );
+    }
+}
