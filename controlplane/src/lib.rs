@@ -10,6 +10,7 @@
 //! - [`store`] — one storage interface, two backends, each with its own SQL and migrations.
 //! - [`api`] — the warp REST API (`/healthz`, `/readyz`, `/metrics`, `/api/v1/...`).
 //! - [`audit`] — the tamper-evident audit log: hash chain, signed checkpoints, export and verify.
+//! - [`rollouts`] — fleet-wide rollouts in waves: strategy, gates, the lease-holding driver.
 //! - [`metrics`] — Prometheus metrics shared by gateway and API.
 //! - [`rest_serve`] — serves the REST filter (HTTP or HTTPS) from our own accept loop.
 //! - [`server`] — `serve`: starts everything, shuts it down on signals.
@@ -30,6 +31,7 @@ pub mod pki_cli;
 pub mod quickstart;
 pub mod rbac;
 pub mod rest_serve;
+pub mod rollouts;
 pub mod server;
 pub mod store;
 

@@ -29,6 +29,7 @@ pub mod identity;
 pub mod jobs;
 mod postgres;
 pub mod rbac;
+pub mod rollouts;
 mod sql;
 mod sqlite;
 pub mod testdb;
