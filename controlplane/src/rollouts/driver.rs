@@ -71,7 +71,11 @@ impl Driver {
     pub async fn tick(&self, now_ms: i64) -> Result<usize, StoreError> {
         let mut held = 0;
         for id in self.store.active_rollouts().await? {
-            if !self.store.acquire_rollout_lease(&id, &self.owner, now_ms, LEASE_MS).await? {
+            if !self
+                .store
+                .acquire_rollout_lease(&id, &self.owner, now_ms, LEASE_MS)
+                .await?
+            {
                 continue;
             }
             held += 1;
@@ -126,7 +130,10 @@ impl Driver {
             .store
             .apply_rollout_step(id, version, &self.owner, &step, now_ms)
             .await?;
-        if applied && dispatched && let Some(j) = &self.jobs {
+        if applied
+            && dispatched
+            && let Some(j) = &self.jobs
+        {
             j.kick();
         }
         Ok(applied)
@@ -219,7 +226,16 @@ pub fn plan(snap: &Snapshot, now_ms: i64) -> RolloutStep {
         };
         h.reason = (job.state != JobState::Succeeded).then(|| {
             let why = job.reason.clone().unwrap_or_default();
-            format!("job {} {}{}", job.id, job.state.as_str(), if why.is_empty() { String::new() } else { format!(": {why}") })
+            format!(
+                "job {} {}{}",
+                job.id,
+                job.state.as_str(),
+                if why.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {why}")
+                }
+            )
         });
         h.finished_ms = Some(job.finished_ms.unwrap_or(now_ms));
         r.last_progress_ms = now_ms;
@@ -272,7 +288,10 @@ pub fn plan(snap: &Snapshot, now_ms: i64) -> RolloutStep {
                 );
                 stop(&mut r, why);
             } else if progress_late {
-                let why = format!("no progress for {}s (progress deadline)", r.strategy.progress_deadline_ms / 1000);
+                let why = format!(
+                    "no progress for {}s (progress deadline)",
+                    r.strategy.progress_deadline_ms / 1000
+                );
                 stop(&mut r, why);
             } else if r.state == RolloutState::Paused {
                 set_gate(&mut r, "paused");
@@ -338,7 +357,10 @@ pub fn plan(snap: &Snapshot, now_ms: i64) -> RolloutStep {
                     let done = *r.wave_done_ms.get_or_insert(now_ms);
                     let mut unhealthy = None;
                     let mut unknown = false;
-                    for h in hosts.iter().filter(|h| h.wave == wave && h.state == HostState::Succeeded) {
+                    for h in hosts
+                        .iter()
+                        .filter(|h| h.wave == wave && h.state == HostState::Succeeded)
+                    {
                         let checks = snap.checks.get(&h.host_id).map(Vec::as_slice).unwrap_or(&[]);
                         match health_of(&r.strategy.health, checks, h.finished_ms.unwrap_or(done)) {
                             Err(why) => {

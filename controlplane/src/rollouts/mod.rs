@@ -280,7 +280,9 @@ const MAX_DURATION_MS: u64 = 7 * 86_400_000;
 
 fn duration(field: &str, raw: &Option<String>, default_ms: u64, min_ms: u64) -> Result<u64, InvalidRollout> {
     let Some(raw) = raw else { return Ok(default_ms) };
-    let d: Duration = raw.parse().map_err(|e: steward_shared::units::UnitError| invalid(field, e.0))?;
+    let d: Duration = raw
+        .parse()
+        .map_err(|e: steward_shared::units::UnitError| invalid(field, e.0))?;
     let ms = u64::try_from(d.as_std().as_millis()).unwrap_or(u64::MAX);
     if ms < min_ms || ms > MAX_DURATION_MS {
         return Err(invalid(

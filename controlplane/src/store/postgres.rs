@@ -36,7 +36,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (4, "rbac", include_str!("../../migrations/postgres/0004_rbac.sql")),
     (5, "jobs", include_str!("../../migrations/postgres/0005_jobs.sql")),
-    (7, "rollouts", include_str!("../../migrations/postgres/0007_rollouts.sql")),
+    (
+        7,
+        "rollouts",
+        include_str!("../../migrations/postgres/0007_rollouts.sql"),
+    ),
 ];
 
 /// The answer to `backup` on PostgreSQL.

@@ -219,10 +219,7 @@ impl Store {
         let rows = c
             .conn()
             .fetch(
-                &format!(
-                    "SELECT {} FROM jobs WHERE rollout_id = $1",
-                    super::jobs::JOB_COLUMNS
-                ),
+                &format!("SELECT {} FROM jobs WHERE rollout_id = $1", super::jobs::JOB_COLUMNS),
                 &[B::T(id)],
             )
             .await?;
@@ -292,9 +289,11 @@ impl Store {
                 )
                 .await?;
             for r in rows {
-                out.entry(r.text("host_id")?)
-                    .or_default()
-                    .push((r.text("name")?, r.text("status")?, r.int("observed_ms")?));
+                out.entry(r.text("host_id")?).or_default().push((
+                    r.text("name")?,
+                    r.text("status")?,
+                    r.int("observed_ms")?,
+                ));
             }
         }
         Ok(out)
@@ -329,7 +328,12 @@ impl Store {
                 "UPDATE rollouts SET lease_owner = $1, lease_expires_ms = $2 WHERE id = $3 \
                  AND state IN ('running', 'paused', 'stopping', 'rolling_back') \
                  AND (lease_owner IS NULL OR lease_owner = $1 OR lease_expires_ms < $4)",
-                &[B::T(owner), B::I(now_ms.saturating_add(lease_ms)), B::T(id), B::I(now_ms)],
+                &[
+                    B::T(owner),
+                    B::I(now_ms.saturating_add(lease_ms)),
+                    B::T(id),
+                    B::I(now_ms),
+                ],
             )
             .await?;
         if n != 1 {

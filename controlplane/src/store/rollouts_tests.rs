@@ -71,7 +71,11 @@ impl Fleet {
                 attempt_id: c.attempt_id.clone(),
                 event: JobEventKind::Finished {
                     outcome: outcome.into(),
-                    reason: if outcome == "succeeded" { String::new() } else { "exit status 1".into() },
+                    reason: if outcome == "succeeded" {
+                        String::new()
+                    } else {
+                        "exit status 1".into()
+                    },
                     result_json: "{}".into(),
                     finished_at_ms: now,
                     action: String::new(),
@@ -89,7 +93,14 @@ impl Fleet {
                 reports: vec![report],
             }];
             self.store
-                .ingest_with_jobs(&[batch], &JobIngest { batches: &jb, settings: s.clone() }, now)
+                .ingest_with_jobs(
+                    &[batch],
+                    &JobIngest {
+                        batches: &jb,
+                        settings: s.clone(),
+                    },
+                    now,
+                )
                 .await
                 .unwrap();
         }
@@ -209,7 +220,11 @@ async fn waves_run_in_order_within_the_budget_to_success() {
         f.finish(&["h02"], "failed", t).await;
         f.finish(&["h03", "h04", "h05"], "succeeded", t).await;
         d.tick(t).await.unwrap();
-        assert_eq!(rollout(&store, &id).await.current_wave, 2, "one failure is within the budget");
+        assert_eq!(
+            rollout(&store, &id).await.current_wave,
+            2,
+            "one failure is within the budget"
+        );
         t += 10;
         f.finish(&["h06", "h07", "h08"], "succeeded", t).await;
         d.tick(t).await.unwrap();
@@ -228,7 +243,12 @@ async fn waves_run_in_order_within_the_budget_to_success() {
             .filter(|e| e.target.as_deref() == Some(&format!("rollout:{id}")))
             .map(|e| e.action.clone())
             .collect();
-        for a in ["rollouts.create", "rollouts.dispatch", "rollouts.wave_passed", "rollouts.transition"] {
+        for a in [
+            "rollouts.create",
+            "rollouts.dispatch",
+            "rollouts.wave_passed",
+            "rollouts.transition",
+        ] {
             assert!(actions.iter().any(|x| x == a), "{a} missing from {actions:?}");
         }
     })
@@ -252,7 +272,11 @@ async fn the_budget_counts_across_waves_and_changed_hosts_roll_back_newest_first
         t += 10;
         f.finish(&["h03"], "failed", t).await;
         d.tick(t).await.unwrap();
-        assert_eq!(rollout(&store, &id).await.current_wave, 3, "first failure within the budget");
+        assert_eq!(
+            rollout(&store, &id).await.current_wave,
+            3,
+            "first failure within the budget"
+        );
         t += 10;
         f.finish(&["h04"], "failed", t).await;
         d.tick(t).await.unwrap();
@@ -270,9 +294,20 @@ async fn the_budget_counts_across_waves_and_changed_hosts_roll_back_newest_first
         d.tick(t).await.unwrap();
         let r = rollout(&store, &id).await;
         assert_eq!(r.state, RolloutState::RolledBack, "{r:?}");
-        assert_eq!(in_state(&store, &id, HostState::Pending).await, vec!["h05"], "never touched");
+        assert_eq!(
+            in_state(&store, &id, HostState::Pending).await,
+            vec!["h05"],
+            "never touched"
+        );
         assert_one_job_per_host(&store, &id, "deploy.rollback").await;
-        assert!(store.rollout_jobs(&id).await.unwrap().values().all(|j| j.host_id != "h05"));
+        assert!(
+            store
+                .rollout_jobs(&id)
+                .await
+                .unwrap()
+                .values()
+                .all(|j| j.host_id != "h05")
+        );
     })
     .await;
 }
@@ -290,7 +325,11 @@ async fn a_failed_health_gate_after_the_canary_rolls_back_the_canary_only() {
         t += 10;
         f.finish(&["h01"], "succeeded", t).await;
         d.tick(t).await.unwrap();
-        assert_eq!(rollout(&store, &id).await.gate.as_deref(), Some("health"), "no result yet");
+        assert_eq!(
+            rollout(&store, &id).await.gate.as_deref(),
+            Some("health"),
+            "no result yet"
+        );
         t += 10;
         f.check("h01", "app-http", CheckStatus::Critical, t).await;
         d.tick(t).await.unwrap();
@@ -333,13 +372,18 @@ async fn pause_lets_running_jobs_finish_and_resume_continues() {
         let r = rollout(&store, &id).await;
         assert_eq!(r.state, RolloutState::Paused);
         assert_eq!(r.gate.as_deref(), Some("paused"));
-        assert_eq!(in_state(&store, &id, HostState::Succeeded).await, vec!["h01"], "the running job finished");
-        assert_eq!(in_state(&store, &id, HostState::Pending).await.len(), 2, "nothing new dispatched");
+        assert_eq!(
+            in_state(&store, &id, HostState::Succeeded).await,
+            vec!["h01"],
+            "the running job finished"
+        );
+        assert_eq!(
+            in_state(&store, &id, HostState::Pending).await.len(),
+            2,
+            "nothing new dispatched"
+        );
         t += 10;
-        store
-            .control_rollout(&id, Control::Resume, who(), t)
-            .await
-            .unwrap();
+        store.control_rollout(&id, Control::Resume, who(), t).await.unwrap();
         d.tick(t).await.unwrap();
         assert_eq!(in_state(&store, &id, HostState::Dispatched).await, vec!["h02", "h03"]);
         t += 10;
@@ -425,8 +469,11 @@ async fn a_host_outside_the_scope_at_dispatch_is_skipped() {
     on_each_backend(|store| async move {
         let mut f = Fleet::new(&store, 3, &[("app", "web"), ("team", "a")]).await;
         let id = start(&store, 3, strategy(1, "2", 0, false), "team=a").await;
-        let relabel: BTreeMap<String, String> =
-            [("app".to_string(), "web".to_string()), ("team".to_string(), "b".to_string())].into();
+        let relabel: BTreeMap<String, String> = [
+            ("app".to_string(), "web".to_string()),
+            ("team".to_string(), "b".to_string()),
+        ]
+        .into();
         store.set_host_labels("h03", &relabel).await.unwrap();
         let d = driver(&store, "cpA");
         let mut t = T0 + 1;
@@ -435,7 +482,14 @@ async fn a_host_outside_the_scope_at_dispatch_is_skipped() {
         f.finish(&["h01"], "succeeded", t).await;
         d.tick(t).await.unwrap();
         assert_eq!(in_state(&store, &id, HostState::Skipped).await, vec!["h03"]);
-        assert!(store.rollout_jobs(&id).await.unwrap().values().all(|j| j.host_id != "h03"));
+        assert!(
+            store
+                .rollout_jobs(&id)
+                .await
+                .unwrap()
+                .values()
+                .all(|j| j.host_id != "h03")
+        );
     })
     .await;
 }
