@@ -114,20 +114,20 @@ impl JTx {
 }
 
 /// A read connection of either backend.
-enum JRead {
+pub(super) enum JRead {
     Lite(sqlx::pool::PoolConnection<Sqlite>),
     Pg(sqlx::pool::PoolConnection<Postgres>),
 }
 
 impl JRead {
-    async fn acquire(store: &Store) -> Result<JRead, StoreError> {
+    pub(super) async fn acquire(store: &Store) -> Result<JRead, StoreError> {
         Ok(match &store.backend {
             Backend::Sqlite(b) => JRead::Lite(b.read.acquire().await?),
             Backend::Postgres(b) => JRead::Pg(b.pool.acquire().await?),
         })
     }
 
-    fn conn(&mut self) -> Conn<'_> {
+    pub(super) fn conn(&mut self) -> Conn<'_> {
         match self {
             JRead::Lite(c) => Conn::Lite(c),
             JRead::Pg(c) => Conn::Pg(c),

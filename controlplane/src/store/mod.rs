@@ -35,6 +35,7 @@ pub mod rbac;
 pub mod slo;
 #[cfg(test)]
 mod slo_tests;
+pub mod rollouts;
 mod sql;
 mod sqlite;
 pub mod testdb;

@@ -37,6 +37,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
     (4, "rbac", include_str!("../../migrations/postgres/0004_rbac.sql")),
     (5, "jobs", include_str!("../../migrations/postgres/0005_jobs.sql")),
     (6, "slo", include_str!("../../migrations/postgres/0006_slo.sql")),
+    (
+        7,
+        "rollouts",
+        include_str!("../../migrations/postgres/0007_rollouts.sql"),
+    ),
 ];
 
 /// The answer to `backup` on PostgreSQL.
