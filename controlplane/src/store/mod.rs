@@ -32,10 +32,10 @@ pub mod identity;
 pub mod jobs;
 mod postgres;
 pub mod rbac;
+pub mod rollouts;
 pub mod slo;
 #[cfg(test)]
 mod slo_tests;
-pub mod rollouts;
 mod sql;
 mod sqlite;
 pub mod testdb;
