@@ -198,8 +198,10 @@ async fn results_are_counted_once_per_slo_group_and_minute_on_every_backend() {
 
 #[tokio::test]
 async fn migrations_missing_below_the_newest_are_applied_later() {
-    // Other features add 0004 and 0005 after 0006 exists: a database migrated
-    // without them gets them on the next run, in version order.
+    // Features developed in parallel can add a migration numbered below one that
+    // is already applied: a database migrated without it gets it on the next run.
+    // Synthetic versions far above the real ones: 9003 is applied first, then
+    // 9001 and 9002 appear.
     for backend in TestBackend::selected() {
         let db = TestDatabase::create(backend).await;
         let store = db.store().await;
@@ -208,10 +210,10 @@ async fn migrations_missing_below_the_newest_are_applied_later() {
                 v,
                 Cow::Owned(format!("late{v}")),
                 MigrationType::Simple,
-                if v == 4 {
-                    "CREATE TABLE late_4 (x BIGINT)"
-                } else {
-                    "CREATE TABLE late_5 (x BIGINT)"
+                match v {
+                    9001 => "CREATE TABLE late_4 (x BIGINT)",
+                    9002 => "CREATE TABLE late_5 (x BIGINT)",
+                    _ => "CREATE TABLE newest_9003 (x BIGINT)",
                 }
                 .into_sql_str(),
                 false,
@@ -234,11 +236,12 @@ async fn migrations_missing_below_the_newest_are_applied_later() {
                     )
                 })
                 .collect();
+            v.push(extra(9003));
             if with_late {
-                v.push(extra(4));
-                v.push(extra(5));
-                v.sort_by_key(|m| m.version);
+                v.push(extra(9001));
+                v.push(extra(9002));
             }
+            v.sort_by_key(|m| m.version);
             v
         };
         let run = |with_late: bool| {

@@ -654,7 +654,7 @@ async fn two_stores_claiming_concurrently_never_claim_a_job_twice() {
 async fn ended_attempts_count_towards_job_success_slos_once() {
     on_each_backend(|store, _| async move {
         let s = JobSettings::default();
-        let t = 1_700_000_000_000;
+        let t: i64 = 1_700_000_000_000;
         let minute = t.div_euclid(60_000);
         store.agent_connected("web", &AgentHello::default(), t).await.unwrap();
         let spec: crate::slo::spec::SloSpec = serde_json::from_value(serde_json::json!({
