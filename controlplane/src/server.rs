@@ -189,6 +189,13 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
     ));
 
     let sweep = tokio::spawn(revocation_sweep(store.clone(), registry.clone(), shutdown.clone()));
+    // The SLO gate is not wired to an SLO engine in this build (README: Rollouts).
+    let rollouts = crate::rollouts::driver::start(
+        store.clone(),
+        jobs.clone(),
+        Arc::new(crate::rollouts::NotConfigured),
+        shutdown.clone(),
+    );
     let dispatcher =
         crate::jobs::dispatcher::start(store.clone(), registry.clone(), metrics.clone(), jobs, shutdown.clone());
 
@@ -202,7 +209,7 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
         endpoints,
         store,
         registry,
-        tasks: vec![rest, retention, sweep, dispatcher, audit.task],
+        tasks: vec![rest, retention, sweep, dispatcher, rollouts, audit.task],
         grpc,
     })
 }

@@ -49,6 +49,7 @@ pub mod problem;
 pub mod rbac;
 #[cfg(test)]
 mod rbac_tests;
+pub mod rollouts;
 pub mod routes;
 #[cfg(test)]
 mod tests;
@@ -189,6 +190,7 @@ pub fn routes(
         .and(warp::body::bytes())
         .then(identity::create_enrollment_token);
     let job_routes = jobs_routes(state.clone());
+    let rollout_routes = rollouts::routes(state.clone());
     let revoke_host = warp::path!("api" / "v1" / "hosts" / String / "revoke")
         .and(warp::post())
         .and(with_state(state.clone()))
@@ -223,6 +225,8 @@ pub fn routes(
         .or(openapi_doc)
         .unify()
         .or(job_routes)
+        .unify()
+        .or(rollout_routes)
         .unify()
         .map(|r: Result<Response, Problem>| r.unwrap_or_else(Problem::into_response));
 

@@ -94,6 +94,12 @@ pub const TABLE: &[RouteSpec] = &[
     route("GET", "/api/v1/jobs/{id}/output", "jobs:read", Hosts::One),
     route("POST", "/api/v1/jobs/{id}/cancel", "jobs:cancel", Hosts::One),
     route("GET", "/api/v1/backups", "backups:read", Hosts::Filtered),
+    route("POST", "/api/v1/rollouts", "rollouts:write", Hosts::Filtered),
+    route("GET", "/api/v1/rollouts", "rollouts:read", Hosts::Filtered),
+    route("GET", "/api/v1/rollouts/{id}", "rollouts:read", Hosts::One),
+    route("POST", "/api/v1/rollouts/{id}/pause", "rollouts:write", Hosts::One),
+    route("POST", "/api/v1/rollouts/{id}/resume", "rollouts:write", Hosts::One),
+    route("POST", "/api/v1/rollouts/{id}/abort", "rollouts:write", Hosts::One),
 ];
 
 /// The row of `method` `path` (a template, exactly as in [`TABLE`]).
