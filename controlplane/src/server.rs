@@ -199,6 +199,12 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
     ));
 
     let sweep = tokio::spawn(revocation_sweep(store.clone(), registry.clone(), shutdown.clone()));
+    let rollouts = crate::rollouts::driver::start(
+        store.clone(),
+        jobs.clone(),
+        Arc::new(crate::slo::gate::StoreSloGate { store: store.clone() }),
+        shutdown.clone(),
+    );
     let dispatcher =
         crate::jobs::dispatcher::start(store.clone(), registry.clone(), metrics.clone(), jobs, shutdown.clone());
 
@@ -212,7 +218,7 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
         endpoints,
         store,
         registry,
-        tasks: vec![rest, retention, sweep, dispatcher, audit.task, slo_engine],
+        tasks: vec![rest, retention, sweep, dispatcher, rollouts, audit.task, slo_engine],
         grpc,
     })
 }

@@ -49,6 +49,7 @@ pub mod problem;
 pub mod rbac;
 #[cfg(test)]
 mod rbac_tests;
+pub mod rollouts;
 pub mod routes;
 pub mod slo;
 #[cfg(test)]
@@ -196,6 +197,7 @@ pub fn routes(
         .and(warp::body::bytes())
         .then(identity::create_enrollment_token);
     let job_routes = jobs_routes(state.clone());
+    let rollout_routes = rollouts::routes(state.clone());
     let revoke_host = warp::path!("api" / "v1" / "hosts" / String / "revoke")
         .and(warp::post())
         .and(with_state(state.clone()))
@@ -226,6 +228,8 @@ pub fn routes(
         .unify()
         .or(audit_export)
         .unify()
+        // Boxed halfway: a long chain of `or` types makes type checking very slow.
+        .boxed()
         .or(rbac_routes)
         .unify()
         .or(openapi_doc)
@@ -233,6 +237,8 @@ pub fn routes(
         .or(job_routes)
         .unify()
         .or(slo_routes)
+        .unify()
+        .or(rollout_routes)
         .unify()
         .map(|r: Result<Response, Problem>| r.unwrap_or_else(Problem::into_response));
 

@@ -24,6 +24,7 @@ use super::jobs::{BackupView, CreateJob, CreatedJobs, JobView, OutputView};
 use super::params::Params;
 use super::problem::{PROBLEM_CONTENT_TYPE, Problem};
 use super::rbac::{CreateToken, PutLabels, PutRole, RoleView, TokenView};
+use super::rollouts::{AbortRollout, Counts, CreateRollout, RolloutHostView, RolloutView, WaveView};
 use super::views::{CheckView, HostView, ListView, ValueView};
 use crate::audit::export::AuditEntryView;
 use crate::model::StatusCounts;
@@ -113,6 +114,7 @@ impl Modify for BearerAuth {
         create_token, list_tokens, revoke_token, list_roles, get_role, put_role, delete_role,
         create_jobs, list_jobs, get_job, job_output, cancel_job, list_backups,
         put_slo, list_slos, get_slo,
+        create_rollout, list_rollouts, get_rollout, pause_rollout, resume_rollout, abort_rollout,
     ),
     components(schemas(
         Problem, HostView, CheckView, ValueView, StatusCounts, CheckStatusSchema, AuditEntryView,
@@ -120,6 +122,9 @@ impl Modify for BearerAuth {
         PutLabels, RuleSpec, Effect, RoleSource,
         CreateJob, CreatedJobs, JobView, JobStateSchema, OutputView, BackupView,
         SloSpec, SloStatus, SloSummary,
+        CreateRollout, AbortRollout, RolloutView, RolloutHostView, WaveView, Counts,
+        crate::rollouts::StrategySpec, crate::rollouts::Strategy, crate::rollouts::RollbackSpec,
+        crate::rollouts::RawAmount,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -370,3 +375,43 @@ fn list_slos() {}
 #[utoipa::path(get, path = "/api/v1/slos/{name}", params(("name" = String, Path)),
     responses((status = 200, description = "the SLO's status", body = SloStatus), Errors))]
 fn get_slo() {}
+// ---------------------------------------------------------------- rollouts
+
+/// Starts a rollout of `action` over the hosts `selector` matches on which
+/// the token holds `rollouts:write` (resolved once, now; hosts that match
+/// later are not added), in waves per `strategy`. Permission `rollouts:write`.
+#[utoipa::path(post, path = "/api/v1/rollouts", request_body = CreateRollout,
+    responses((status = 201, description = "started", body = RolloutView), Errors))]
+fn create_rollout() {}
+
+/// Rollouts whose every host the token may see, newest first. Permission `rollouts:read`.
+#[utoipa::path(get, path = "/api/v1/rollouts", params(
+    ("state" = Option<String>, Query, description = "only rollouts in this state"),
+    ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000),
+    ("cursor" = Option<String>, Query),
+), responses((status = 200, description = "a page of rollouts", body = ListView<RolloutView>), Errors))]
+fn list_rollouts() {}
+
+/// One rollout with its hosts. Permission `rollouts:read` on every host (else 404).
+#[utoipa::path(get, path = "/api/v1/rollouts/{id}", params(("id" = String, Path, description = "rollout ID")),
+    responses((status = 200, description = "the rollout", body = RolloutView), Errors))]
+fn get_rollout() {}
+
+/// Pauses a running rollout: running jobs finish, nothing new starts (409
+/// in another state). Permission `rollouts:write` on every host.
+#[utoipa::path(post, path = "/api/v1/rollouts/{id}/pause", params(("id" = String, Path, description = "rollout ID")),
+    responses((status = 200, description = "paused", body = RolloutView), Errors))]
+fn pause_rollout() {}
+
+/// Resumes a paused rollout (409 in another state). Permission `rollouts:write` on every host.
+#[utoipa::path(post, path = "/api/v1/rollouts/{id}/resume", params(("id" = String, Path, description = "rollout ID")),
+    responses((status = 200, description = "resumed", body = RolloutView), Errors))]
+fn resume_rollout() {}
+
+/// Aborts a rollout: nothing new starts, running jobs finish, then changed
+/// hosts are rolled back unless `{"rollback": false}`. Permission
+/// `rollouts:write` on every host.
+#[utoipa::path(post, path = "/api/v1/rollouts/{id}/abort", params(("id" = String, Path, description = "rollout ID")),
+    request_body = AbortRollout,
+    responses((status = 200, description = "aborting", body = RolloutView), Errors))]
+fn abort_rollout() {}

@@ -183,6 +183,7 @@ fn request_for(method: &str, template: &str) -> (String, Option<Json>) {
             "objectives": [{ "target": 0.99 }],
             "timeWindow": [{ "duration": "7d" }]
         })),
+        ("POST", "/api/v1/rollouts") => Some(json!({ "action": "checks.run", "selector": "team=a" })),
         (_, _) => None,
     };
     (path, body)

@@ -97,6 +97,12 @@ pub const TABLE: &[RouteSpec] = &[
     route("PUT", "/api/v1/slos/{name}", "slos:write", Hosts::Global),
     route("GET", "/api/v1/slos", "slos:read", Hosts::Global),
     route("GET", "/api/v1/slos/{name}", "slos:read", Hosts::Global),
+    route("POST", "/api/v1/rollouts", "rollouts:write", Hosts::Filtered),
+    route("GET", "/api/v1/rollouts", "rollouts:read", Hosts::Filtered),
+    route("GET", "/api/v1/rollouts/{id}", "rollouts:read", Hosts::One),
+    route("POST", "/api/v1/rollouts/{id}/pause", "rollouts:write", Hosts::One),
+    route("POST", "/api/v1/rollouts/{id}/resume", "rollouts:write", Hosts::One),
+    route("POST", "/api/v1/rollouts/{id}/abort", "rollouts:write", Hosts::One),
 ];
 
 /// The row of `method` `path` (a template, exactly as in [`TABLE`]).

@@ -439,9 +439,9 @@ pub fn new_rollout_id(now_ms: i64) -> String {
 }
 
 /// The SLO gate: whether the named SLOs' fast burn stays below the page
-/// threshold. The SLO engine lives on another branch; until it is wired in,
-/// [`NotConfigured`] answers [`SloVerdict::NotConfigured`] and the driver
-/// records that on the rollout (a visible note, never a silent pass).
+/// threshold. `serve` uses [`crate::slo::gate::StoreSloGate`]; a gate that
+/// answers [`SloVerdict::NotConfigured`] ([`NotConfigured`], in tests) makes
+/// the driver record that on the rollout (a visible note, never a silent pass).
 pub trait SloGate: Send + Sync + std::fmt::Debug {
     fn evaluate<'a>(
         &'a self,

@@ -5,6 +5,7 @@
 //! own requests and prunes old buckets ([`engine`]).
 pub mod engine;
 pub mod eval;
+pub mod gate;
 pub mod sli;
 pub mod spec;
 pub mod status;

@@ -271,3 +271,84 @@ async fn migrations_missing_below_the_newest_are_applied_later() {
         store.close().await;
     }
 }
+
+#[tokio::test]
+async fn the_rollout_slo_gate_closes_on_fast_burn_and_opens_when_it_stops() {
+    use crate::rollouts::{SloGate, SloVerdict};
+    use crate::slo::gate::StoreSloGate;
+    for backend in TestBackend::selected() {
+        eprintln!("--- backend: {}", backend.name());
+        let db = TestDatabase::create(backend).await;
+        let store = db.store().await;
+        for h in ["web-1", "web-2", "web-3", "web-4"] {
+            with_labels(&store, h, &[("app", "shop")]).await;
+        }
+        // 30-day window: the gate tier is page-1h unscaled (60 min and 5 min, 14.4x).
+        let checkout = spec(serde_json::json!({
+            "indicator": {"type": "checkAvailability", "check": "http", "selector": "app=shop"},
+            "objectives": [{"target": 0.99}], "timeWindow": [{"duration": "30d"}], "groupBy": "host"}));
+        store.put_slo("checkout", &checkout, entry(), 5).await.unwrap();
+        store.reload_sli_index().await.unwrap();
+        let gate = StoreSloGate { store: store.clone() };
+        let names = vec!["checkout".to_string()];
+        let minute = |m: i64| (MIN + m) * 60_000;
+        // One result per host and minute; `bad` hosts fail.
+        let report = |m: i64, bad: &'static [&'static str]| {
+            let store = store.clone();
+            async move {
+                let batches: Vec<IngestBatch> = ["web-1", "web-2", "web-3", "web-4"]
+                    .iter()
+                    .map(|h| IngestBatch {
+                        host_id: h.to_string(),
+                        results: vec![(
+                            m as u64 + 1,
+                            result(
+                                "http",
+                                if bad.contains(h) {
+                                    CheckStatus::Critical
+                                } else {
+                                    CheckStatus::Ok
+                                },
+                                minute(m) + 1_000,
+                                1_000,
+                            ),
+                        )],
+                        spool_dropped_total: 0,
+                    })
+                    .collect();
+                store.ingest(&batches, minute(m) + 2_000).await.unwrap();
+            }
+        };
+        // No events at all: sparse data never closes the gate.
+        assert_eq!(gate.evaluate(&names, minute(0)).await, SloVerdict::Holds);
+        // Every host healthy for an hour: holds.
+        for m in 0..60 {
+            report(m, &[]).await;
+        }
+        assert_eq!(gate.evaluate(&names, minute(59) + 30_000).await, SloVerdict::Holds);
+        // web-2 fails for 10 minutes: its group burns at 100x over 5 min and
+        // 10/60 / 0.01 = 16.7x over the hour, above 14.4x; the whole SLO
+        // (a quarter of that) does not, so the group closes the gate.
+        for m in 60..70 {
+            report(m, &["web-2"]).await;
+        }
+        match gate.evaluate(&names, minute(69) + 30_000).await {
+            SloVerdict::Burning { slo, detail } => {
+                assert_eq!(slo, "checkout");
+                assert!(detail.contains("group web-2") && detail.contains("14.4x"), "{detail}");
+            }
+            other => panic!("expected the gate closed, got {other:?}"),
+        }
+        // web-2 recovers: after 5 clean minutes the short window is clean and the gate opens.
+        for m in 70..75 {
+            report(m, &[]).await;
+        }
+        assert_eq!(gate.evaluate(&names, minute(74) + 30_000).await, SloVerdict::Holds);
+        // A gate naming an SLO that does not exist stays closed.
+        match gate.evaluate(&["nope".to_string()], minute(74)).await {
+            SloVerdict::Burning { slo, detail } => assert_eq!((slo.as_str(), detail.as_str()), ("nope", "no such SLO")),
+            other => panic!("expected the gate closed, got {other:?}"),
+        }
+        store.close().await;
+    }
+}
