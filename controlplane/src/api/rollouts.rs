@@ -452,24 +452,6 @@ pub async fn abort(
     .await
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bodies_name_the_offending_field() {
-        let e = parse_body::<CreateRollout>(br#"{"action": "exec", "selector": "a=b", "strategy": {"bacth": 1}}"#)
-            .unwrap_err();
-        assert_eq!(e.field.as_deref(), Some("strategy.bacth"));
-        let e = parse_body::<CreateRollout>(br#"{"action": "exec", "selector": "a=b", "strategy": {"canary": "x"}}"#)
-            .unwrap_err();
-        assert_eq!(e.field.as_deref(), Some("strategy.canary"));
-        let e = parse_body::<AbortRollout>(br#"{"rollback": "no"}"#).unwrap_err();
-        assert_eq!(e.field.as_deref(), Some("rollback"));
-    }
-}
-
-/// The rollout routes, boxed to keep the route type small.
 pub(super) fn routes(state: ApiState) -> warp::filters::BoxedFilter<(Result<Response, Problem>,)> {
     use super::{authorized, decoded, raw_query, with_state};
     use warp::Filter;
@@ -534,3 +516,22 @@ pub(super) fn routes(state: ApiState) -> warp::filters::BoxedFilter<(Result<Resp
         .unify()
         .boxed()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_name_the_offending_field() {
+        let e = parse_body::<CreateRollout>(br#"{"action": "exec", "selector": "a=b", "strategy": {"bacth": 1}}"#)
+            .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("strategy.bacth"));
+        let e = parse_body::<CreateRollout>(br#"{"action": "exec", "selector": "a=b", "strategy": {"canary": "x"}}"#)
+            .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("strategy.canary"));
+        let e = parse_body::<AbortRollout>(br#"{"rollback": "no"}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("rollback"));
+    }
+}
+
+/// The rollout routes, boxed to keep the route type small.
