@@ -452,6 +452,7 @@ pub async fn abort(
     .await
 }
 
+/// The rollout routes, boxed to keep the route type small.
 pub(super) fn routes(state: ApiState) -> warp::filters::BoxedFilter<(Result<Response, Problem>,)> {
     use super::{authorized, decoded, raw_query, with_state};
     use warp::Filter;
@@ -533,5 +534,3 @@ mod tests {
         assert_eq!(e.field.as_deref(), Some("rollback"));
     }
 }
-
-/// The rollout routes, boxed to keep the route type small.
