@@ -21,11 +21,13 @@ use crate::api::views::{CheckView, HostView};
 mod audit;
 mod jobs;
 mod rbac;
+mod rollouts;
 mod slo;
 mod table;
 pub use audit::AuditCommand;
 pub use jobs::{BackupsCommand, JobsCommand};
 pub use rbac::{RolesCommand, TokensCommand};
+pub use rollouts::RolloutsCommand;
 pub use slo::SlosCommand;
 pub use table::{ago, audit_table, checks_table, host_detail, hosts_table};
 
@@ -110,6 +112,11 @@ pub enum Command {
     Backups {
         #[command(subcommand)]
         command: BackupsCommand,
+    },
+    /// Fleet-wide rollouts: canary and waves with an error budget, gates and rollback.
+    Rollouts {
+        #[command(subcommand)]
+        command: RolloutsCommand,
     },
 }
 
@@ -230,6 +237,9 @@ pub enum ClientError {
     /// `jobs run --wait`: a job did not succeed.
     #[error("job {id} {state}{}", if reason.is_empty() { String::new() } else { format!(": {reason}") })]
     JobEnded { id: String, state: String, reason: String },
+    /// `rollouts watch`: the rollout did not succeed (exit code by its end state).
+    #[error("rollout {id} {state}{}", if reason.is_empty() { String::new() } else { format!(": {reason}") })]
+    RolloutEnded { id: String, state: String, reason: String },
 }
 
 impl ClientError {
@@ -238,6 +248,11 @@ impl ClientError {
     pub fn exit_code(&self) -> u8 {
         match self {
             ClientError::Unusable(_) => 2,
+            ClientError::RolloutEnded { state, .. } => match state.as_str() {
+                "rolled_back" => 3,
+                "aborted" => 4,
+                _ => 5,
+            },
             _ => 1,
         }
     }
@@ -560,6 +575,11 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> Result<(), ClientError> {
             out.flush()?;
             return Ok(());
         }
+        Command::Rollouts { command } => {
+            rollouts::run(command, &cli, out).await?;
+            out.flush()?;
+            return Ok(());
+        }
         _ => {}
     }
     let client = Client::new(&cli.server, cli.token, cli.ca_cert.as_deref())?;
@@ -644,6 +664,7 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> Result<(), ClientError> {
         }
         Command::Audit { .. }
         | Command::Slos { .. }
+        | Command::Rollouts { .. }
         | Command::Tokens { .. }
         | Command::Roles { .. }
         | Command::Jobs { .. }

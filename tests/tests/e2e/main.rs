@@ -9,5 +9,6 @@ mod jobs_actions;
 mod pipeline;
 mod quickstart;
 mod rbac;
+mod rollouts;
 mod service;
 mod terraform;
