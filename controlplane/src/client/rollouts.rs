@@ -18,6 +18,8 @@ use serde_json::Value as Json;
 use super::jobs::parse_params;
 use super::{Cli, Client, ClientError, Output, ago, write_json};
 
+// `Start` carries every strategy flag; the command is parsed once per process.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum RolloutsCommand {
     /// Start a rollout of ACTION over the hosts SEL matches (resolved once, now) and print its ID.
