@@ -273,32 +273,7 @@ pub async fn create(state: ApiState, who: Principal, query: String, body: bytes:
         return Err(Problem::invalid("selector", "a selector is required (e.g. app=web)"));
     }
     let selector = Selector::parse(&req.selector).map_err(|e| Problem::invalid("selector", e.to_string()))?;
-    let access = who.host_filter("rollouts:write");
-    let mut ids = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = state
-            .store
-            .list_hosts_visible(&selector, &access, after.as_deref(), 1000)
-            .await
-            .map_err(Problem::from_store)?;
-        after = page.items.last().map(|h| h.id.clone());
-        ids.extend(
-            page.items
-                .into_iter()
-                .filter(|h| who.allows("rollouts:write", Some(&h.labels)))
-                .map(|h| h.id),
-        );
-        if ids.len() > MAX_HOSTS {
-            return Err(Problem::invalid(
-                "selector",
-                format!("the selector matches more than {MAX_HOSTS} hosts"),
-            ));
-        }
-        if !page.has_more {
-            break;
-        }
-    }
+    let mut ids = super::jobs::matching_hosts(&state, &who, &selector, "rollouts:write", MAX_HOSTS).await?;
     if ids.is_empty() {
         return Err(Problem::invalid(
             "selector",

@@ -195,6 +195,28 @@ fn health_of(names: &[String], checks: &[(String, String, i64)], since_ms: i64) 
     Ok(true)
 }
 
+/// A job of rollout `r` on `host`: one attempt, the wave deadline as its
+/// timeout, created on behalf of the rollout's creator.
+fn rollout_job(
+    r: &Rollout,
+    host: &str,
+    action: &str,
+    params: &std::collections::BTreeMap<String, String>,
+    now_ms: i64,
+) -> NewJob {
+    NewJob {
+        id: new_job_id(now_ms),
+        action: action.to_string(),
+        params: params.clone(),
+        host_id: host.to_string(),
+        max_attempts: 1,
+        timeout_secs: r.strategy.wave_deadline_ms.div_ceil(1000).max(1),
+        idempotency_key: None,
+        rollout_id: Some(r.id.clone()),
+        created_by: r.actor.clone(),
+    }
+}
+
 /// The next step of a rollout, from its state alone (deterministic in
 /// `snap` and `now_ms`; no I/O).
 pub fn plan(snap: &Snapshot, now_ms: i64) -> RolloutStep {
@@ -319,18 +341,9 @@ pub fn plan(snap: &Snapshot, now_ms: i64) -> RolloutStep {
                                     h.reason = Some("outside the creator's scope at dispatch".into());
                                 }
                                 Some(_) => {
-                                    let id = new_job_id(now_ms);
-                                    jobs_out.push(NewJob {
-                                        id: id.clone(),
-                                        action: r.action.clone(),
-                                        params: r.params.clone(),
-                                        host_id: h.host_id.clone(),
-                                        max_attempts: 1,
-                                        timeout_secs: r.strategy.wave_deadline_ms.div_ceil(1000).max(1),
-                                        idempotency_key: None,
-                                        rollout_id: Some(r.id.clone()),
-                                        created_by: r.actor.clone(),
-                                    });
+                                    let job = rollout_job(&r, &h.host_id, &r.action, &r.params, now_ms);
+                                    let id = job.id.clone();
+                                    jobs_out.push(job);
                                     h.state = HostState::Dispatched;
                                     h.job_id = Some(id.clone());
                                     h.dispatched_ms = Some(now_ms);
@@ -451,18 +464,9 @@ pub fn plan(snap: &Snapshot, now_ms: i64) -> RolloutStep {
                     let h = &mut hosts[idx];
                     match snap.labels.get(&h.host_id) {
                         Some(l) if scope.matches(l) => {
-                            let id = new_job_id(now_ms);
-                            jobs_out.push(NewJob {
-                                id: id.clone(),
-                                action: spec.action.clone(),
-                                params: spec.params.clone(),
-                                host_id: h.host_id.clone(),
-                                max_attempts: 1,
-                                timeout_secs: r.strategy.wave_deadline_ms.div_ceil(1000).max(1),
-                                idempotency_key: None,
-                                rollout_id: Some(r.id.clone()),
-                                created_by: r.actor.clone(),
-                            });
+                            let job = rollout_job(&r, &h.host_id, &spec.action, &spec.params, now_ms);
+                            let id = job.id.clone();
+                            jobs_out.push(job);
                             h.state = HostState::RollingBack;
                             h.rollback_job_id = Some(id.clone());
                             sent.push(serde_json::json!({ "host": h.host_id, "job": id }));
