@@ -742,7 +742,11 @@ async fn batched_claims_acceptances_and_finishes_stay_fenced_and_audited_in_one_
         assert_eq!(applied.finished.len(), 30);
         for (i, c) in claimed.iter().enumerate() {
             let job = store.get_job(&c.job_id).await.unwrap().unwrap();
-            let want = if i % 3 == 0 { JobState::Failed } else { JobState::Succeeded };
+            let want = if i % 3 == 0 {
+                JobState::Failed
+            } else {
+                JobState::Succeeded
+            };
             assert_eq!(job.state, want, "{}", job.id);
             assert_eq!(job.lease_owner, None);
             assert_eq!(
