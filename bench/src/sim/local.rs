@@ -48,7 +48,8 @@ impl LocalControlPlane {
         let db = TestDatabase::create(backend).await;
         let mut cfg = ControlPlaneConfig::parse(
             "<local>",
-            "[grpc]\nlisten = \"127.0.0.1:0\"\n[rest]\nlisten = \"127.0.0.1:0\"\n",
+            // No per-token request limit: benchmarks send as fast as the API answers.
+            "[grpc]\nlisten = \"127.0.0.1:0\"\n[rest]\nlisten = \"127.0.0.1:0\"\nrate_limit_per_second = 0\n",
         )?;
         cfg.data_dir = data.clone();
         cfg.database_url = Some(db.url().to_string());
