@@ -124,11 +124,12 @@ fn counts_line(c: &Json) -> String {
     line
 }
 
-/// What the rollout waits on and since when, e.g. `waiting on min_healthy for 4s`.
-fn gate_line(r: &Json, now_ms: i64) -> String {
-    match (r["gate"].as_str(), r["gate_since_ms"].as_i64()) {
-        (Some(gate), Some(since)) => format!("waiting on {gate} for {}", seconds(now_ms - since)),
-        (Some(gate), None) => format!("waiting on {gate}"),
+/// What the rollout waits on and, given the time now, since when
+/// (`waiting on min_healthy for 4s`).
+fn gate_line(r: &Json, now_ms: Option<i64>) -> String {
+    match (r["gate"].as_str(), r["gate_since_ms"].as_i64(), now_ms) {
+        (Some(gate), Some(since), Some(now)) => format!("waiting on {gate} for {}", seconds(now - since)),
+        (Some(gate), _, _) => format!("waiting on {gate}"),
         _ => String::new(),
     }
 }
@@ -142,7 +143,8 @@ fn seconds(ms: i64) -> String {
     }
 }
 
-fn status_line(r: &Json, now_ms: i64) -> String {
+/// One line of where the rollout is; with `now_ms`, the gate's age too.
+fn status_line(r: &Json, now_ms: Option<i64>) -> String {
     let mut line = format!(
         "{} {}: wave {}/{}, {} (budget {} failures)",
         s(r, "id"),
@@ -202,7 +204,7 @@ fn detail(r: &Json, now_ms: i64, out: &mut impl Write) -> Result<(), ClientError
             .collect();
         writeln!(out, "{:<12} {}", "params", list.join(" "))?;
     }
-    writeln!(out, "{:<12} {}", "progress", status_line(r, now_ms))?;
+    writeln!(out, "{:<12} {}", "progress", status_line(r, Some(now_ms)))?;
     for note in r["notes"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
         writeln!(out, "{:<12} {}", "note", note.as_str().unwrap_or(""))?;
     }
@@ -278,7 +280,7 @@ impl Bars {
     }
 
     fn draw(&self, r: &Json, now_ms: i64) {
-        self.status.set_message(status_line(r, now_ms));
+        self.status.set_message(status_line(r, Some(now_ms)));
         self.status.tick();
         for (bar, w) in self
             .waves
@@ -313,12 +315,9 @@ async fn watch(client: &Client, id: &str, output: Output, out: &mut impl Write) 
         if live {
             bars.get_or_insert_with(|| Bars::new(&r)).draw(&r, now);
         } else if output == Output::Table {
-            // Without a terminal: a line per change (the gate's age is left out,
+            // Without a terminal: a line per change (without the gate's age,
             // or every poll would be a change).
-            let mut line = status_line(&r, now);
-            if let Some(cut) = line.find(" for ").filter(|_| r["gate"].is_string()) {
-                line.truncate(cut);
-            }
+            let line = status_line(&r, None);
             if line != last_line {
                 writeln!(out, "{line}")?;
                 out.flush()?;
@@ -339,8 +338,7 @@ fn print_final(r: &Json, output: Output, out: &mut impl Write) -> Result<(), Cli
     match output {
         Output::Json => write_json(out, r),
         Output::Table => {
-            let now = steward_shared::now_ms();
-            writeln!(out, "{}", status_line(r, now))?;
+            writeln!(out, "{}", status_line(r, None))?;
             if !s(r, "reason").is_empty() {
                 writeln!(out, "reason: {}", s(r, "reason"))?;
             }
@@ -455,7 +453,7 @@ pub(super) async fn run(command: &RolloutsCommand, cli: &Cli, out: &mut impl Wri
             match cli.output {
                 Output::Json => write_json(out, &r),
                 Output::Table => {
-                    writeln!(out, "{}", status_line(&r, now))?;
+                    writeln!(out, "{}", status_line(&r, None))?;
                     Ok(())
                 }
             }
@@ -479,12 +477,14 @@ mod tests {
     #[test]
     fn the_status_line_names_wave_counts_and_gate_age() {
         assert_eq!(
-            status_line(&view("running", Some("min_healthy")), 66_000),
+            status_line(&view("running", Some("min_healthy")), Some(66_000)),
             "ro-1 running: wave 2/3, 6 succeeded, 1 failed, 2 running, 10 pending (budget 1 failures); \
              waiting on min_healthy for 1m05s"
         );
+        // Without the time (lines printed per change), the gate without its age.
+        assert!(status_line(&view("running", Some("min_healthy")), None).ends_with("; waiting on min_healthy"));
         assert_eq!(
-            status_line(&view("paused", None), 0),
+            status_line(&view("paused", None), Some(0)),
             "ro-1 paused: wave 2/3, 6 succeeded, 1 failed, 2 running, 10 pending (budget 1 failures)"
         );
     }
