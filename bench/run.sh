@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 IDLE=${IDLE:-600}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-20}
 AGENTS=${AGENTS:-100}
-cargo build --release -q -p steward-agent -p steward-bench
+cargo build --release -q -p steward-agent -p steward-controlplane -p steward-bench
 echo "# agent footprint (default checks; RSS after ${IDLE}s streaming to a control plane)"
 target/release/bench-agent --rounds 2000 --idle "$IDLE"
 echo "# ingest over real mTLS streams, ${AGENTS} simulated agents, SQLite"
@@ -21,3 +21,11 @@ echo "# dispatch latency, API call -> agent receipt, 100 and 1,000 simulated age
 target/release/bench-dispatch --agents 100,1000 --jobs "${DISPATCH_JOBS:-500}"
 echo "# dispatch latency, API call -> agent receipt, 100 and 1,000 simulated agents, PostgreSQL"
 target/release/bench-dispatch --agents 100,1000 --jobs "${DISPATCH_JOBS:-500}" --postgres
+echo "# job queue: enqueue -> claim -> complete through the store, SQLite"
+target/release/bench-queue --jobs "${QUEUE_JOBS:-5000}"
+echo "# job queue, PostgreSQL, and a bare SKIP LOCKED loop on the same server"
+target/release/bench-queue --jobs "${QUEUE_JOBS:-5000}" --postgres
+echo "# control-plane memory per connected agent and rollout overhead, ${ROLLOUT_AGENTS:-10000} simulated agents, SQLite"
+target/release/bench-rollout --agents "${ROLLOUT_AGENTS:-10000}" --hosts "${ROLLOUT_HOSTS:-1000,10000}"
+echo "# the same on PostgreSQL"
+target/release/bench-rollout --agents "${ROLLOUT_AGENTS:-10000}" --hosts "${ROLLOUT_HOSTS:-1000,10000}" --postgres

@@ -7,7 +7,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=proto/steward.proto");
     let fds = protox::compile(["proto/steward.proto"], ["proto"])?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    tonic_prost_build::configure()
+        .codec_path("crate::codec::StewardCodec")
+        .compile_fds(fds)?;
     record_git_commit();
     Ok(())
 }

@@ -9,6 +9,7 @@
 //! - [`pki`] — CA creation, certificate issuance and identity extraction.
 #![forbid(unsafe_code)]
 
+pub mod codec;
 pub mod config;
 pub mod pki;
 pub mod selector;

@@ -75,7 +75,7 @@ fn spawn_daemon(binary: &str, config: &Path, subcommand: &str, env: &[(String, S
         .with_context(|| format!("spawn {binary}"))
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
@@ -230,6 +230,11 @@ impl ControlPlane {
     pub fn http(&self) -> Result<reqwest::Client> {
         let ca = reqwest::Certificate::from_pem(&std::fs::read(self.dir.join("ca.pem"))?)?;
         Ok(reqwest::Client::builder().add_root_certificate(ca).build()?)
+    }
+
+    /// The `serve` process's ID while it runs (the lease owners it writes carry it).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     /// `kill -9`.

@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use steward_shared::proto::agent_gateway_server::{AgentGateway, AgentGatewayServer};
-use steward_shared::proto::{AgentMessage, ControlMessage, EnrollRequest, EnrollResponse};
+use steward_shared::proto::{AgentMessage, EnrollRequest, EnrollResponse};
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
@@ -26,9 +27,19 @@ pub struct GatewayService {
     deps: Arc<SessionDeps>,
 }
 
+/// A session's messages to its agent, unboxed from its [`registry::Outbound`] queue.
+pub type SessionStream = tokio_stream::adapters::Map<
+    ReceiverStream<Box<registry::OutItem>>,
+    fn(Box<registry::OutItem>) -> registry::OutItem,
+>;
+
+fn unbox(item: Box<registry::OutItem>) -> registry::OutItem {
+    *item
+}
+
 #[tonic::async_trait]
 impl AgentGateway for GatewayService {
-    type SessionStream = ReceiverStream<Result<ControlMessage, Status>>;
+    type SessionStream = SessionStream;
 
     async fn session(
         &self,
@@ -62,10 +73,10 @@ impl AgentGateway for GatewayService {
                 "this host's certificate has been revoked: re-enroll it",
             ));
         }
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let (tx, rx) = registry::Outbound::channel(16);
         let span = tracing::info_span!("session", host = %identity.host_id, remote = %conn.remote);
         tokio::spawn(session::run(self.deps.clone(), identity, request.into_inner(), tx).instrument(span));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(ReceiverStream::new(rx).map(unbox as fn(_) -> _)))
     }
 
     async fn enroll(&self, request: Request<EnrollRequest>) -> Result<Response<EnrollResponse>, Status> {

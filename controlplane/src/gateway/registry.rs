@@ -8,8 +8,32 @@ use steward_shared::proto::ControlMessage;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// The sending half of a session's outbound stream.
-pub type Outbound = mpsc::Sender<Result<ControlMessage, tonic::Status>>;
+/// What a session sends its agent: a control message, or the status that ends the stream.
+pub type OutItem = Result<ControlMessage, tonic::Status>;
+
+/// The sending half of a session's outbound stream. Items travel boxed: a
+/// bounded tokio channel allocates its slots 32 at a time, and an unboxed
+/// item is a few hundred bytes, which every idle session would hold.
+#[derive(Debug, Clone)]
+pub struct Outbound(mpsc::Sender<Box<OutItem>>);
+
+impl Outbound {
+    /// A session's outbound queue of `capacity` items.
+    pub fn channel(capacity: usize) -> (Outbound, mpsc::Receiver<Box<OutItem>>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (Outbound(tx), rx)
+    }
+
+    /// Waits for room; `Err` when the stream is gone.
+    pub async fn send(&self, item: OutItem) -> Result<(), ()> {
+        self.0.send(Box::new(item)).await.map_err(|_| ())
+    }
+
+    /// Sends without waiting.
+    pub fn try_send(&self, item: OutItem) -> Result<(), mpsc::error::TrySendError<Box<OutItem>>> {
+        self.0.try_send(Box::new(item))
+    }
+}
 
 #[derive(Default)]
 pub struct Registry {
@@ -129,7 +153,7 @@ mod tests {
         let b = r.register("web");
         assert!(a.cancel.is_cancelled());
         assert!(!b.cancel.is_cancelled());
-        let (tx, _rx) = mpsc::channel(1);
+        let (tx, _rx) = Outbound::channel(1);
         r.attach(&a, tx.clone());
         assert!(r.attached_hosts().is_empty(), "a superseded session is not attached");
         r.attach(&b, tx);

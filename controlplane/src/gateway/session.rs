@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use steward_shared::proto::{self, ControlMessage, agent_message, control_message, report};
 use steward_shared::status::CheckResult;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 
@@ -49,7 +48,7 @@ pub struct SessionDeps {
     pub jobs: JobsHandle,
 }
 
-type Out = mpsc::Sender<Result<ControlMessage, Status>>;
+type Out = super::registry::Outbound;
 
 /// Runs one session to its end (the caller wraps it in a `session` span with
 /// host and remote address). Errors are sent to the agent as the stream's final status.

@@ -170,7 +170,7 @@ fn send(out: crate::gateway::registry::Outbound, message: ControlMessage) {
         Ok(()) => {}
         Err(tokio::sync::mpsc::error::TrySendError::Full(message)) => {
             tokio::spawn(async move {
-                if tokio::time::timeout(Duration::from_secs(10), out.send(message))
+                if tokio::time::timeout(Duration::from_secs(10), out.send(*message))
                     .await
                     .is_err()
                 {

@@ -275,10 +275,15 @@ pub fn plan(snap: &Snapshot, now_ms: i64) -> RolloutStep {
         .iter()
         .filter(|h| matches!(h.state, HostState::Dispatched | HostState::RollingBack))
         .count();
+    // The wait starts when the gate (the text before its first ": ", e.g.
+    // `slo web`) changes, not when its detail (the burn figures) does.
     let set_gate = |r: &mut Rollout, gate: &str| {
+        let kind = |g: &str| g.split(": ").next().unwrap_or(g).to_string();
+        if r.gate.as_deref().map(kind) != Some(kind(gate)) {
+            r.gate_since_ms = Some(now_ms);
+        }
         if r.gate.as_deref() != Some(gate) {
             r.gate = Some(gate.to_string());
-            r.gate_since_ms = Some(now_ms);
         }
     };
     let stop = |r: &mut Rollout, reason: String| {

@@ -245,31 +245,29 @@ impl Store {
             let rows = serde_json::Value::Array(rows).to_string();
             let inserted = tx
                 .conn()
-                .exec(
-                    "INSERT INTO jobs (id, action, params, host_id, state, attempt, max_attempts, timeout_secs, \
-                         next_run_ms, created_ms, updated_ms, idempotency_key, rollout_id, source, created_by)
-                     SELECT v.v_id, v.v_action, v.v_params, v.v_host, 'queued', 0, v.v_max, v.v_timeout, \
-                         $2, $2, $2, v.v_key, v.v_rollout, 'api', v.v_by
-                     FROM JSON_ROWS($1 AS v(v_id text, v_action text, v_params text, v_host text, v_max bigint, \
-                         v_timeout bigint, v_key text, v_rollout text, v_by text))",
+                .fetch(
+                    &format!(
+                        "INSERT INTO jobs (id, action, params, host_id, state, attempt, max_attempts, timeout_secs, \
+                             next_run_ms, created_ms, updated_ms, idempotency_key, rollout_id, source, created_by)
+                         SELECT v.v_id, v.v_action, v.v_params, v.v_host, 'queued', 0, v.v_max, v.v_timeout, \
+                             $2, $2, $2, v.v_key, v.v_rollout, 'api', v.v_by
+                         FROM JSON_ROWS($1 AS v(v_id text, v_action text, v_params text, v_host text, v_max bigint, \
+                             v_timeout bigint, v_key text, v_rollout text, v_by text)) \
+                         RETURNING {JOB_COLUMNS}"
+                    ),
                     &[B::T(&rows), B::I(now_ms)],
                 )
-                .await
-                .map(|_| ());
-            match inserted {
-                Ok(()) => {}
+                .await;
+            let rows = match inserted {
+                Ok(rows) => rows,
                 // Another request with the same key won the race: read its jobs.
                 Err(e) if key.is_some() && is_unique_violation(&e) => continue,
                 Err(e) => return Err(e),
-            }
-            let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
-            let rows = tx
-                .conn()
-                .fetch(&sel("WHERE id IN_LIST($1) ORDER BY id"), &[B::List(&ids)])
-                .await?;
+            };
             let mut created: Vec<Job> = rows.iter().map(job_from).collect::<Result<_, _>>()?;
             // In the order asked for.
-            created.sort_by_key(|j| ids.iter().position(|i| *i == j.id));
+            let order: HashMap<&str, usize> = jobs.iter().enumerate().map(|(i, j)| (j.id.as_str(), i)).collect();
+            created.sort_by_key(|j| order.get(j.id.as_str()).copied().unwrap_or(usize::MAX));
             tx.commit(audit, now_ms).await?;
             return Ok(Enqueued::Created(created));
         }
@@ -409,25 +407,19 @@ impl Store {
         let mut out = Vec::new();
         let mut audit = Vec::new();
 
-        // Attempts sent before whose lease expired unaccepted: the same attempt again.
-        let stale = c
-            .fetch(
-                "SELECT id, attempt FROM jobs WHERE state = 'dispatched' AND lease_expires_ms < $1 \
-                 AND cancel_requested = 0 AND host_id IN_LIST($2) ORDER BY id LIMIT $3 SKIP_LOCKED",
-                &[B::I(now_ms), B::List(hosts), B::I(lim)],
-            )
-            .await?;
-        // One fenced UPDATE for all of them (each row still re-checked).
-        let stale: Vec<String> = stale.iter().map(|r| r.text("id")).collect::<Result<_, _>>()?;
-        if !stale.is_empty() {
+        // Attempts sent before whose lease expired unaccepted: the same
+        // attempt again. One statement picks (skipping rows another control
+        // plane holds), locks and renews them.
+        {
             let rows = c
                 .fetch(
                     &format!(
                         "UPDATE jobs SET lease_owner = $1, lease_expires_ms = $2, updated_ms = $3 \
-                         WHERE id IN_LIST($4) AND state = 'dispatched' AND lease_expires_ms < $3 \
-                         AND cancel_requested = 0 RETURNING {JOB_COLUMNS}"
+                         WHERE id IN (SELECT id FROM jobs WHERE state = 'dispatched' AND lease_expires_ms < $3 \
+                             AND cancel_requested = 0 AND host_id IN_LIST($4) ORDER BY id LIMIT $5 SKIP_LOCKED) \
+                         RETURNING {JOB_COLUMNS}"
                     ),
-                    &[B::T(owner), B::I(lease), B::I(now_ms), B::List(&stale)],
+                    &[B::T(owner), B::I(lease), B::I(now_ms), B::List(hosts), B::I(lim)],
                 )
                 .await?;
             let mut jobs: Vec<Job> = rows.iter().map(job_from).collect::<Result<_, _>>()?;
@@ -461,10 +453,12 @@ impl Store {
         let free: Vec<String> = slots.iter().filter(|(_, n)| **n > 0).map(|(h, _)| h.clone()).collect();
         let room = limit.saturating_sub(out.len());
         if !free.is_empty() && room > 0 {
+            // A plain read of the candidates (no row locks: only the picked
+            // rows are locked, by the UPDATE below).
             let due = c
                 .fetch(
                     "SELECT id, host_id FROM jobs WHERE state = 'queued' AND next_run_ms <= $1 \
-                     AND host_id IN_LIST($2) ORDER BY next_run_ms, id LIMIT $3 SKIP_LOCKED",
+                     AND host_id IN_LIST($2) ORDER BY next_run_ms, id LIMIT $3",
                     &[
                         B::I(now_ms),
                         B::List(&free),
@@ -493,7 +487,8 @@ impl Store {
                                  attempt_id = id || '-a' || (attempt + 1), lease_owner = $1, lease_expires_ms = $2, \
                                  dispatched_ms = $3, started_ms = NULL, finished_ms = NULL, updated_ms = $3, \
                                  output_bytes = 0, output_truncated = 0, progress = NULL \
-                             WHERE id IN_LIST($4) AND state = 'queued' RETURNING {JOB_COLUMNS}"
+                             WHERE id IN (SELECT id FROM jobs WHERE id IN_LIST($4) AND state = 'queued' \
+                                 ORDER BY id SKIP_LOCKED) RETURNING {JOB_COLUMNS}"
                         ),
                         &[B::T(owner), B::I(lease), B::I(now_ms), B::List(&pick)],
                     )
@@ -566,7 +561,7 @@ impl Store {
                 "UPDATE jobs SET state = 'running', started_ms = $1, updated_ms = $1, \
                      lease_expires_ms = $1 + timeout_secs * 1000 + $2 \
                  FROM JSON_ROWS($3 AS v(v_id text, v_attempt_id text, v_host text)) \
-                 WHERE id = v.v_id AND attempt_id = v.v_attempt_id AND host_id = v.v_host AND state = 'dispatched' \
+                 WHERE id = v.v_id AND attempt_id = v.v_attempt_id AND host_id = v.v_host AND NOIDX(state) = 'dispatched' \
                  RETURNING id, attempt, attempt_id, host_id",
                 &[B::I(now_ms), B::I(settings.timeout_grace_ms), B::T(&rows)],
             )
@@ -882,7 +877,7 @@ async fn finish_many(
                  v_expires bigint, v_state text, v_outcome text, v_reason text, v_result text, v_finished bigint, \
                  v_started bigint, v_next_run bigint, v_updated bigint)) \
              WHERE id = v.v_id AND attempt = v.v_attempt AND attempt_id = v.v_attempt_id \
-               AND state IN ('dispatched', 'running') \
+               AND NOIDX(state) IN ('dispatched', 'running') \
                AND (v.v_fenced = 0 OR (lease_owner IS NOT DISTINCT FROM v.v_owner \
                                        AND lease_expires_ms IS NOT DISTINCT FROM v.v_expires)) \
              RETURNING id",

@@ -1,13 +1,20 @@
 //! A thin layer for store modules whose statements are the same on both
 //! backends except for placeholders and two idioms: statements are written
 //! once with `$N` placeholders, `IN_LIST($N)` (a list of texts: SQLite
-//! `IN (SELECT value FROM json_each(?N))`, PostgreSQL `= ANY($N)`) and
+//! `IN (SELECT value FROM json_each(?N))`, PostgreSQL `= ANY($N)`, which
+//! PostgreSQL evaluates with a hash table for long arrays; a semi-join on
+//! `unnest($N)` instead gets nested-loop plans that compare every row with
+//! every element, 25 million comparisons for a claim over 10,000 hosts) and
 //! `SKIP_LOCKED` (PostgreSQL `FOR UPDATE SKIP LOCKED`; nothing on SQLite,
 //! whose one writer already serialises claims), and
 //! `JSON_ROWS($N AS v(col type, ...))`, a table of rows bound as one JSON
 //! array of objects (PostgreSQL `jsonb_to_recordset`, SQLite `json_each`
 //! with `json_extract` per column), for statements that write a batch of
-//! rows at once. [`Conn::lite`] shows the SQLite text of a statement. Used
+//! rows at once. `NOIDX(col)`, a column SQLite must not pick an index for
+//! (`+col`; PostgreSQL: `col`): in `UPDATE … FROM JSON_ROWS(…) WHERE id =
+//! v.v_id AND NOIDX(state) …` it makes SQLite walk the bound rows and look
+//! each job up by its key, instead of walking every job in that state once
+//! per bound row. [`Conn::lite`] shows the SQLite text of a statement. Used
 //! by [`super::jobs`].
 use sqlx::postgres::{PgArguments, PgConnection, PgRow};
 use sqlx::sqlite::{SqliteArguments, SqliteConnection, SqliteRow};
@@ -105,6 +112,7 @@ pub(super) fn lite(sql: &str) -> String {
             .collect();
         format!("(SELECT {} FROM json_each(${n})) AS {alias}", cols.join(", "))
     });
+    let sql = noidx(&sql, "+");
     let mut out = String::with_capacity(sql.len() + 32);
     let mut rest = sql.as_str();
     while let Some(i) = rest.find("IN_LIST($") {
@@ -116,6 +124,22 @@ pub(super) fn lite(sql: &str) -> String {
     }
     out.push_str(rest);
     placeholders(&out.replace("SKIP_LOCKED", ""))
+}
+
+/// `NOIDX(col)` → `{prefix}col`.
+fn noidx(sql: &str, prefix: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut rest = sql;
+    while let Some(i) = rest.find("NOIDX(") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + "NOIDX(".len()..];
+        let end = after.find(')').unwrap_or(after.len());
+        out.push_str(prefix);
+        out.push_str(&after[..end]);
+        rest = after.get(end + 1..).unwrap_or("");
+    }
+    out.push_str(rest);
+    out
 }
 
 /// `$N` → `?N` (a `$` not followed by a digit, as in a JSON path, stays).
@@ -138,6 +162,7 @@ pub(super) fn pg(sql: &str) -> String {
         let cols: Vec<String> = cols.iter().map(|(c, t)| format!("{c} {t}")).collect();
         format!("jsonb_to_recordset(${n}::jsonb) AS {alias}({})", cols.join(", "))
     });
+    let sql = noidx(&sql, "");
     let mut out = String::with_capacity(sql.len() + 16);
     let mut rest = sql.as_str();
     while let Some(i) = rest.find("IN_LIST($") {
@@ -237,16 +262,18 @@ mod tests {
             pg(sql),
             "SELECT id FROM jobs WHERE host_id = ANY($1) AND n < $2 FOR UPDATE SKIP LOCKED"
         );
-        let sql = "UPDATE jobs SET a = v.v_a FROM JSON_ROWS($1 AS v(v_id text, v_a bigint)) WHERE id = v.v_id";
+        let sql = "UPDATE jobs SET a = v.v_a FROM JSON_ROWS($1 AS v(v_id text, v_a bigint)) WHERE id = v.v_id \
+                   AND NOIDX(state) = 'running'";
         assert_eq!(
             lite(sql),
             "UPDATE jobs SET a = v.v_a FROM (SELECT json_extract(value, '$.v_id') AS v_id, \
-             json_extract(value, '$.v_a') AS v_a FROM json_each(?1)) AS v WHERE id = v.v_id"
+             json_extract(value, '$.v_a') AS v_a FROM json_each(?1)) AS v WHERE id = v.v_id \
+             AND +state = 'running'"
         );
         assert_eq!(
             pg(sql),
             "UPDATE jobs SET a = v.v_a FROM jsonb_to_recordset($1::jsonb) AS v(v_id text, v_a bigint) \
-             WHERE id = v.v_id"
+             WHERE id = v.v_id AND state = 'running'"
         );
     }
 }

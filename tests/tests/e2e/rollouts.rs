@@ -3,13 +3,16 @@
 //! deploying a real release (artifact fetched, SHA-256 checked, unpacked,
 //! `current` switched, unit "restarted" by a command, health-checked by a
 //! command reading the release) in waves. What is asserted comes from the
-//! REST API, `stewardctl` and the agents' release directories.
+//! REST API, `stewardctl` and the agents' release directories. A second
+//! test runs two control planes on one PostgreSQL database and kills the one
+//! driving a rollout.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use steward_controlplane::store::testdb::TestBackend;
 use steward_e2e::{Agent, ControlPlane, wait_for};
 
 const HOSTS: usize = 20;
@@ -18,16 +21,57 @@ fn host(i: usize) -> String {
     format!("h{i:02}")
 }
 
+/// A TCP service on 127.0.0.1 the agents probe (check `upstream`): up
+/// (accepting) or down (refusing).
+struct Upstream {
+    port: u16,
+    accepting: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Upstream {
+    async fn up(&mut self) {
+        if self.accepting.is_some() {
+            return;
+        }
+        // std listeners set SO_REUSEADDR: the port can be bound again at once.
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await.unwrap();
+        self.accepting = Some(tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                drop(conn);
+            }
+        }));
+    }
+
+    async fn down(&mut self) {
+        if let Some(task) = self.accepting.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
 struct Fleet {
     root: PathBuf,
     agents: Vec<Agent>,
+    upstream: Upstream,
 }
 
 impl Fleet {
-    /// 20 agents h01..h20, labelled app=web and team=a (h01-h10) or team=b.
-    async fn start(root: &Path, cp: &ControlPlane) -> Fleet {
+    /// `n` agents h01..hNN, labelled app=web and team=a (h01-h10) or team=b,
+    /// each probing the fleet's upstream every second (check `upstream`).
+    async fn start(root: &Path, cp: &ControlPlane, n: usize) -> Fleet {
+        let mut upstream = Upstream {
+            port: steward_e2e::free_port(),
+            accepting: None,
+        };
+        upstream.up().await;
+        let checks = format!(
+            "[[checks]]\nname = \"upstream\"\nkind = \"tcp\"\naddress = \"127.0.0.1:{}\"\ninterval = \"1s\"\n\n\
+             [[checks]]\nname = \"mem\"\nkind = \"memory\"\ninterval = \"5s\"\n",
+            upstream.port
+        );
         let mut agents = Vec::new();
-        for i in 1..=HOSTS {
+        for i in 1..=n {
             let name = host(i);
             let dir = root.join(format!("agent-{name}"));
             let releases = dir.join("web");
@@ -43,7 +87,7 @@ impl Fleet {
                  command = [\"/bin/sh\", \"-c\", {probe:?}]\nretries = 3\ninterval = \"100ms\"\ndeadline = \"3s\"\n",
                 releases = releases.display().to_string(),
             );
-            let agent = Agent::prepare(root, cp, &name, "", &extra).unwrap();
+            let agent = Agent::prepare(root, cp, &name, &checks, &extra).unwrap();
             let cfg = std::fs::read_to_string(&agent.config).unwrap();
             std::fs::write(
                 &agent.config,
@@ -64,7 +108,7 @@ impl Fleet {
                 .await
                 .unwrap_or_else(|e| panic!("{e}\n{}", a.log()));
         }
-        for i in 1..=HOSTS {
+        for i in 1..=n {
             let team = if i <= 10 { "a" } else { "b" };
             let (ok, _, err) = cp.stewardctl(&["hosts", "labels", &host(i), &format!("app=web,team={team}")]);
             assert!(ok, "{err}");
@@ -72,6 +116,7 @@ impl Fleet {
         Fleet {
             root: root.to_path_buf(),
             agents,
+            upstream,
         }
     }
 
@@ -197,7 +242,7 @@ fn fast(extra: Value) -> Value {
 async fn rollouts_over_twenty_real_agents() {
     let root = tempfile::tempdir().unwrap();
     let mut cp = ControlPlane::start(root.path()).await.unwrap();
-    let fleet = Fleet::start(root.path(), &cp).await;
+    let mut fleet = Fleet::start(root.path(), &cp, HOSTS).await;
     let all: Vec<String> = (1..=HOSTS).map(host).collect();
 
     // 1. canary 1, batch 25 %, max_failures 1; h07 is broken: one failure is
@@ -437,8 +482,164 @@ async fn rollouts_over_twenty_real_agents() {
         assert_eq!(fleet.current(i).as_deref(), Some("8.0"), "h{i:02}");
     }
 
+    // 8. The SLO gate: while the SLO over the fleet's `upstream` probe burns
+    //    fast, the canary's wave does not pass (the next wave is not
+    //    dispatched); once the upstream is back and the burn falls below the
+    //    page threshold, the rollout goes on. The SLO counts from its
+    //    creation: only failures at first. Objective 95 %: the page tier
+    //    (14.4x) needs over 72 % errors in both windows (10-day window: 20 and
+    //    2 minutes), so a few seconds of successes release it.
+    fleet.upstream.down().await;
+    let slo = root.path().join("slo.yaml");
+    std::fs::write(
+        &slo,
+        "apiVersion: steward/v1\nkind: SLO\nmetadata:\n  name: upstream\nspec:\n  indicator:\n    \
+         type: checkAvailability\n    check: upstream\n    selector: app=web\n  objectives:\n    - target: 0.95\n  \
+         timeWindow:\n    - duration: 10d\n  alerting:\n    minEvents: 5\n",
+    )
+    .unwrap();
+    let (ok, out, err) = cp.stewardctl(&["slos", "apply", "-f", slo.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    let page_tier_firing = |v: &Value| {
+        v["tiers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|t| t["name"] == "page-1h" && t["firing"] == true)
+    };
+    wait_for("the upstream SLO to burn fast", Duration::from_secs(60), || async {
+        let (_, v) = cp.get("/api/v1/slos/upstream").await.ok()?;
+        page_tier_firing(&v).then_some(())
+    })
+    .await
+    .unwrap();
+    let id = start(
+        &cp,
+        &deploy(
+            &fleet,
+            "9.0",
+            true,
+            fast(json!({ "batch": 10, "health": ["mem"], "slo": ["upstream"] })),
+        ),
+    )
+    .await;
+    let held = wait_for(
+        "the SLO gate to hold the canary's wave",
+        Duration::from_secs(60),
+        || async {
+            let (_, v) = cp.get(&format!("/api/v1/rollouts/{id}")).await.ok()?;
+            let gate = v["gate"].as_str()?;
+            let since = v["gate_since_ms"].as_i64()?;
+            // Held for 3 s of the driver's ticks (500 ms each) by then.
+            (gate.starts_with("slo upstream: fast burn") && steward_shared::now_ms() - since >= 3_000).then_some(v)
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(held["state"], "running", "{held}");
+    assert_eq!(held["current_wave"], 0, "{held}");
+    assert_eq!(steps(&cp, &id).await, vec![("h01".to_string(), 1)], "{held}");
+    assert_eq!(fleet.current(2).as_deref(), Some("8.0"));
+    fleet.upstream.up().await;
+    let view = wait_state(&cp, &id, &["succeeded", "failed", "rolled_back", "aborted"]).await;
+    assert_eq!(view["state"], "succeeded", "{view}");
+    assert_eq!(steps(&cp, &id).await.len(), HOSTS, "{view}");
+    for i in 1..=HOSTS {
+        assert_eq!(fleet.current(i).as_deref(), Some("9.0"), "h{i:02}");
+    }
+    let (_, v) = cp.get("/api/v1/slos/upstream").await.unwrap();
+    assert!(!page_tier_firing(&v), "{v}");
+
     // Every transition is in the audit log with its actor.
     let (ok, out, err) = cp.stewardctl(&["-o", "json", "audit", "list", "--action", "rollouts.abort"]);
     assert!(ok, "{err}");
     assert!(out.contains("rollouts.abort"), "{out}");
+}
+
+/// Two control planes on one PostgreSQL database: `cp1` drives the rollout
+/// (holds its lease) while the agents are connected to `cp2`; `kill -9` of
+/// `cp1` mid-rollout, and `cp2` takes the lease over when it expires and
+/// finishes the rollout, each host's step run once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_control_planes_on_postgresql_the_survivor_finishes_the_rollout() {
+    if TestBackend::from_env() != TestBackend::Postgres {
+        // Not applicable on SQLite: one database file serves one control-plane
+        // process; replicas share a PostgreSQL database (run with
+        // STEWARD_TEST_BACKEND=postgres, as CI does).
+        eprintln!("not applicable on SQLite: two control planes need a shared PostgreSQL database");
+        return;
+    }
+    const N: usize = 6;
+    let root = tempfile::tempdir().unwrap();
+    let mut cp1 = ControlPlane::start(root.path()).await.unwrap();
+    let mut cp2 = ControlPlane::start_replica(root.path(), "cp2", &cp1).await.unwrap();
+    let fleet = Fleet::start(root.path(), &cp2, N).await;
+
+    // Which replica drives is whichever takes the free lease first; to make
+    // it cp1, cp2 is stopped while the rollout starts, then comes back and
+    // serves the agents (cp1 renews its lease every tick meanwhile).
+    cp2.terminate();
+    let id = start(
+        &cp1,
+        &deploy(&fleet, "1.0", true, fast(json!({ "batch": 1, "min_healthy": "2s" }))),
+    )
+    .await;
+    let cp1_owner = format!(":{}:", cp1.pid().unwrap());
+    wait_for("cp1 to hold the rollout's lease", Duration::from_secs(30), || async {
+        let (_, v) = cp1.get(&format!("/api/v1/rollouts/{id}")).await.ok()?;
+        v["lease_owner"].as_str()?.contains(&cp1_owner).then_some(())
+    })
+    .await
+    .unwrap();
+    cp2.spawn().await.unwrap();
+    let cp2_owner = format!(":{}:", cp2.pid().unwrap());
+    wait_for("two hosts to have succeeded", Duration::from_secs(60), || async {
+        let (_, v) = cp2.get(&format!("/api/v1/rollouts/{id}")).await.ok()?;
+        (v["counts"]["succeeded"].as_u64()? >= 2).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}\n{}", cp1.log(), cp2.log()));
+    let (_, before) = cp2.get(&format!("/api/v1/rollouts/{id}")).await.unwrap();
+    assert!(before["lease_owner"].as_str().unwrap().contains(&cp1_owner), "{before}");
+    assert_ne!(before["state"], "succeeded", "{before}");
+
+    cp1.kill9();
+    let view = wait_state(&cp2, &id, &["succeeded", "failed", "rolled_back", "aborted"]).await;
+    assert_eq!(view["state"], "succeeded", "{view}\n{}", cp2.log());
+    let hosts: Vec<String> = (1..=N).map(host).collect();
+    assert_eq!(
+        steps(&cp2, &id).await,
+        hosts.iter().map(|h| (h.clone(), 1)).collect::<Vec<_>>(),
+        "{view}"
+    );
+    for i in 1..=N {
+        assert_eq!(fleet.current(i).as_deref(), Some("1.0"), "h{i:02}");
+    }
+    // The lease went from cp1 to cp2 once, and that is audited.
+    let (status, audit) = cp2.get("/api/v1/audit?action=rollouts.lease&limit=100").await.unwrap();
+    assert_eq!(status, 200, "{audit}");
+    let owners: Vec<(String, Option<String>)> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["target"] == format!("rollout:{id}"))
+        .map(|e| {
+            (
+                e["details"]["owner"].as_str().unwrap().to_string(),
+                e["details"]["previous"].as_str().map(str::to_string),
+            )
+        })
+        .collect();
+    assert_eq!(owners.len(), 2, "{owners:?}");
+    let taken = owners
+        .iter()
+        .find(|(owner, _)| owner.contains(&cp2_owner))
+        .expect("cp2 took the lease");
+    assert!(taken.1.as_deref().is_some_and(|p| p.contains(&cp1_owner)), "{owners:?}");
+    assert!(
+        owners
+            .iter()
+            .any(|(owner, previous)| owner.contains(&cp1_owner) && previous.is_none()),
+        "{owners:?}"
+    );
 }
