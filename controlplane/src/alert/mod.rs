@@ -2,13 +2,15 @@
 //! the firing → resolved lifecycle, acknowledgement and silences
 //! ([`crate::store::alert`] keeps them, every transition audited, with an
 //! outbox of notifications per receiver that is retried until delivered).
-//! Not yet here: the receivers themselves, routing configuration and the
-//! REST routes (see the README's "Alerting" status).
+//! [`config`] is `[alerts]` of the config file (sources, receivers, routes),
+//! [`evaluator`] the loop that reconciles every source each round,
+//! [`receivers`] the receivers and the worker that drains the outbox. REST:
+//! `api/alerts.rs`; CLI: `client/alerts.rs`.
 //!
 //! Sources report the full set of conditions that hold now
 //! ([`crate::store::Store::reconcile_alerts`]): a new fingerprint fires, one
-//! no longer reported resolves. The SLO burn tiers are the first source
-//! ([`slo_candidates`]).
+//! no longer reported resolves ([`evaluator::SOURCES`]; the SLO burn tiers
+//! through [`slo_candidates`]).
 //!
 //! Invariants:
 //! - At most one firing alert per fingerprint (a partial unique index), so two
@@ -16,6 +18,10 @@
 //! - A transition and the notifications it causes commit together; a
 //!   notification is retried until its receiver takes it.
 use std::collections::BTreeMap;
+
+pub mod config;
+pub mod evaluator;
+pub mod receivers;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
