@@ -22,6 +22,8 @@ use std::collections::BTreeMap;
 pub mod config;
 pub mod evaluator;
 pub mod receivers;
+#[cfg(test)]
+mod tests;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
