@@ -586,3 +586,61 @@ matchers = ["alertname=HostSilent"]
         store.close().await;
     }
 }
+
+#[tokio::test]
+async fn slo_burn_tiers_are_alerts_with_the_configured_severities() {
+    for backend in TestBackend::selected() {
+        eprintln!("--- backend: {}", backend.name());
+        let db = TestDatabase::create(backend).await;
+        let store = db.store().await;
+        let spec: crate::slo::spec::SloSpec = serde_json::from_value(serde_json::json!({
+            "indicator": {"type": "checkAvailability", "check": "http", "selector": "env=prod"},
+            "objectives": [{"target": 0.9}],
+            "timeWindow": [{"duration": "7d"}],
+            "alerting": {"minEvents": 1}
+        }))
+        .unwrap();
+        let now = steward_shared::now_ms();
+        store
+            .put_slo(
+                "web",
+                &spec,
+                AuditEntry::new("test", "slos.update", Outcome::Success),
+                now,
+            )
+            .await
+            .unwrap();
+        store.reload_sli_index().await.unwrap();
+        store.agent_connected("h1", &hello("h1"), now).await.unwrap();
+        store
+            .set_host_labels("h1", &BTreeMap::from([("env".to_string(), "prod".to_string())]))
+            .await
+            .unwrap();
+        // 30 % bad against a 10 % budget: burn 3, so the 1x ticket tier fires, no page tier.
+        let results = (1..=10)
+            .map(|i| {
+                let status = if i <= 7 { CheckStatus::Ok } else { CheckStatus::Critical };
+                (i, result("http", status, now, vec![]))
+            })
+            .collect();
+        ingest(&store, "h1", results, now).await;
+        let ev = Evaluator::new(store.clone(), AlertsConfig::default());
+        let c = ev.candidates("slo", now).await.unwrap();
+        assert!(
+            names(&c).contains(&"SLOBurnRate warning slo=web,tier=ticket-3d".to_string()),
+            "{:?}",
+            names(&c)
+        );
+        assert!(
+            c.iter()
+                .all(|c| c.severity == Severity::Warning && !c.labels["tier"].starts_with("page"))
+        );
+        let ev = Evaluator::new(
+            store.clone(),
+            config("[alerts]\n[alerts.slo]\nticket_severity = \"info\"\n"),
+        );
+        let c = ev.candidates("slo", now).await.unwrap();
+        assert!(!c.is_empty() && c.iter().all(|c| c.severity == Severity::Info));
+        store.close().await;
+    }
+}
