@@ -353,6 +353,10 @@ impl AlertsConfig {
                         unused("secret_file", r.secret_file.is_some())?;
                     } else if r.secret.is_some() && r.secret_file.is_some() {
                         return err(at("secret_file"), "set secret or secret_file, not both");
+                    } else if let Some(path) = &r.secret_file
+                        && let Err(e) = std::fs::metadata(path)
+                    {
+                        return Err((at("secret_file"), format!("cannot read {}: {e}", path.display())));
                     }
                     unused("smtp", r.smtp.is_some())?;
                     unused("path", r.path.is_some())?;
