@@ -18,12 +18,14 @@ use serde_json::Value as Json;
 use crate::api::Problem;
 use crate::api::views::{CheckView, HostView};
 
+mod alerts;
 mod audit;
 mod jobs;
 mod rbac;
 mod rollouts;
 mod slo;
 mod table;
+pub use alerts::{AlertsCommand, SilencesCommand};
 pub use audit::AuditCommand;
 pub use jobs::{BackupsCommand, JobsCommand};
 pub use rbac::{RolesCommand, TokensCommand};
@@ -117,6 +119,16 @@ pub enum Command {
     Rollouts {
         #[command(subcommand)]
         command: RolloutsCommand,
+    },
+    /// Alerts: list, show, acknowledge.
+    Alerts {
+        #[command(subcommand)]
+        command: AlertsCommand,
+    },
+    /// Silences: alerts matching them fire without notifications.
+    Silences {
+        #[command(subcommand)]
+        command: SilencesCommand,
     },
 }
 
@@ -580,6 +592,16 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> Result<(), ClientError> {
             out.flush()?;
             return Ok(());
         }
+        Command::Alerts { command } => {
+            alerts::run(command, &cli, out).await?;
+            out.flush()?;
+            return Ok(());
+        }
+        Command::Silences { command } => {
+            alerts::run_silences(command, &cli, out).await?;
+            out.flush()?;
+            return Ok(());
+        }
         _ => {}
     }
     let client = Client::new(&cli.server, cli.token, cli.ca_cert.as_deref())?;
@@ -665,6 +687,8 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> Result<(), ClientError> {
         Command::Audit { .. }
         | Command::Slos { .. }
         | Command::Rollouts { .. }
+        | Command::Alerts { .. }
+        | Command::Silences { .. }
         | Command::Tokens { .. }
         | Command::Roles { .. }
         | Command::Jobs { .. }

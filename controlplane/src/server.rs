@@ -205,6 +205,8 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
         Arc::new(crate::slo::gate::StoreSloGate { store: store.clone() }),
         shutdown.clone(),
     );
+    // Alerts: every source reconciled each round; the outbox drained to the receivers.
+    let alerts = crate::alert::evaluator::start(store.clone(), cfg.alerts.clone(), shutdown.clone());
     let dispatcher =
         crate::jobs::dispatcher::start(store.clone(), registry.clone(), metrics.clone(), jobs, shutdown.clone());
 
@@ -218,7 +220,9 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
         endpoints,
         store,
         registry,
-        tasks: vec![rest, retention, sweep, dispatcher, rollouts, audit.task, slo_engine],
+        tasks: vec![
+            rest, retention, sweep, dispatcher, rollouts, audit.task, slo_engine, alerts,
+        ],
         grpc,
     })
 }

@@ -2,13 +2,15 @@
 //! the firing → resolved lifecycle, acknowledgement and silences
 //! ([`crate::store::alert`] keeps them, every transition audited, with an
 //! outbox of notifications per receiver that is retried until delivered).
-//! Not yet here: the receivers themselves, routing configuration and the
-//! REST routes (see the README's "Alerting" status).
+//! [`config`] is `[alerts]` of the config file (sources, receivers, routes),
+//! [`evaluator`] the loop that reconciles every source each round,
+//! [`receivers`] the receivers and the worker that drains the outbox. REST:
+//! `api/alerts.rs`; CLI: `client/alerts.rs`.
 //!
 //! Sources report the full set of conditions that hold now
 //! ([`crate::store::Store::reconcile_alerts`]): a new fingerprint fires, one
-//! no longer reported resolves. The SLO burn tiers are the first source
-//! ([`slo_candidates`]).
+//! no longer reported resolves ([`evaluator::SOURCES`]; the SLO burn tiers
+//! through [`slo_candidates`]).
 //!
 //! Invariants:
 //! - At most one firing alert per fingerprint (a partial unique index), so two
@@ -17,11 +19,17 @@
 //!   notification is retried until its receiver takes it.
 use std::collections::BTreeMap;
 
+pub mod config;
+pub mod evaluator;
+pub mod receivers;
+#[cfg(test)]
+mod tests;
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// Alert severity, lowest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     Info,
@@ -81,7 +89,7 @@ impl Candidate {
 }
 
 /// An alert as stored and shown.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Alert {
     pub id: String,
     pub fingerprint: String,
@@ -100,7 +108,7 @@ pub struct Alert {
 }
 
 /// One label matcher of a silence (`name=value` or `name!=value`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Matcher {
     pub name: String,
@@ -110,7 +118,7 @@ pub struct Matcher {
 }
 
 /// A silence: alerts matching every matcher are not notified while it lasts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Silence {
     pub id: String,
     pub matchers: Vec<Matcher>,

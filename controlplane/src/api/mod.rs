@@ -36,6 +36,9 @@ use warp::{Filter, Rejection, Reply};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
+pub mod alerts;
+#[cfg(test)]
+mod alerts_tests;
 pub mod audit;
 #[cfg(test)]
 mod audit_tests;
@@ -212,6 +215,7 @@ pub fn routes(
         .and(raw_query())
         .then(openapi::serve);
     let slo_routes = slo::routes(state.clone());
+    let alert_routes = alerts::routes(state.clone());
 
     let api = list_hosts
         .or(get_host)
@@ -239,6 +243,8 @@ pub fn routes(
         .or(slo_routes)
         .unify()
         .or(rollout_routes)
+        .unify()
+        .or(alert_routes)
         .unify()
         .map(|r: Result<Response, Problem>| r.unwrap_or_else(Problem::into_response));
 

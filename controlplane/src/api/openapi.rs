@@ -19,6 +19,7 @@ use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
 use warp::Reply;
 use warp::reply::Response;
 
+use super::alerts::{AlertView, CreateSilence, SilenceView};
 use super::identity::{CreateEnrollmentToken, EnrollmentTokenView, RevokedView};
 use super::jobs::{BackupView, CreateJob, CreatedJobs, JobView, OutputView};
 use super::params::Params;
@@ -115,6 +116,7 @@ impl Modify for BearerAuth {
         create_jobs, list_jobs, get_job, job_output, cancel_job, list_backups,
         put_slo, list_slos, get_slo,
         create_rollout, list_rollouts, get_rollout, pause_rollout, resume_rollout, abort_rollout,
+        list_alerts, get_alert, ack_alert, list_silences, create_silence, expire_silence,
     ),
     components(schemas(
         Problem, HostView, CheckView, ValueView, StatusCounts, CheckStatusSchema, AuditEntryView,
@@ -125,6 +127,7 @@ impl Modify for BearerAuth {
         CreateRollout, AbortRollout, RolloutView, RolloutHostView, WaveView, Counts,
         crate::rollouts::StrategySpec, crate::rollouts::Strategy, crate::rollouts::RollbackSpec,
         crate::rollouts::RawAmount,
+        AlertView, CreateSilence, SilenceView, crate::alert::Severity, crate::alert::Matcher,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -415,3 +418,45 @@ fn resume_rollout() {}
     request_body = AbortRollout,
     responses((status = 200, description = "aborting", body = RolloutView), Errors))]
 fn abort_rollout() {}
+
+// ---------------------------------------------------------------- alerts
+
+/// Alerts the token may see (an alert about a host needs `alerts:read` on
+/// that host; one about no host an unlimited `alerts:read`), newest first.
+/// Permission `alerts:read`.
+#[utoipa::path(get, path = "/api/v1/alerts", params(
+    ("state" = Option<String>, Query, description = "`firing` or `resolved`"),
+    ("severity" = Option<crate::alert::Severity>, Query, description = "only this severity"),
+    ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000),
+    ("cursor" = Option<String>, Query),
+), responses((status = 200, description = "a page of alerts", body = ListView<AlertView>), Errors))]
+fn list_alerts() {}
+
+/// One alert. Permission `alerts:read` (404 when the token may not see it).
+#[utoipa::path(get, path = "/api/v1/alerts/{id}", params(("id" = String, Path, description = "alert ID")),
+    responses((status = 200, description = "the alert", body = AlertView), Errors))]
+fn get_alert() {}
+
+/// Acknowledges an alert (audited; a second ack keeps the first).
+/// Permission `alerts:write` on the alert's host.
+#[utoipa::path(post, path = "/api/v1/alerts/{id}/ack", params(("id" = String, Path, description = "alert ID")),
+    responses((status = 200, description = "acknowledged", body = AlertView), Errors))]
+fn ack_alert() {}
+
+/// Silences, newest first. Unscoped tokens only. Permission `alerts:read`.
+#[utoipa::path(get, path = "/api/v1/silences", params(
+    ("state" = Option<String>, Query, description = "`active` or `expired`"),
+), responses((status = 200, description = "silences", body = ListView<SilenceView>), Errors))]
+fn list_silences() {}
+
+/// Creates a silence from now for `duration`: alerts matching every matcher
+/// fire without notifications (audited). Unscoped tokens only. Permission
+/// `alerts:write`.
+#[utoipa::path(post, path = "/api/v1/silences", request_body = CreateSilence,
+    responses((status = 201, description = "created", body = SilenceView), Errors))]
+fn create_silence() {}
+
+/// Ends a silence now (audited). Unscoped tokens only. Permission `alerts:write`.
+#[utoipa::path(delete, path = "/api/v1/silences/{id}", params(("id" = String, Path, description = "silence ID")),
+    responses((status = 200, description = "expired", body = SilenceView), Errors))]
+fn expire_silence() {}

@@ -103,6 +103,12 @@ pub const TABLE: &[RouteSpec] = &[
     route("POST", "/api/v1/rollouts/{id}/pause", "rollouts:write", Hosts::One),
     route("POST", "/api/v1/rollouts/{id}/resume", "rollouts:write", Hosts::One),
     route("POST", "/api/v1/rollouts/{id}/abort", "rollouts:write", Hosts::One),
+    route("GET", "/api/v1/alerts", "alerts:read", Hosts::Filtered),
+    route("GET", "/api/v1/alerts/{id}", "alerts:read", Hosts::One),
+    route("POST", "/api/v1/alerts/{id}/ack", "alerts:write", Hosts::One),
+    route("GET", "/api/v1/silences", "alerts:read", Hosts::Fleet),
+    route("POST", "/api/v1/silences", "alerts:write", Hosts::Fleet),
+    route("DELETE", "/api/v1/silences/{id}", "alerts:write", Hosts::Fleet),
 ];
 
 /// The row of `method` `path` (a template, exactly as in [`TABLE`]).

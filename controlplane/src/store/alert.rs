@@ -34,7 +34,8 @@ pub struct Reconciled {
     pub resolved: Vec<Alert>,
 }
 
-fn new_id() -> String {
+/// A random 12-character ID (base 36).
+pub fn new_id() -> String {
     let mut rng = rand::rng();
     (0..12)
         .map(|_| char::from_digit(rng.random_range(0..36), 36).unwrap_or('0'))
@@ -276,6 +277,55 @@ impl Store {
                 );
                 sqlx::query(sqlx::AssertSqlSafe(sql))
                     .bind(state)
+                    .bind(limit)
+                    .fetch_all(&b.pool)
+                    .await?
+                    .iter()
+                    .map(alert_from)
+                    .collect::<Result<Vec<_>, _>>()?
+            }
+        };
+        Ok(rows)
+    }
+
+    /// One page of alerts, newest first (`started_ms` descending, then ID),
+    /// after the `(started_ms, id)` of the previous page's last item.
+    pub async fn list_alerts_page(
+        &self,
+        state: Option<&str>,
+        severity: Option<Severity>,
+        before: Option<(i64, &str)>,
+        limit: usize,
+    ) -> Result<Vec<Alert>, StoreError> {
+        let state = state.unwrap_or("");
+        let severity = severity.map(Severity::as_str).unwrap_or("");
+        let (before_ms, before_id) = before.unwrap_or((i64::MAX, ""));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let filter = "WHERE ($1 = '' OR state = $1) AND ($2 = '' OR severity = $2)
+               AND (started_ms < $3 OR (started_ms = $3 AND id > $4))
+             ORDER BY started_ms DESC, id LIMIT $5";
+        let rows = match &self.backend {
+            Backend::Sqlite(b) => {
+                let sql = format!("SELECT {ALERT_COLUMNS} FROM alerts {}", filter.replace('$', "?"));
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(state)
+                    .bind(severity)
+                    .bind(before_ms)
+                    .bind(before_id)
+                    .bind(limit)
+                    .fetch_all(&b.read)
+                    .await?
+                    .iter()
+                    .map(alert_from)
+                    .collect::<Result<Vec<_>, _>>()?
+            }
+            Backend::Postgres(b) => {
+                let sql = format!("SELECT {ALERT_COLUMNS} FROM alerts {filter}");
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(state)
+                    .bind(severity)
+                    .bind(before_ms)
+                    .bind(before_id)
                     .bind(limit)
                     .fetch_all(&b.pool)
                     .await?

@@ -24,6 +24,7 @@ use crate::model::{AgentHello, ApiToken, FleetStats, Host, IngestBatch, LatestCh
 use crate::rbac::HostFilter;
 
 pub mod alert;
+pub mod alert_sources;
 #[cfg(test)]
 mod alert_tests;
 pub mod audit;

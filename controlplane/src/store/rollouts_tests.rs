@@ -549,3 +549,36 @@ async fn the_slo_gate_blocks_the_next_wave_while_burning_and_not_configured_is_r
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_rolled_back_rollout_is_an_alert_for_the_configured_window() {
+    on_each_backend(|store| async move {
+        let mut f = Fleet::new(&store, 3, &[("app", "web")]).await;
+        let mut s = strategy(1, "2", 0, true);
+        s.health = vec!["app-http".into()];
+        let id = start(&store, 3, s, "").await;
+        let d = driver(&store, "cpA");
+        let mut t = T0 + 1;
+        d.tick(t).await.unwrap();
+        t += 10;
+        f.finish(&["h01"], "succeeded", t).await;
+        d.tick(t).await.unwrap();
+        t += 10;
+        f.check("h01", "app-http", CheckStatus::Critical, t).await;
+        d.tick(t).await.unwrap();
+        t += 10;
+        f.finish(&["h01"], "succeeded", t).await;
+        d.tick(t).await.unwrap();
+        assert_eq!(rollout(&store, &id).await.state, RolloutState::RolledBack);
+        let ev = crate::alert::evaluator::Evaluator::new(store.clone(), Default::default());
+        let c = ev.candidates("rollout", t + 1).await.unwrap();
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert_eq!(c[0].labels["alertname"], "RolloutRolledBack");
+        assert_eq!(c[0].labels["rollout"], id);
+        assert_eq!(c[0].severity, crate::alert::Severity::Error);
+        assert!(c[0].summary.contains("app-http is critical"), "{}", c[0].summary);
+        // The default window is 24h.
+        assert!(ev.candidates("rollout", t + 86_400_001).await.unwrap().is_empty());
+    })
+    .await;
+}
