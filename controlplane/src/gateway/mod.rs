@@ -33,10 +33,6 @@ pub type SessionStream = tokio_stream::adapters::Map<
     fn(Box<registry::OutItem>) -> registry::OutItem,
 >;
 
-fn unbox(item: Box<registry::OutItem>) -> registry::OutItem {
-    *item
-}
-
 #[tonic::async_trait]
 impl AgentGateway for GatewayService {
     type SessionStream = SessionStream;
@@ -76,7 +72,8 @@ impl AgentGateway for GatewayService {
         let (tx, rx) = registry::Outbound::channel(16);
         let span = tracing::info_span!("session", host = %identity.host_id, remote = %conn.remote);
         tokio::spawn(session::run(self.deps.clone(), identity, request.into_inner(), tx).instrument(span));
-        Ok(Response::new(ReceiverStream::new(rx).map(unbox as fn(_) -> _)))
+        let unbox: fn(Box<registry::OutItem>) -> registry::OutItem = |item| *item;
+        Ok(Response::new(ReceiverStream::new(rx).map(unbox)))
     }
 
     async fn enroll(&self, request: Request<EnrollRequest>) -> Result<Response<EnrollResponse>, Status> {
