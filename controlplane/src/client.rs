@@ -20,10 +20,12 @@ use crate::api::views::{CheckView, HostView};
 
 mod audit;
 mod jobs;
+mod kpis;
 mod rbac;
 mod table;
 pub use audit::AuditCommand;
 pub use jobs::{BackupsCommand, JobsCommand};
+pub use kpis::KpisCommand;
 pub use rbac::{RolesCommand, TokensCommand};
 pub use table::{ago, audit_table, checks_table, host_detail, hosts_table};
 
@@ -103,6 +105,11 @@ pub enum Command {
     Backups {
         #[command(subcommand)]
         command: BackupsCommand,
+    },
+    /// Fleet KPIs: values, groups and trends.
+    Kpis {
+        #[command(subcommand)]
+        command: KpisCommand,
     },
 }
 
@@ -548,6 +555,11 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> Result<(), ClientError> {
             out.flush()?;
             return Ok(());
         }
+        Command::Kpis { command } => {
+            kpis::run(command, &cli, out).await?;
+            out.flush()?;
+            return Ok(());
+        }
         _ => {}
     }
     let client = Client::new(&cli.server, cli.token, cli.ca_cert.as_deref())?;
@@ -635,6 +647,7 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> Result<(), ClientError> {
         | Command::Roles { .. }
         | Command::Jobs { .. }
         | Command::Backups { .. }
+        | Command::Kpis { .. }
         | Command::Hosts {
             command: HostsCommand::Labels { .. },
         } => {} // handled above

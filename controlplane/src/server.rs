@@ -191,6 +191,12 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
     let sweep = tokio::spawn(revocation_sweep(store.clone(), registry.clone(), shutdown.clone()));
     let dispatcher =
         crate::jobs::dispatcher::start(store.clone(), registry.clone(), metrics.clone(), jobs, shutdown.clone());
+    let kpi_sampler = tokio::spawn(crate::kpi::sampler::run(
+        store.clone(),
+        cfg.kpi.settings(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
 
     let endpoints = Endpoints {
         grpc_addr,
@@ -202,7 +208,7 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
         endpoints,
         store,
         registry,
-        tasks: vec![rest, retention, sweep, dispatcher, audit.task],
+        tasks: vec![rest, retention, sweep, dispatcher, audit.task, kpi_sampler],
         grpc,
     })
 }

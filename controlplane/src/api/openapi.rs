@@ -21,6 +21,7 @@ use warp::reply::Response;
 
 use super::identity::{CreateEnrollmentToken, EnrollmentTokenView, RevokedView};
 use super::jobs::{BackupView, CreateJob, CreatedJobs, JobView, OutputView};
+use super::kpis::{KpiDetail, KpiGroupView, KpiList, KpiView, MissingKpi, TrendPoint};
 use super::params::Params;
 use super::problem::{PROBLEM_CONTENT_TYPE, Problem};
 use super::rbac::{CreateToken, PutLabels, PutRole, RoleView, TokenView};
@@ -110,12 +111,14 @@ impl Modify for BearerAuth {
         create_enrollment_token, audit_list, audit_export,
         create_token, list_tokens, revoke_token, list_roles, get_role, put_role, delete_role,
         create_jobs, list_jobs, get_job, job_output, cancel_job, list_backups,
+        list_kpis, get_kpi,
     ),
     components(schemas(
         Problem, HostView, CheckView, ValueView, StatusCounts, CheckStatusSchema, AuditEntryView,
         CreateEnrollmentToken, EnrollmentTokenView, RevokedView, CreateToken, TokenView, RoleView, PutRole,
         PutLabels, RuleSpec, Effect, RoleSource,
         CreateJob, CreatedJobs, JobView, JobStateSchema, OutputView, BackupView,
+        KpiList, KpiView, KpiDetail, KpiGroupView, TrendPoint, MissingKpi,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -339,3 +342,25 @@ fn cancel_job() {}
     ("host" = Option<String>, Query, description = "only this host (ID or unique hostname)"),
 ), responses((status = 200, description = "backups", body = ListView<BackupView>), Errors))]
 fn list_backups() {}
+
+// ---------------------------------------------------------------- KPIs
+
+/// The KPI catalog with each KPI's value over the hosts the token may see
+/// (and the selector matches), plus the KPIs not computed yet.
+/// Permission `kpis:read`.
+#[utoipa::path(get, path = "/api/v1/kpis", params(
+    ("window" = Option<String>, Query, description = "duration, e.g. 30d (default 30d, 1m..400d)"),
+    ("selector" = Option<String>, Query, description = "label selector over hosts"),
+), responses((status = 200, description = "the catalog", body = KpiList), Errors))]
+fn list_kpis() {}
+
+/// One KPI: its value, per group of a label's values with `group_by`, and its
+/// trend (fleet-wide samples; only for tokens limited by nothing).
+/// Permission `kpis:read`.
+#[utoipa::path(get, path = "/api/v1/kpis/{name}", params(
+    ("name" = String, Path, description = "a KPI name from the catalog"),
+    ("window" = Option<String>, Query, description = "duration, e.g. 30d (default 30d, 1m..400d)"),
+    ("selector" = Option<String>, Query, description = "label selector over hosts"),
+    ("group_by" = Option<String>, Query, description = "a label: one value per label value"),
+), responses((status = 200, description = "the KPI", body = KpiDetail), Errors))]
+fn get_kpi() {}

@@ -94,6 +94,8 @@ pub const TABLE: &[RouteSpec] = &[
     route("GET", "/api/v1/jobs/{id}/output", "jobs:read", Hosts::One),
     route("POST", "/api/v1/jobs/{id}/cancel", "jobs:cancel", Hosts::One),
     route("GET", "/api/v1/backups", "backups:read", Hosts::Filtered),
+    route("GET", "/api/v1/kpis", "kpis:read", Hosts::Filtered),
+    route("GET", "/api/v1/kpis/{name}", "kpis:read", Hosts::Filtered),
 ];
 
 /// The row of `method` `path` (a template, exactly as in [`TABLE`]).

@@ -27,6 +27,7 @@ pub mod audit;
 mod backup;
 pub mod identity;
 pub mod jobs;
+pub mod kpi;
 mod postgres;
 pub mod rbac;
 mod sql;

@@ -36,6 +36,7 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (4, "rbac", include_str!("../../migrations/postgres/0004_rbac.sql")),
     (5, "jobs", include_str!("../../migrations/postgres/0005_jobs.sql")),
+    (8, "kpi", include_str!("../../migrations/postgres/0008_kpi.sql")),
 ];
 
 /// The answer to `backup` on PostgreSQL.

@@ -40,6 +40,7 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "identity", include_str!("../../migrations/sqlite/0003_identity.sql")),
     (4, "rbac", include_str!("../../migrations/sqlite/0004_rbac.sql")),
     (5, "jobs", include_str!("../../migrations/sqlite/0005_jobs.sql")),
+    (8, "kpi", include_str!("../../migrations/sqlite/0008_kpi.sql")),
 ];
 
 /// How long a statement waits for another process's write lock.
