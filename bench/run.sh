@@ -17,3 +17,7 @@ echo "# ingest over real mTLS streams, ${AGENTS} simulated agents, SQLite"
 target/release/bench-ingest --agents "$AGENTS" --seconds "$SECONDS_PER_RUN"
 echo "# ingest over real mTLS streams, ${AGENTS} simulated agents, PostgreSQL"
 target/release/bench-ingest --agents "$AGENTS" --seconds "$SECONDS_PER_RUN" --postgres
+echo "# dispatch latency, API call -> agent receipt, 100 and 1,000 simulated agents, SQLite"
+target/release/bench-dispatch --agents 100,1000 --jobs "${DISPATCH_JOBS:-500}"
+echo "# dispatch latency, API call -> agent receipt, 100 and 1,000 simulated agents, PostgreSQL"
+target/release/bench-dispatch --agents 100,1000 --jobs "${DISPATCH_JOBS:-500}" --postgres

@@ -1,6 +1,8 @@
 //! Shared pieces of the benchmarks: process CPU time and resident memory.
 #![forbid(unsafe_code)]
 
+pub mod sim;
+
 /// User + system CPU time of this process (all threads), in seconds.
 pub fn process_cpu_secs() -> f64 {
     match nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF) {

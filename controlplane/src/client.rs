@@ -18,15 +18,21 @@ use serde_json::Value as Json;
 use crate::api::Problem;
 use crate::api::views::{CheckView, HostView};
 
+mod alerts;
 mod audit;
 mod jobs;
 mod kpis;
 mod rbac;
+mod rollouts;
+mod slo;
 mod table;
+pub use alerts::{AlertsCommand, SilencesCommand};
 pub use audit::AuditCommand;
 pub use jobs::{BackupsCommand, JobsCommand};
 pub use kpis::KpisCommand;
 pub use rbac::{RolesCommand, TokensCommand};
+pub use rollouts::RolloutsCommand;
+pub use slo::SlosCommand;
 pub use table::{ago, audit_table, checks_table, host_detail, hosts_table};
 
 /// Default `--server`.
@@ -86,6 +92,11 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Service level objectives: apply definitions, list, show status.
+    Slos {
+        #[command(subcommand)]
+        command: SlosCommand,
+    },
     /// API tokens: create (shown once), list, revoke.
     Tokens {
         #[command(subcommand)]
@@ -105,6 +116,21 @@ pub enum Command {
     Backups {
         #[command(subcommand)]
         command: BackupsCommand,
+    },
+    /// Fleet-wide rollouts: canary and waves with an error budget, gates and rollback.
+    Rollouts {
+        #[command(subcommand)]
+        command: RolloutsCommand,
+    },
+    /// Alerts: list, show, acknowledge.
+    Alerts {
+        #[command(subcommand)]
+        command: AlertsCommand,
+    },
+    /// Silences: alerts matching them fire without notifications.
+    Silences {
+        #[command(subcommand)]
+        command: SilencesCommand,
     },
     /// Fleet KPIs: values, groups and trends.
     Kpis {
@@ -230,6 +256,9 @@ pub enum ClientError {
     /// `jobs run --wait`: a job did not succeed.
     #[error("job {id} {state}{}", if reason.is_empty() { String::new() } else { format!(": {reason}") })]
     JobEnded { id: String, state: String, reason: String },
+    /// `rollouts watch`: the rollout did not succeed (exit code by its end state).
+    #[error("rollout {id} {state}{}", if reason.is_empty() { String::new() } else { format!(": {reason}") })]
+    RolloutEnded { id: String, state: String, reason: String },
 }
 
 impl ClientError {
@@ -238,6 +267,11 @@ impl ClientError {
     pub fn exit_code(&self) -> u8 {
         match self {
             ClientError::Unusable(_) => 2,
+            ClientError::RolloutEnded { state, .. } => match state.as_str() {
+                "rolled_back" => 3,
+                "aborted" => 4,
+                _ => 5,
+            },
             _ => 1,
         }
     }
@@ -555,6 +589,26 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> Result<(), ClientError> {
             out.flush()?;
             return Ok(());
         }
+        Command::Slos { command } => {
+            slo::run(command, &cli, out).await?;
+            out.flush()?;
+            return Ok(());
+        }
+        Command::Rollouts { command } => {
+            rollouts::run(command, &cli, out).await?;
+            out.flush()?;
+            return Ok(());
+        }
+        Command::Alerts { command } => {
+            alerts::run(command, &cli, out).await?;
+            out.flush()?;
+            return Ok(());
+        }
+        Command::Silences { command } => {
+            alerts::run_silences(command, &cli, out).await?;
+            out.flush()?;
+            return Ok(());
+        }
         Command::Kpis { command } => {
             kpis::run(command, &cli, out).await?;
             out.flush()?;
@@ -643,6 +697,10 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> Result<(), ClientError> {
             }
         }
         Command::Audit { .. }
+        | Command::Slos { .. }
+        | Command::Rollouts { .. }
+        | Command::Alerts { .. }
+        | Command::Silences { .. }
         | Command::Tokens { .. }
         | Command::Roles { .. }
         | Command::Jobs { .. }

@@ -32,6 +32,9 @@ pub struct ControlPlaneConfig {
     pub rbac: RbacSection,
     #[serde(default)]
     pub jobs: JobsSection,
+    /// `[alerts]`: sources, receivers, routes ([`crate::alert::config`]).
+    #[serde(default)]
+    pub alerts: crate::alert::config::AlertsConfig,
     #[serde(default)]
     pub kpi: KpiSection,
 }
@@ -472,6 +475,9 @@ impl ControlPlaneConfig {
             return Err(at("rest.rate_limit_burst", "must be at least rate_limit_per_second"));
         }
         if let Err((key, message)) = self.rbac.role_defs() {
+            return Err(at(&key, &message));
+        }
+        if let Err((key, message)) = self.alerts.check() {
             return Err(at(&key, &message));
         }
         Ok(())

@@ -10,6 +10,8 @@
 //! - [`store`] — one storage interface, two backends, each with its own SQL and migrations.
 //! - [`api`] — the warp REST API (`/healthz`, `/readyz`, `/metrics`, `/api/v1/...`).
 //! - [`audit`] — the tamper-evident audit log: hash chain, signed checkpoints, export and verify.
+//! - [`slo`] — SLO definitions, one-minute event buckets, budgets, burn rates and alert tiers.
+//! - [`rollouts`] — fleet-wide rollouts in waves: strategy, gates, the lease-holding driver.
 //! - [`metrics`] — Prometheus metrics shared by gateway and API.
 //! - [`rest_serve`] — serves the REST filter (HTTP or HTTPS) from our own accept loop.
 //! - [`server`] — `serve`: starts everything, shuts it down on signals.
@@ -17,6 +19,7 @@
 //! - [`client`] — the REST client behind `stewardctl`.
 #![forbid(unsafe_code)]
 
+pub mod alert;
 pub mod api;
 pub mod audit;
 pub mod client;
@@ -31,7 +34,9 @@ pub mod pki_cli;
 pub mod quickstart;
 pub mod rbac;
 pub mod rest_serve;
+pub mod rollouts;
 pub mod server;
+pub mod slo;
 pub mod store;
 
 /// Control-plane version.

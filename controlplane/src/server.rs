@@ -88,6 +88,10 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
     }
     let store = Store::connect(&url).await.map_err(store_err)?;
     store.migrate().await.map_err(store_err)?;
+    // The SLO counting index, before the gateway ingests anything.
+    if let Err(error) = store.reload_sli_index().await {
+        tracing::warn!(%error, "cannot load SLO definitions at start; the SLO engine retries");
+    }
     // Signing key, `start` checkpoint, and the checkpointer task.
     let audit = crate::audit::checkpointer::start(&cfg.audit, &cfg.data_dir, store.clone(), shutdown.clone()).await?;
     let metrics = Arc::new(Metrics::new());
@@ -169,6 +173,12 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
             cfg.rest.rate_limit_burst,
         ))
         .with_jobs(jobs.clone());
+    // SLOs: the engine loop keeps the counting index fresh and flushes API requests.
+    let slo_engine = tokio::spawn(crate::slo::engine::run(
+        store.clone(),
+        state.api_sli.clone(),
+        shutdown.clone(),
+    ));
     let routes = {
         use warp::{Filter, Reply};
         crate::api::routes(state).map(Reply::into_response).boxed()
@@ -189,6 +199,14 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
     ));
 
     let sweep = tokio::spawn(revocation_sweep(store.clone(), registry.clone(), shutdown.clone()));
+    let rollouts = crate::rollouts::driver::start(
+        store.clone(),
+        jobs.clone(),
+        Arc::new(crate::slo::gate::StoreSloGate { store: store.clone() }),
+        shutdown.clone(),
+    );
+    // Alerts: every source reconciled each round; the outbox drained to the receivers.
+    let alerts = crate::alert::evaluator::start(store.clone(), cfg.alerts.clone(), shutdown.clone());
     let dispatcher =
         crate::jobs::dispatcher::start(store.clone(), registry.clone(), metrics.clone(), jobs, shutdown.clone());
     let kpi_sampler = tokio::spawn(crate::kpi::sampler::run(
@@ -208,7 +226,9 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
         endpoints,
         store,
         registry,
-        tasks: vec![rest, retention, sweep, dispatcher, audit.task, kpi_sampler],
+        tasks: vec![
+            rest, retention, sweep, dispatcher, rollouts, audit.task, slo_engine, alerts, kpi_sampler,
+        ],
         grpc,
     })
 }

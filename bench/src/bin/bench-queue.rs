@@ -1,9 +1,14 @@
 //! Job queue throughput through the store, as the control plane runs it:
-//! enqueue (audited) → claim (audited, SKIP LOCKED on PostgreSQL) → complete
-//! (an agent's `finished` report applied in the ingest transaction, audited),
-//! in jobs per second; and, on PostgreSQL, a bare `FOR UPDATE SKIP LOCKED`
-//! claim/complete loop on the same server for comparison. Figures are
-//! printed as JSON, never asserted.
+//! enqueue (audited, one fan-out request per 100 jobs) → claim (the
+//! dispatcher's `claim_jobs`, 256 per round, audited, SKIP LOCKED on
+//! PostgreSQL) → accept (with `--accept`: the agents' acceptances as the
+//! ingest acceptor records them, `accept_jobs`, audited) → complete (the agents' `finished` reports applied by the
+//! ingest writer's `ingest_with_jobs`, fenced, audited), in jobs per second;
+//! and, on PostgreSQL, a bare `FOR UPDATE SKIP LOCKED` loop on the same
+//! server for comparison: a table of the same shape as `jobs` (`LIKE jobs
+//! INCLUDING ALL`), rows sent from the client 100 per statement, claims of
+//! 256 and one fenced completion per round, no audit. Figures are printed
+//! as JSON, never asserted.
 //!
 //! `cargo run --release -p steward-bench --bin bench-queue -- --jobs 5000`
 //! `... -- --postgres` (a fresh database on `STEWARD_TEST_PG_URL`)
@@ -15,7 +20,7 @@ use steward_controlplane::audit::{AuditEntry, Outcome};
 use steward_controlplane::jobs::{JobEventKind, JobReport, JobSettings, NewJob, new_job_id};
 use steward_controlplane::model::IngestBatch;
 use steward_controlplane::store::Store;
-use steward_controlplane::store::jobs::{JobBatch, JobIngest};
+use steward_controlplane::store::jobs::{Acceptance, JobBatch, JobIngest};
 use steward_controlplane::store::testdb::{TestBackend, fresh_database_url};
 
 #[derive(Parser)]
@@ -29,6 +34,10 @@ struct Args {
     /// Use PostgreSQL (`STEWARD_TEST_PG_URL`) instead of SQLite.
     #[arg(long)]
     postgres: bool,
+    /// Also record the attempts' acceptances (`accept_jobs`, as the ingest
+    /// acceptor does with the sessions' `JobAccepted`) between claim and completion.
+    #[arg(long)]
+    accept: bool,
 }
 
 #[tokio::main]
@@ -82,6 +91,20 @@ async fn main() -> Result<()> {
         if claimed.is_empty() {
             break;
         }
+        if args.accept {
+            // What the ingest acceptor does with the acceptances of many sessions.
+            let acceptances: Vec<Acceptance> = claimed
+                .iter()
+                .map(|c| Acceptance {
+                    host_id: c.host_id.clone(),
+                    job_id: c.job_id.clone(),
+                    attempt_id: c.attempt_id.clone(),
+                })
+                .collect();
+            store
+                .accept_jobs(&acceptances, steward_shared::now_ms(), &settings)
+                .await?;
+        }
         let mut by_host: std::collections::BTreeMap<String, Vec<JobReport>> = Default::default();
         for c in &claimed {
             seq += 1;
@@ -127,6 +150,7 @@ async fn main() -> Result<()> {
         serde_json::json!({
             "bench": "queue",
             "backend": store.backend_name(),
+            "accept": args.accept,
             "jobs": done,
             "enqueue_jobs_per_s": (args.jobs as f64 / enqueue_secs).round(),
             "claim_complete_jobs_per_s": (done as f64 / run_secs).round(),
@@ -141,42 +165,65 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-/// The same enqueue → claim → complete cycle with nothing but a table and
-/// `FOR UPDATE SKIP LOCKED` (no audit, no fencing), 256 per claim.
+/// The same enqueue → claim → complete cycle with nothing but a table of
+/// the same shape as `jobs` and `FOR UPDATE SKIP LOCKED` (no audit, no
+/// per-host slots), 256 per claim, on a pool of the store's size.
 async fn bare_skip_locked(url: &str, n: usize) -> Result<()> {
     let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
+        .max_connections(16)
         .connect(url)
         .await?;
-    sqlx::query("CREATE TABLE bare_jobs (id BIGSERIAL PRIMARY KEY, state TEXT NOT NULL, owner TEXT)")
+    sqlx::query("CREATE TABLE bare_jobs (LIKE jobs INCLUDING ALL)")
         .execute(&pool)
         .await?;
     let started = Instant::now();
-    for _ in 0..n.div_ceil(100) {
-        sqlx::query("INSERT INTO bare_jobs (state) SELECT 'queued' FROM generate_series(1, 100)")
-            .execute(&pool)
-            .await?;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
+        let now = steward_shared::now_ms();
+        let ids: Vec<String> = chunk.iter().map(|i| format!("bare-{now}-{i:08}")).collect();
+        let hosts: Vec<String> = chunk.iter().map(|i| format!("h{:04}", i % 100)).collect();
+        sqlx::query(
+            "INSERT INTO bare_jobs (id, action, params, host_id, state, attempt, max_attempts, timeout_secs, \
+                 next_run_ms, created_ms, updated_ms, source, created_by)
+             SELECT u.id, 'checks.run', '{}', u.host, 'queued', 0, 1, 60, $3, $3, $3, 'api', 'token:bench'
+             FROM UNNEST($1::text[], $2::text[]) AS u (id, host)",
+        )
+        .bind(&ids)
+        .bind(&hosts)
+        .bind(now)
+        .execute(&pool)
+        .await?;
     }
     let enqueue_secs = started.elapsed().as_secs_f64();
     let started = Instant::now();
     let mut done = 0usize;
     loop {
+        let now = steward_shared::now_ms();
         let mut tx = pool.begin().await?;
-        let ids: Vec<(i64,)> = sqlx::query_as(
-            "WITH c AS (SELECT id FROM bare_jobs WHERE state = 'queued' ORDER BY id LIMIT 256 FOR UPDATE SKIP LOCKED)
-             UPDATE bare_jobs SET state = 'running', owner = 'bench' FROM c WHERE bare_jobs.id = c.id RETURNING bare_jobs.id",
+        let ids: Vec<(String,)> = sqlx::query_as(
+            "WITH c AS (SELECT id FROM bare_jobs WHERE state = 'queued' AND next_run_ms <= $1 \
+                        ORDER BY next_run_ms, id LIMIT 256 FOR UPDATE SKIP LOCKED)
+             UPDATE bare_jobs SET state = 'dispatched', attempt = attempt + 1, \
+                 attempt_id = bare_jobs.id || '-a' || (attempt + 1), lease_owner = 'bench', \
+                 lease_expires_ms = $1 + 30000, dispatched_ms = $1, updated_ms = $1 \
+             FROM c WHERE bare_jobs.id = c.id RETURNING bare_jobs.id",
         )
+        .bind(now)
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
         if ids.is_empty() {
             break;
         }
-        let ids: Vec<i64> = ids.into_iter().map(|r| r.0).collect();
-        sqlx::query("UPDATE bare_jobs SET state = 'succeeded' WHERE id = ANY($1) AND owner = 'bench'")
-            .bind(&ids)
-            .execute(&pool)
-            .await?;
+        let ids: Vec<String> = ids.into_iter().map(|r| r.0).collect();
+        sqlx::query(
+            "UPDATE bare_jobs SET state = 'succeeded', outcome = 'succeeded', result = '{}', finished_ms = $2, \
+                 lease_owner = NULL, lease_expires_ms = NULL, updated_ms = $2 \
+             WHERE id = ANY($1) AND attempt = 1 AND lease_owner = 'bench' AND state IN ('dispatched', 'running')",
+        )
+        .bind(&ids)
+        .bind(steward_shared::now_ms())
+        .execute(&pool)
+        .await?;
         done += ids.len();
     }
     let run_secs = started.elapsed().as_secs_f64();
@@ -186,6 +233,7 @@ async fn bare_skip_locked(url: &str, n: usize) -> Result<()> {
             "bench": "queue_bare_skip_locked",
             "backend": "postgres",
             "jobs": done,
+            "enqueue_jobs_per_s": (n as f64 / enqueue_secs).round(),
             "claim_complete_jobs_per_s": (done as f64 / run_secs).round(),
             "end_to_end_jobs_per_s": (done as f64 / (enqueue_secs + run_secs)).round(),
         })

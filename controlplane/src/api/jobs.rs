@@ -261,7 +261,7 @@ pub async fn create(state: ApiState, who: Principal, query: String, body: bytes:
         (Some(host), None) => vec![resolve_host_for(&state, &who, host, "jobs:create", "host").await?.id],
         (None, Some(sel)) => {
             let selector = Selector::parse(sel).map_err(|e| Problem::invalid("selector", e.to_string()))?;
-            let ids = matching_hosts(&state, &who, &selector).await?;
+            let ids = matching_hosts(&state, &who, &selector, "jobs:create", MAX_FANOUT).await?;
             if ids.is_empty() {
                 // Hosts it may see but not act on: an audited 403; else, as
                 // for a selector matching nothing, a 400.
@@ -347,10 +347,17 @@ pub async fn create(state: ApiState, who: Principal, query: String, body: bytes:
     ))
 }
 
-/// The hosts `selector` matches on which `who` may create jobs (each one
-/// checked again against its labels).
-async fn matching_hosts(state: &ApiState, who: &Principal, selector: &Selector) -> Result<Vec<String>, Problem> {
-    let access = who.host_filter("jobs:create");
+/// The hosts `selector` matches on which `who` holds `permission` (each one
+/// checked again against its labels), at most `max` of them (else a 400
+/// naming `selector`). Used by job fan-out and rollout creation.
+pub(super) async fn matching_hosts(
+    state: &ApiState,
+    who: &Principal,
+    selector: &Selector,
+    permission: &str,
+    max: usize,
+) -> Result<Vec<String>, Problem> {
+    let access = who.host_filter(permission);
     let mut ids = Vec::new();
     let mut after: Option<String> = None;
     loop {
@@ -363,13 +370,13 @@ async fn matching_hosts(state: &ApiState, who: &Principal, selector: &Selector) 
         ids.extend(
             page.items
                 .into_iter()
-                .filter(|h| who.allows("jobs:create", Some(&h.labels)))
+                .filter(|h| who.allows(permission, Some(&h.labels)))
                 .map(|h| h.id),
         );
-        if ids.len() > MAX_FANOUT {
+        if ids.len() > max {
             return Err(Problem::invalid(
                 "selector",
-                format!("the selector matches more than {MAX_FANOUT} hosts"),
+                format!("the selector matches more than {max} hosts"),
             ));
         }
         if !page.has_more {

@@ -36,6 +36,9 @@ use warp::{Filter, Rejection, Reply};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
+pub mod alerts;
+#[cfg(test)]
+mod alerts_tests;
 pub mod audit;
 #[cfg(test)]
 mod audit_tests;
@@ -50,7 +53,11 @@ pub mod problem;
 pub mod rbac;
 #[cfg(test)]
 mod rbac_tests;
+pub mod rollouts;
 pub mod routes;
+pub mod slo;
+#[cfg(test)]
+mod slo_tests;
 #[cfg(test)]
 mod tests;
 pub mod views;
@@ -71,6 +78,8 @@ pub struct ApiState {
     pub enrollment_token_ttl: Duration,
     /// Export signing and the budget of recorded denials.
     pub audit: audit::AuditApi,
+    /// Counts `/api/v1` requests for the API availability and latency SLIs.
+    pub api_sli: Arc<crate::slo::sli::ApiRecorder>,
     /// Roles from the config file and per-token rate limits.
     pub rbac: rbac::RbacApi,
     /// Wakes the job dispatcher (jobs created or cancelled) and its settings.
@@ -80,7 +89,6 @@ pub struct ApiState {
 impl ApiState {
     pub fn new(store: Store, metrics: Arc<Metrics>, offline_after: Duration) -> Self {
         ApiState {
-            store,
             metrics,
             offline_after,
             ca_fingerprint: None,
@@ -88,6 +96,8 @@ impl ApiState {
             audit: audit::AuditApi::default(),
             rbac: rbac::RbacApi::default(),
             jobs: crate::jobs::dispatcher::JobsHandle::default(),
+            api_sli: Arc::new(crate::slo::sli::ApiRecorder::new(store.sli_handle())),
+            store,
         }
     }
 
@@ -130,6 +140,7 @@ pub fn routes(
     state: ApiState,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone + Send + Sync + 'static {
     let metrics = state.metrics.clone();
+    let api_sli = state.api_sli.clone();
 
     let healthz = warp::path!("healthz").and(warp::get()).then(handlers::healthz);
     let readyz = warp::path!("readyz")
@@ -190,6 +201,7 @@ pub fn routes(
         .and(warp::body::bytes())
         .then(identity::create_enrollment_token);
     let job_routes = jobs_routes(state.clone());
+    let rollout_routes = rollouts::routes(state.clone());
     let kpi_routes = kpis_routes(state.clone());
     let revoke_host = warp::path!("api" / "v1" / "hosts" / String / "revoke")
         .and(warp::post())
@@ -204,6 +216,8 @@ pub fn routes(
         .and(warp::get())
         .and(raw_query())
         .then(openapi::serve);
+    let slo_routes = slo::routes(state.clone());
+    let alert_routes = alerts::routes(state.clone());
 
     let api = list_hosts
         .or(get_host)
@@ -220,12 +234,22 @@ pub fn routes(
         .unify()
         .or(audit_export)
         .unify()
+        // Boxed halfway: a long chain of `or` types makes type checking very slow.
+        .boxed()
         .or(rbac_routes)
         .unify()
         .or(openapi_doc)
         .unify()
         .or(job_routes)
         .unify()
+        .or(slo_routes)
+        .unify()
+        .or(rollout_routes)
+        .unify()
+        .or(alert_routes)
+        .unify()
+        // Boxed again before the next groups, for the same reason.
+        .boxed()
         .or(kpi_routes)
         .unify()
         .map(|r: Result<Response, Problem>| r.unwrap_or_else(Problem::into_response));
@@ -249,6 +273,10 @@ pub fn routes(
         .map(move |start: Instant, method: http::Method, path: FullPath, id: HeaderValue, mut resp: Response| {
             resp.headers_mut().insert("x-request-id", id);
             let route = route_template(path.as_str());
+            if route.starts_with("/api/v1/") {
+                let took = start.elapsed().as_micros() as u64;
+                api_sli.record(resp.status().as_u16(), took, steward_shared::now_ms());
+            }
             if resp.status() == http::StatusCode::METHOD_NOT_ALLOWED
                 && let Ok(allow) = HeaderValue::from_str(&routes::methods_of(route).join(", "))
             {

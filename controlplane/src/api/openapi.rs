@@ -19,16 +19,20 @@ use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
 use warp::Reply;
 use warp::reply::Response;
 
+use super::alerts::{AlertView, CreateSilence, SilenceView};
 use super::identity::{CreateEnrollmentToken, EnrollmentTokenView, RevokedView};
 use super::jobs::{BackupView, CreateJob, CreatedJobs, JobView, OutputView};
 use super::kpis::{KpiDetail, KpiGroupView, KpiList, KpiView, MissingKpi, TrendPoint};
 use super::params::Params;
 use super::problem::{PROBLEM_CONTENT_TYPE, Problem};
 use super::rbac::{CreateToken, PutLabels, PutRole, RoleView, TokenView};
+use super::rollouts::{AbortRollout, Counts, CreateRollout, RolloutHostView, RolloutView, WaveView};
 use super::views::{CheckView, HostView, ListView, ValueView};
 use crate::audit::export::AuditEntryView;
 use crate::model::StatusCounts;
 use crate::rbac::{Effect, RoleSource, RuleSpec};
+use crate::slo::spec::SloSpec;
+use crate::slo::status::{SloStatus, SloSummary};
 
 /// A check's status.
 #[derive(ToSchema)]
@@ -111,6 +115,9 @@ impl Modify for BearerAuth {
         create_enrollment_token, audit_list, audit_export,
         create_token, list_tokens, revoke_token, list_roles, get_role, put_role, delete_role,
         create_jobs, list_jobs, get_job, job_output, cancel_job, list_backups,
+        put_slo, list_slos, get_slo,
+        create_rollout, list_rollouts, get_rollout, pause_rollout, resume_rollout, abort_rollout,
+        list_alerts, get_alert, ack_alert, list_silences, create_silence, expire_silence,
         list_kpis, get_kpi,
     ),
     components(schemas(
@@ -118,6 +125,11 @@ impl Modify for BearerAuth {
         CreateEnrollmentToken, EnrollmentTokenView, RevokedView, CreateToken, TokenView, RoleView, PutRole,
         PutLabels, RuleSpec, Effect, RoleSource,
         CreateJob, CreatedJobs, JobView, JobStateSchema, OutputView, BackupView,
+        SloSpec, SloStatus, SloSummary,
+        CreateRollout, AbortRollout, RolloutView, RolloutHostView, WaveView, Counts,
+        crate::rollouts::StrategySpec, crate::rollouts::Strategy, crate::rollouts::RollbackSpec,
+        crate::rollouts::RawAmount,
+        AlertView, CreateSilence, SilenceView, crate::alert::Severity, crate::alert::Matcher,
         KpiList, KpiView, KpiDetail, KpiGroupView, TrendPoint, MissingKpi,
     )),
     modifiers(&BearerAuth),
@@ -342,6 +354,115 @@ fn cancel_job() {}
     ("host" = Option<String>, Query, description = "only this host (ID or unique hostname)"),
 ), responses((status = 200, description = "backups", body = ListView<BackupView>), Errors))]
 fn list_backups() {}
+
+// ---------------------------------------------------------------- SLOs
+
+/// Creates or replaces an SLO (the `spec` of the YAML document, as JSON;
+/// unknown fields are refused, errors name the field). Audited. Permission
+/// `slos:write`.
+#[utoipa::path(put, path = "/api/v1/slos/{name}", params(("name" = String, Path, description = "a-z 0-9 - _ . (1-63)")),
+    request_body = SloSpec,
+    responses(
+        (status = 201, description = "created", body = SloStatus),
+        (status = 200, description = "replaced or unchanged", body = SloStatus),
+        Errors,
+    ))]
+fn put_slo() {}
+
+/// Every SLO with its SLI, budget left and firing tiers. Permission `slos:read`.
+#[utoipa::path(get, path = "/api/v1/slos", params(
+    ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000),
+    ("cursor" = Option<String>, Query),
+), responses((status = 200, description = "a page of SLOs", body = ListView<SloSummary>), Errors))]
+fn list_slos() {}
+
+/// An SLO's status: SLI, budget (fraction and seconds), burn rates, tiers,
+/// groups, budget history. Permission `slos:read`.
+#[utoipa::path(get, path = "/api/v1/slos/{name}", params(("name" = String, Path)),
+    responses((status = 200, description = "the SLO's status", body = SloStatus), Errors))]
+fn get_slo() {}
+// ---------------------------------------------------------------- rollouts
+
+/// Starts a rollout of `action` over the hosts `selector` matches on which
+/// the token holds `rollouts:write` (resolved once, now; hosts that match
+/// later are not added), in waves per `strategy`. Permission `rollouts:write`.
+#[utoipa::path(post, path = "/api/v1/rollouts", request_body = CreateRollout,
+    responses((status = 201, description = "started", body = RolloutView), Errors))]
+fn create_rollout() {}
+
+/// Rollouts whose every host the token may see, newest first. Permission `rollouts:read`.
+#[utoipa::path(get, path = "/api/v1/rollouts", params(
+    ("state" = Option<String>, Query, description = "only rollouts in this state"),
+    ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000),
+    ("cursor" = Option<String>, Query),
+), responses((status = 200, description = "a page of rollouts", body = ListView<RolloutView>), Errors))]
+fn list_rollouts() {}
+
+/// One rollout with its hosts. Permission `rollouts:read` on every host (else 404).
+#[utoipa::path(get, path = "/api/v1/rollouts/{id}", params(("id" = String, Path, description = "rollout ID")),
+    responses((status = 200, description = "the rollout", body = RolloutView), Errors))]
+fn get_rollout() {}
+
+/// Pauses a running rollout: running jobs finish, nothing new starts (409
+/// in another state). Permission `rollouts:write` on every host.
+#[utoipa::path(post, path = "/api/v1/rollouts/{id}/pause", params(("id" = String, Path, description = "rollout ID")),
+    responses((status = 200, description = "paused", body = RolloutView), Errors))]
+fn pause_rollout() {}
+
+/// Resumes a paused rollout (409 in another state). Permission `rollouts:write` on every host.
+#[utoipa::path(post, path = "/api/v1/rollouts/{id}/resume", params(("id" = String, Path, description = "rollout ID")),
+    responses((status = 200, description = "resumed", body = RolloutView), Errors))]
+fn resume_rollout() {}
+
+/// Aborts a rollout: nothing new starts, running jobs finish, then changed
+/// hosts are rolled back unless `{"rollback": false}`. Permission
+/// `rollouts:write` on every host.
+#[utoipa::path(post, path = "/api/v1/rollouts/{id}/abort", params(("id" = String, Path, description = "rollout ID")),
+    request_body = AbortRollout,
+    responses((status = 200, description = "aborting", body = RolloutView), Errors))]
+fn abort_rollout() {}
+
+// ---------------------------------------------------------------- alerts
+
+/// Alerts the token may see (an alert about a host needs `alerts:read` on
+/// that host; one about no host an unlimited `alerts:read`), newest first.
+/// Permission `alerts:read`.
+#[utoipa::path(get, path = "/api/v1/alerts", params(
+    ("state" = Option<String>, Query, description = "`firing` or `resolved`"),
+    ("severity" = Option<crate::alert::Severity>, Query, description = "only this severity"),
+    ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000),
+    ("cursor" = Option<String>, Query),
+), responses((status = 200, description = "a page of alerts", body = ListView<AlertView>), Errors))]
+fn list_alerts() {}
+
+/// One alert. Permission `alerts:read` (404 when the token may not see it).
+#[utoipa::path(get, path = "/api/v1/alerts/{id}", params(("id" = String, Path, description = "alert ID")),
+    responses((status = 200, description = "the alert", body = AlertView), Errors))]
+fn get_alert() {}
+
+/// Acknowledges an alert (audited; a second ack keeps the first).
+/// Permission `alerts:write` on the alert's host.
+#[utoipa::path(post, path = "/api/v1/alerts/{id}/ack", params(("id" = String, Path, description = "alert ID")),
+    responses((status = 200, description = "acknowledged", body = AlertView), Errors))]
+fn ack_alert() {}
+
+/// Silences, newest first. Unscoped tokens only. Permission `alerts:read`.
+#[utoipa::path(get, path = "/api/v1/silences", params(
+    ("state" = Option<String>, Query, description = "`active` or `expired`"),
+), responses((status = 200, description = "silences", body = ListView<SilenceView>), Errors))]
+fn list_silences() {}
+
+/// Creates a silence from now for `duration`: alerts matching every matcher
+/// fire without notifications (audited). Unscoped tokens only. Permission
+/// `alerts:write`.
+#[utoipa::path(post, path = "/api/v1/silences", request_body = CreateSilence,
+    responses((status = 201, description = "created", body = SilenceView), Errors))]
+fn create_silence() {}
+
+/// Ends a silence now (audited). Unscoped tokens only. Permission `alerts:write`.
+#[utoipa::path(delete, path = "/api/v1/silences/{id}", params(("id" = String, Path, description = "silence ID")),
+    responses((status = 200, description = "expired", body = SilenceView), Errors))]
+fn expire_silence() {}
 
 // ---------------------------------------------------------------- KPIs
 

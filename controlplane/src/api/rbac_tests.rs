@@ -183,6 +183,12 @@ fn request_for(method: &str, template: &str) -> (String, Option<Json>) {
         ("PUT", "/api/v1/hosts/{host}/labels") => Some(json!({ "labels": { "team": "a", "env": "prod" } })),
         ("POST", "/api/v1/enrollment-tokens") => Some(json!({ "labels": { "team": "a" } })),
         ("POST", "/api/v1/jobs") => Some(json!({ "action": "checks.run", "host": "h-a1" })),
+        ("PUT", "/api/v1/slos/{name}") => Some(json!({
+            "indicator": { "type": "checkAvailability", "check": "http" },
+            "objectives": [{ "target": 0.99 }],
+            "timeWindow": [{ "duration": "7d" }]
+        })),
+        ("POST", "/api/v1/rollouts") => Some(json!({ "action": "checks.run", "selector": "team=a" })),
         (_, _) => None,
     };
     (path, body)

@@ -72,19 +72,19 @@ pub enum BackupsCommand {
 const TERMINAL: &[&str] = &["succeeded", "failed", "timed_out", "cancelled", "discarded"];
 
 impl Client {
-    async fn post_json(&self, segments: &[&str], body: &Json) -> Result<Json, ClientError> {
+    pub(super) async fn post_json(&self, segments: &[&str], body: &Json) -> Result<Json, ClientError> {
         let url = self.url(segments, &[]);
         self.send(http::Method::POST, url, Some(body))
             .await?
             .map_err(|f| meaning(f, None))
     }
 
-    async fn get_json(&self, segments: &[&str]) -> Result<Json, ClientError> {
+    pub(super) async fn get_json(&self, segments: &[&str]) -> Result<Json, ClientError> {
         self.get(self.url(segments, &[])).await?.map_err(|f| meaning(f, None))
     }
 }
 
-fn parse_params(raw: &[String]) -> Result<BTreeMap<String, String>, ClientError> {
+pub(super) fn parse_params(raw: &[String]) -> Result<BTreeMap<String, String>, ClientError> {
     let mut out = BTreeMap::new();
     for p in raw {
         let Some((k, v)) = p.split_once('=') else {

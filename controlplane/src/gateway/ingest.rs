@@ -3,9 +3,13 @@
 //! session. Batching is what turns a disk that manages ~1k commits/s into
 //! 100k results/s (REFERENCE.md).
 //!
+//! Agents' acceptances of job attempts (`JobAccepted`) go through one more
+//! writer task the same way: the acceptances that arrived meanwhile, of any
+//! hosts, are recorded in one transaction ([`Store::accept_jobs`]).
+//!
 //! Invariants:
 //! - A session's reply arrives only after the transaction holding its batch
-//!   committed (or failed): acks never run ahead of durability.
+//!   (or acceptance) committed (or failed): acks never run ahead of durability.
 //! - All batches of one host go to the same writer, so one host's batches
 //!   commit in the order they were sent.
 use std::sync::Arc;
@@ -16,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::jobs::{JobReport, JobSettings};
 use crate::metrics::Metrics;
 use crate::model::IngestBatch;
-use crate::store::jobs::{JobBatch, JobIngest};
+use crate::store::jobs::{Acceptance, JobBatch, JobIngest};
 use crate::store::{Store, StoreError};
 
 struct Item {
@@ -26,10 +30,16 @@ struct Item {
     reply: oneshot::Sender<Result<(), Arc<StoreError>>>,
 }
 
+struct AcceptItem {
+    acceptance: Acceptance,
+    reply: oneshot::Sender<Result<bool, Arc<StoreError>>>,
+}
+
 /// Handle to the writer tasks; cheap to clone.
 #[derive(Clone)]
 pub struct Ingestor {
     workers: Arc<Vec<mpsc::Sender<Item>>>,
+    accepts: mpsc::Sender<AcceptItem>,
 }
 
 /// The ingest writers stopped (the control plane is shutting down) or the commit failed.
@@ -62,8 +72,32 @@ impl Ingestor {
             senders.push(tx);
             tokio::spawn(writer(rx, store.clone(), metrics.clone(), max_rows, settings.clone()));
         }
+        let (accepts, rx) = mpsc::channel::<AcceptItem>(1024);
+        tokio::spawn(acceptor(rx, store, settings));
         Ingestor {
             workers: Arc::new(senders),
+            accepts,
+        }
+    }
+
+    /// Records that the agent of `host_id` accepted `attempt_id` of `job_id`
+    /// (see [`Store::accept_job`]), batched with other sessions' acceptances;
+    /// returns once committed. False when nothing changed.
+    pub async fn accept(&self, host_id: &str, job_id: &str, attempt_id: &str) -> Result<bool, IngestError> {
+        let (reply, done) = oneshot::channel();
+        let acceptance = Acceptance {
+            host_id: host_id.into(),
+            job_id: job_id.into(),
+            attempt_id: attempt_id.into(),
+        };
+        self.accepts
+            .send(AcceptItem { acceptance, reply })
+            .await
+            .map_err(|_| IngestError::Closed)?;
+        match done.await {
+            Ok(Ok(changed)) => Ok(changed),
+            Ok(Err(e)) => Err(IngestError::Store(e)),
+            Err(_) => Err(IngestError::Closed),
         }
     }
 
@@ -165,6 +199,28 @@ async fn writer(
                 pending.push(item);
                 if pending.len() >= 512 {
                     break;
+                }
+            }
+        }
+    }
+}
+
+/// Records the acceptances that arrived meanwhile in one transaction.
+async fn acceptor(mut rx: mpsc::Receiver<AcceptItem>, store: Store, settings: JobSettings) {
+    let mut round: Vec<AcceptItem> = Vec::new();
+    while rx.recv_many(&mut round, 512).await > 0 {
+        let items: Vec<Acceptance> = round.iter().map(|i| i.acceptance.clone()).collect();
+        match store.accept_jobs(&items, steward_shared::now_ms(), &settings).await {
+            Ok(changed) => {
+                for (item, changed) in round.drain(..).zip(changed) {
+                    let _ = item.reply.send(Ok(changed));
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, acceptances = items.len(), "recording job acceptances failed");
+                let error = Arc::new(error);
+                for item in round.drain(..) {
+                    let _ = item.reply.send(Err(error.clone()));
                 }
             }
         }

@@ -248,17 +248,8 @@ pub async fn run(
                 }
                 // A failure here is not fatal: the lease expires and the same
                 // attempt is sent again, which the agent accepts again.
-                match deps
-                    .store
-                    .accept_job(
-                        &host_id,
-                        &a.job_id,
-                        &a.attempt_id,
-                        steward_shared::now_ms(),
-                        &deps.jobs.settings,
-                    )
-                    .await
-                {
+                // Batched with other sessions' acceptances by the ingest writers.
+                match deps.ingestor.accept(&host_id, &a.job_id, &a.attempt_id).await {
                     Ok(true) => tracing::info!(job = %a.job_id, attempt = %a.attempt_id, "job accepted"),
                     Ok(false) => {
                         tracing::debug!(job = %a.job_id, attempt = %a.attempt_id, "repeated or stale acceptance")

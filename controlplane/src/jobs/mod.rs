@@ -274,6 +274,34 @@ pub enum JobEventKind {
 pub struct Applied {
     /// (final state, action) of each attempt that ended.
     pub finished: Vec<(JobState, String)>,
+    /// Each attempt that ended, except cancellations: what job-success SLOs
+    /// count (in the same transaction as the attempt's end).
+    pub outcomes: Vec<AttemptOutcome>,
+}
+
+/// How one attempt of a job action on a host ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptOutcome {
+    pub host_id: String,
+    pub action: String,
+    /// `succeeded`; failures and timeouts are not.
+    pub ok: bool,
+    pub at_ms: i64,
+}
+
+impl Applied {
+    /// Notes an attempt's end for the SLOs (cancellations are not counted).
+    pub fn ended(&mut self, host_id: &str, action: &str, outcome: &str, at_ms: i64) {
+        if outcome == "cancelled" {
+            return;
+        }
+        self.outcomes.push(AttemptOutcome {
+            host_id: host_id.to_string(),
+            action: action.to_string(),
+            ok: outcome == "succeeded",
+            at_ms,
+        });
+    }
 }
 
 /// Queue settings (the `[jobs]` config section).

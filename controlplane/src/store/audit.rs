@@ -42,6 +42,9 @@ use crate::model::{ApiToken, Page};
 /// checkpoints across every control plane sharing the database ("STEWAUDT").
 const CHAIN_LOCK: i64 = 0x5354_4557_4155_4454;
 
+/// Entries per multi-row INSERT on SQLite.
+const SQLITE_ROWS_PER_INSERT: usize = 500;
+
 const ENTRY_COLUMNS: &str = "seq, time_ms, actor, action, target, outcome, request_id, details, entry, prev_hash, hash";
 const CHECKPOINT_COLUMNS: &str = "cp_seq, created_ms, kind, last_seq, last_hash, prev_hash, max_interval_ms, \
      max_entries, public_key, body, signature, hash";
@@ -345,25 +348,23 @@ pub async fn append_sqlite(
         .fetch_optional(&mut *conn)
         .await?;
     let rows = chain_rows(head_from(head.as_ref())?, entries, now_ms)?;
-    for r in &rows {
-        sqlx::query(
-            "INSERT INTO audit_log (seq, time_ms, actor, action, target, outcome, request_id, details, entry, \
-                                    prev_hash, hash)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        )
-        .bind(r.seq)
-        .bind(r.time_ms)
-        .bind(&r.entry.actor)
-        .bind(&r.entry.action)
-        .bind(&r.entry.target)
-        .bind(r.entry.outcome.as_str())
-        .bind(&r.entry.request_id)
-        .bind(&r.entry.details)
-        .bind(&r.bytes)
-        .bind(&r.prev_hash)
-        .bind(&r.hash)
-        .execute(&mut *conn)
-        .await?;
+    // Multi-row INSERTs (11 bound values a row, well under SQLite's limit).
+    for chunk in rows.chunks(SQLITE_ROWS_PER_INSERT) {
+        let mut q = QueryBuilder::<Sqlite>::new(format!("INSERT INTO audit_log ({ENTRY_COLUMNS}) "));
+        q.push_values(chunk, |mut b, r| {
+            b.push_bind(r.seq)
+                .push_bind(r.time_ms)
+                .push_bind(&r.entry.actor)
+                .push_bind(&r.entry.action)
+                .push_bind(&r.entry.target)
+                .push_bind(r.entry.outcome.as_str())
+                .push_bind(&r.entry.request_id)
+                .push_bind(&r.entry.details)
+                .push_bind(&r.bytes)
+                .push_bind(&r.prev_hash)
+                .push_bind(&r.hash);
+        });
+        q.build().execute(&mut *conn).await?;
     }
     Ok(rows.iter().map(|r| r.seq as u64).collect())
 }
@@ -387,26 +388,26 @@ pub async fn append_postgres(
         .fetch_optional(&mut *conn)
         .await?;
     let rows = chain_rows(head_from(head.as_ref())?, entries, now_ms)?;
-    for r in &rows {
-        sqlx::query(
-            "INSERT INTO audit_log (seq, time_ms, actor, action, target, outcome, request_id, details, entry, \
-                                    prev_hash, hash)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
-        .bind(r.seq)
-        .bind(r.time_ms)
-        .bind(&r.entry.actor)
-        .bind(&r.entry.action)
-        .bind(&r.entry.target)
-        .bind(r.entry.outcome.as_str())
-        .bind(&r.entry.request_id)
-        .bind(&r.entry.details)
-        .bind(&r.bytes)
-        .bind(&r.prev_hash)
-        .bind(&r.hash)
-        .execute(&mut *conn)
-        .await?;
-    }
+    // One statement for the whole batch: each entry is still its own row.
+    sqlx::query(
+        "INSERT INTO audit_log (seq, time_ms, actor, action, target, outcome, request_id, details, entry, \
+                                prev_hash, hash)
+         SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], \
+                              $7::text[], $8::text[], $9::bytea[], $10::text[], $11::text[])",
+    )
+    .bind(rows.iter().map(|r| r.seq).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.time_ms).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.entry.actor.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.entry.action.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.entry.target.as_deref()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.entry.outcome.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.entry.request_id.as_deref()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.entry.details.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.bytes.as_slice()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.prev_hash.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.hash.as_str()).collect::<Vec<_>>())
+    .execute(&mut *conn)
+    .await?;
     Ok(rows.iter().map(|r| r.seq as u64).collect())
 }
 

@@ -24,7 +24,10 @@ impl Store {
             Some("postgres" | "postgresql") => Backend::Postgres(PgStore::connect_existing(url).await?),
             _ => return Store::connect(url).await, // names the unsupported scheme
         };
-        Ok(Store { backend })
+        Ok(Store {
+            backend,
+            sli: Default::default(),
+        })
     }
 
     /// Writes a consistent copy of the live database to `path`, which must not

@@ -14,7 +14,7 @@
 //!   `id`, `attempt` and `attempt_id` (the lease token the agent journals),
 //!   sweeps additionally on the `lease_owner` and lease expiry they saw.
 //! - Output is kept up to the configured cap, deduplicated by offset.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use sqlx::{Postgres, Sqlite, Transaction};
 
@@ -40,6 +40,14 @@ pub enum Enqueued {
     Created(Vec<Job>),
     /// The idempotency key was used before: its jobs, unchanged.
     Existing(Vec<Job>),
+}
+
+/// An agent's acceptance of an attempt ([`Store::accept_jobs`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acceptance {
+    pub host_id: String,
+    pub job_id: String,
+    pub attempt_id: String,
 }
 
 /// Result of [`Store::cancel_job`].
@@ -114,20 +122,20 @@ impl JTx {
 }
 
 /// A read connection of either backend.
-enum JRead {
+pub(super) enum JRead {
     Lite(sqlx::pool::PoolConnection<Sqlite>),
     Pg(sqlx::pool::PoolConnection<Postgres>),
 }
 
 impl JRead {
-    async fn acquire(store: &Store) -> Result<JRead, StoreError> {
+    pub(super) async fn acquire(store: &Store) -> Result<JRead, StoreError> {
         Ok(match &store.backend {
             Backend::Sqlite(b) => JRead::Lite(b.read.acquire().await?),
             Backend::Postgres(b) => JRead::Pg(b.pool.acquire().await?),
         })
     }
 
-    fn conn(&mut self) -> Conn<'_> {
+    pub(super) fn conn(&mut self) -> Conn<'_> {
         match self {
             JRead::Lite(c) => Conn::Lite(c),
             JRead::Pg(c) => Conn::Pg(c),
@@ -222,34 +230,32 @@ impl Store {
                     return Ok(Enqueued::Existing(rows.iter().map(job_from).collect::<Result<_, _>>()?));
                 }
             }
-            let mut inserted = Ok(());
-            for j in jobs {
-                let params = params_json(&j.params);
-                let r = tx
-                    .conn()
-                    .exec(
-                        "INSERT INTO jobs (id, action, params, host_id, state, attempt, max_attempts, timeout_secs, \
-                             next_run_ms, created_ms, updated_ms, idempotency_key, rollout_id, source, created_by)
-                         VALUES ($1, $2, $3, $4, 'queued', 0, $5, $6, $7, $7, $7, $8, $9, 'api', $10)",
-                        &[
-                            B::T(&j.id),
-                            B::T(&j.action),
-                            B::T(&params),
-                            B::T(&j.host_id),
-                            B::I(i64::from(j.max_attempts)),
-                            B::I(i64::try_from(j.timeout_secs).unwrap_or(i64::MAX)),
-                            B::I(now_ms),
-                            B::OT(j.idempotency_key.as_deref()),
-                            B::OT(j.rollout_id.as_deref()),
-                            B::T(&j.created_by),
-                        ],
-                    )
-                    .await;
-                if let Err(e) = r {
-                    inserted = Err(e);
-                    break;
-                }
-            }
+            // One statement for the whole batch.
+            let rows: Vec<serde_json::Value> = jobs
+                .iter()
+                .map(|j| {
+                    serde_json::json!({
+                        "v_id": j.id, "v_action": j.action, "v_params": params_json(&j.params),
+                        "v_host": j.host_id, "v_max": j.max_attempts,
+                        "v_timeout": i64::try_from(j.timeout_secs).unwrap_or(i64::MAX),
+                        "v_key": j.idempotency_key, "v_rollout": j.rollout_id, "v_by": j.created_by,
+                    })
+                })
+                .collect();
+            let rows = serde_json::Value::Array(rows).to_string();
+            let inserted = tx
+                .conn()
+                .exec(
+                    "INSERT INTO jobs (id, action, params, host_id, state, attempt, max_attempts, timeout_secs, \
+                         next_run_ms, created_ms, updated_ms, idempotency_key, rollout_id, source, created_by)
+                     SELECT v.v_id, v.v_action, v.v_params, v.v_host, 'queued', 0, v.v_max, v.v_timeout, \
+                         $2, $2, $2, v.v_key, v.v_rollout, 'api', v.v_by
+                     FROM JSON_ROWS($1 AS v(v_id text, v_action text, v_params text, v_host text, v_max bigint, \
+                         v_timeout bigint, v_key text, v_rollout text, v_by text))",
+                    &[B::T(&rows), B::I(now_ms)],
+                )
+                .await
+                .map(|_| ());
             match inserted {
                 Ok(()) => {}
                 // Another request with the same key won the race: read its jobs.
@@ -411,20 +417,22 @@ impl Store {
                 &[B::I(now_ms), B::List(hosts), B::I(lim)],
             )
             .await?;
-        for r in &stale {
-            let (id, attempt) = (r.text("id")?, r.int("attempt")?);
+        // One fenced UPDATE for all of them (each row still re-checked).
+        let stale: Vec<String> = stale.iter().map(|r| r.text("id")).collect::<Result<_, _>>()?;
+        if !stale.is_empty() {
             let rows = c
                 .fetch(
                     &format!(
                         "UPDATE jobs SET lease_owner = $1, lease_expires_ms = $2, updated_ms = $3 \
-                         WHERE id = $4 AND attempt = $5 AND state = 'dispatched' AND lease_expires_ms < $3 \
-                         RETURNING {JOB_COLUMNS}"
+                         WHERE id IN_LIST($4) AND state = 'dispatched' AND lease_expires_ms < $3 \
+                         AND cancel_requested = 0 RETURNING {JOB_COLUMNS}"
                     ),
-                    &[B::T(owner), B::I(lease), B::I(now_ms), B::T(&id), B::I(attempt)],
+                    &[B::T(owner), B::I(lease), B::I(now_ms), B::List(&stale)],
                 )
                 .await?;
-            if let Some(row) = rows.first() {
-                let job = job_from(row)?;
+            let mut jobs: Vec<Job> = rows.iter().map(job_from).collect::<Result<_, _>>()?;
+            jobs.sort_by(|a, b| a.id.cmp(&b.id));
+            for job in jobs {
                 audit.push(system("jobs.dispatch", &job.id).details(serde_json::json!({
                     "host": job.host_id, "attempt": job.attempt, "attempt_id": job.attempt_id,
                     "owner": owner, "resend": true,
@@ -464,14 +472,20 @@ impl Store {
                     ],
                 )
                 .await?;
+            // Pick within each host's free slots, then claim them all in one UPDATE.
+            let mut pick: Vec<String> = Vec::new();
             for r in &due {
-                if out.len() >= limit {
+                if out.len() + pick.len() >= limit {
                     break;
                 }
                 let (id, host) = (r.text("id")?, r.text("host_id")?);
                 let Some(slot) = slots.get_mut(&host).filter(|n| **n > 0) else {
                     continue;
                 };
+                *slot -= 1;
+                pick.push(id);
+            }
+            if !pick.is_empty() {
                 let rows = c
                     .fetch(
                         &format!(
@@ -479,14 +493,16 @@ impl Store {
                                  attempt_id = id || '-a' || (attempt + 1), lease_owner = $1, lease_expires_ms = $2, \
                                  dispatched_ms = $3, started_ms = NULL, finished_ms = NULL, updated_ms = $3, \
                                  output_bytes = 0, output_truncated = 0, progress = NULL \
-                             WHERE id = $4 AND state = 'queued' RETURNING {JOB_COLUMNS}"
+                             WHERE id IN_LIST($4) AND state = 'queued' RETURNING {JOB_COLUMNS}"
                         ),
-                        &[B::T(owner), B::I(lease), B::I(now_ms), B::T(&id)],
+                        &[B::T(owner), B::I(lease), B::I(now_ms), B::List(&pick)],
                     )
                     .await?;
-                if let Some(row) = rows.first() {
-                    *slot -= 1;
-                    let job = job_from(row)?;
+                let mut jobs: Vec<Job> = rows.iter().map(job_from).collect::<Result<_, _>>()?;
+                // In claim order (due first).
+                let order: HashMap<&str, usize> = pick.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
+                jobs.sort_by_key(|j| order.get(j.id.as_str()).copied().unwrap_or(usize::MAX));
+                for job in jobs {
                     audit.push(system("jobs.dispatch", &job.id).details(serde_json::json!({
                         "host": job.host_id, "attempt": job.attempt, "attempt_id": job.attempt_id, "owner": owner,
                     })));
@@ -512,30 +528,74 @@ impl Store {
         now_ms: i64,
         settings: &JobSettings,
     ) -> Result<bool, StoreError> {
+        let one = Acceptance {
+            host_id: host_id.into(),
+            job_id: job_id.into(),
+            attempt_id: attempt_id.into(),
+        };
+        Ok(self
+            .accept_jobs(std::slice::from_ref(&one), now_ms, settings)
+            .await?
+            .first()
+            .copied()
+            .unwrap_or(false))
+    }
+
+    /// [`Store::accept_job`] for many acceptances (of any hosts) in one
+    /// transaction: one fenced UPDATE (job ID, attempt ID, host, still
+    /// `dispatched`), one audit append. Returns, per acceptance, whether it
+    /// changed the job (a repeat in the same call does not).
+    pub async fn accept_jobs(
+        &self,
+        items: &[Acceptance],
+        now_ms: i64,
+        settings: &JobSettings,
+    ) -> Result<Vec<bool>, StoreError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<serde_json::Value> = items
+            .iter()
+            .map(|a| serde_json::json!({ "v_id": a.job_id, "v_attempt_id": a.attempt_id, "v_host": a.host_id }))
+            .collect();
+        let rows = serde_json::Value::Array(rows).to_string();
         let mut tx = JTx::begin(self).await?;
-        let rows = tx
+        let done = tx
             .conn()
             .fetch(
                 "UPDATE jobs SET state = 'running', started_ms = $1, updated_ms = $1, \
                      lease_expires_ms = $1 + timeout_secs * 1000 + $2 \
-                 WHERE id = $3 AND attempt_id = $4 AND host_id = $5 AND state = 'dispatched' RETURNING attempt",
-                &[
-                    B::I(now_ms),
-                    B::I(settings.timeout_grace_ms),
-                    B::T(job_id),
-                    B::T(attempt_id),
-                    B::T(host_id),
-                ],
+                 FROM JSON_ROWS($3 AS v(v_id text, v_attempt_id text, v_host text)) \
+                 WHERE id = v.v_id AND attempt_id = v.v_attempt_id AND host_id = v.v_host AND state = 'dispatched' \
+                 RETURNING id, attempt, attempt_id, host_id",
+                &[B::I(now_ms), B::I(settings.timeout_grace_ms), B::T(&rows)],
             )
             .await?;
-        let Some(row) = rows.first() else {
-            return Ok(false);
-        };
-        let attempt = row.int("attempt")?;
-        let entry = by_host(host_id, "jobs.start", job_id)
-            .details(serde_json::json!({ "attempt": attempt, "attempt_id": attempt_id }));
-        tx.commit(std::slice::from_ref(&entry), now_ms).await?;
-        Ok(true)
+        let mut attempts: HashMap<(String, String, String), i64> = HashMap::with_capacity(done.len());
+        for r in &done {
+            let key = (r.text("id")?, r.text("attempt_id")?, r.text("host_id")?);
+            attempts.insert(key, r.int("attempt")?);
+        }
+        let mut out = Vec::with_capacity(items.len());
+        let mut audit = Vec::new();
+        for a in items {
+            // `remove`: a repeat of the same acceptance in this call changed nothing.
+            match attempts.remove(&(a.job_id.clone(), a.attempt_id.clone(), a.host_id.clone())) {
+                Some(attempt) => {
+                    audit.push(
+                        by_host(&a.host_id, "jobs.start", &a.job_id)
+                            .details(serde_json::json!({ "attempt": attempt, "attempt_id": a.attempt_id })),
+                    );
+                    out.push(true);
+                }
+                None => out.push(false),
+            }
+        }
+        if audit.is_empty() {
+            return Ok(out);
+        }
+        tx.commit(&audit, now_ms).await?;
+        Ok(out)
     }
 
     /// Ends what the agents no longer will: running jobs past their lease
@@ -551,8 +611,7 @@ impl Store {
                 &[B::I(now_ms)],
             )
             .await?;
-        let mut applied = Applied::default();
-        let mut audit = Vec::new();
+        let mut endings = Vec::with_capacity(rows.len());
         for r in &rows {
             let job = job_from(r)?;
             let (outcome, reason) = if job.state == JobState::Running {
@@ -560,27 +619,32 @@ impl Store {
             } else {
                 ("cancelled", "cancelled before the agent accepted it")
             };
-            let fence = Fence {
-                id: &job.id,
-                attempt: job.attempt,
-                attempt_id: job.attempt_id.as_deref().unwrap_or(""),
-                lease: Some((job.lease_owner.as_deref(), job.lease_expires_ms)),
-            };
-            let end = End {
+            endings.push(Ending {
+                attempt_id: job.attempt_id.clone().unwrap_or_default(),
+                lease: Some((job.lease_owner.clone(), job.lease_expires_ms)),
                 outcome,
                 reason,
                 result: None,
                 finished_ms: now_ms,
                 started_ms: job.started_ms.unwrap_or(now_ms),
-            };
-            if let Some((state, entries)) = finish(&mut c, &job, &fence, &end, settings, actor::SYSTEM).await? {
-                applied.finished.push((state, job.action.clone()));
+                who: actor::SYSTEM.to_string(),
+                job,
+            });
+        }
+        let mut applied = Applied::default();
+        let mut audit = Vec::new();
+        for (e, result) in endings.iter().zip(finish_many(&mut c, &endings, settings).await?) {
+            if let Some((state, entries)) = result {
+                applied.finished.push((state, e.job.action.clone()));
+                applied.ended(&e.job.host_id, &e.job.action, e.outcome, now_ms);
                 audit.extend(entries);
             }
         }
         if audit.is_empty() {
             return Ok(applied);
         }
+        // Timeouts count towards job-success SLOs, in this transaction.
+        super::slo::count_jobs(&mut c, &applied.outcomes, &self.sli_index(), now_ms).await?;
         tx.commit(&audit, now_ms).await?;
         Ok(applied)
     }
@@ -695,20 +759,25 @@ impl Store {
                 h.max_seq = h.max_seq.max(top);
             }
         }
+        let sli = self.sli_index();
         match &self.backend {
-            Backend::Sqlite(b) => b.ingest(&rows, jobs, now_ms).await,
-            Backend::Postgres(b) => b.ingest(&rows, jobs, now_ms).await,
+            Backend::Sqlite(b) => b.ingest(&rows, jobs, now_ms, &sli).await,
+            Backend::Postgres(b) => b.ingest(&rows, jobs, now_ms, &sli).await,
         }
     }
 }
 
 /// Called by both backends' ingest just before their commit.
-pub(super) async fn apply_in_ingest(mut c: Conn<'_>, jobs: &JobIngest<'_>, now_ms: i64) -> Result<Applied, StoreError> {
+pub(super) async fn apply_in_ingest(
+    mut c: Conn<'_>,
+    jobs: &JobIngest<'_>,
+    now_ms: i64,
+    sli: &crate::slo::sli::SliIndex,
+) -> Result<Applied, StoreError> {
     let mut applied = Applied::default();
-    let mut audit = Vec::new();
-    for jb in jobs.batches {
-        audit.extend(apply_reports(&mut c, &jb.host_id, &jb.reports, now_ms, &jobs.settings, &mut applied).await?);
-    }
+    let audit = apply_all_reports(&mut c, jobs.batches, now_ms, &jobs.settings, &mut applied).await?;
+    // Ended attempts count towards job-success SLOs in this same transaction.
+    super::slo::count_jobs(&mut c, &applied.outcomes, sli, now_ms).await?;
     if !audit.is_empty() {
         match &mut c {
             Conn::Lite(conn) => append_sqlite(conn, &audit, now_ms).await?,
@@ -735,225 +804,304 @@ fn claimed(job: Job, resend: bool) -> Claimed {
     }
 }
 
-/// Which attempt a write may end.
-struct Fence<'a> {
-    id: &'a str,
-    attempt: u32,
-    attempt_id: &'a str,
-    /// For sweeps: the lease owner and expiry seen.
-    lease: Option<(Option<&'a str>, Option<i64>)>,
-}
-
-/// How an attempt ended.
-struct End<'a> {
+/// One attempt to end: the job as read, what the write is fenced on, and
+/// how the attempt ended.
+struct Ending<'a> {
+    job: Job,
+    /// The lease token the agent journals (fenced on, with id and attempt).
+    attempt_id: String,
+    /// For sweeps: the lease owner and expiry seen (also fenced on).
+    lease: Option<(Option<String>, Option<i64>)>,
     outcome: &'a str,
     reason: &'a str,
     result: Option<&'a str>,
     finished_ms: i64,
     started_ms: i64,
+    /// The audit actor.
+    who: String,
 }
 
-/// Ends the attempt of `job` (fenced): terminal, or queued again with a
-/// backoff while attempts remain, or `discarded` once retries are spent.
-/// Returns the new state and the audit entries, or None when the fence
-/// refused the write.
-async fn finish(
+/// Ends the attempts of `endings` in one statement, each row fenced on its
+/// job ID, attempt and attempt ID (and, for sweeps, the lease seen): terminal,
+/// or queued again with a backoff while attempts remain, or `discarded` once
+/// retries are spent. At most one ending per job. Returns, per ending, the
+/// new state and its audit entries, or None where the fence refused the write.
+async fn finish_many(
     c: &mut Conn<'_>,
-    job: &Job,
-    fence: &Fence<'_>,
-    end: &End<'_>,
+    endings: &[Ending<'_>],
     settings: &JobSettings,
-    who: &str,
-) -> Result<Option<(JobState, Vec<AuditEntry>)>, StoreError> {
-    let (mut state, retryable) = state_of_outcome(end.outcome, end.reason);
-    let retry = retryable && !job.cancel_requested && job.attempt < job.max_attempts;
-    if retryable && !retry && !job.cancel_requested && job.max_attempts > 1 {
-        state = JobState::Discarded;
+) -> Result<Vec<Option<(JobState, Vec<AuditEntry>)>>, StoreError> {
+    if endings.is_empty() {
+        return Ok(Vec::new());
     }
-    let next_run = if retry {
-        end.finished_ms.saturating_add(settings.retry_delay_ms(job.attempt))
-    } else {
-        job.next_run_ms
-    };
-    let new_state = if retry { JobState::Queued } else { state };
-    let (owner, expires) = fence.lease.unwrap_or((None, None));
-    let lease_fence = if fence.lease.is_some() {
-        " AND lease_owner IS NOT DISTINCT FROM $11 AND lease_expires_ms IS NOT DISTINCT FROM $12"
-    } else {
-        " AND $11 IS NULL AND $12 IS NULL"
-    };
-    let sql = format!(
-        "UPDATE jobs SET state = $1, outcome = $2, reason = $3, result = $4, \
-             finished_ms = $5, started_ms = coalesce(started_ms, $6), next_run_ms = $7, \
-             lease_owner = NULL, lease_expires_ms = NULL, updated_ms = $13 \
-         WHERE id = $8 AND attempt = $9 AND attempt_id = $10 AND state IN ('dispatched', 'running'){lease_fence}"
-    );
-    let finished_ms = (!retry).then_some(end.finished_ms);
-    let n = c
-        .exec(
-            &sql,
-            &[
-                B::T(new_state.as_str()),
-                B::T(end.outcome),
-                B::OT(Some(end.reason).filter(|r| !r.is_empty())),
-                B::OT(end.result),
-                B::OI(finished_ms),
-                B::I(end.started_ms),
-                B::I(next_run),
-                B::T(fence.id),
-                B::I(i64::from(fence.attempt)),
-                B::T(fence.attempt_id),
-                B::OT(owner),
-                B::OI(expires),
-                B::I(end.finished_ms),
-            ],
+    struct Plan {
+        state: JobState,
+        retry: bool,
+        next_run: i64,
+    }
+    let plans: Vec<Plan> = endings
+        .iter()
+        .map(|e| {
+            let job = &e.job;
+            let (mut state, retryable) = state_of_outcome(e.outcome, e.reason);
+            let retry = retryable && !job.cancel_requested && job.attempt < job.max_attempts;
+            if retryable && !retry && !job.cancel_requested && job.max_attempts > 1 {
+                state = JobState::Discarded;
+            }
+            let next_run = if retry {
+                e.finished_ms.saturating_add(settings.retry_delay_ms(job.attempt))
+            } else {
+                job.next_run_ms
+            };
+            Plan { state, retry, next_run }
+        })
+        .collect();
+    let rows: Vec<serde_json::Value> = endings
+        .iter()
+        .zip(&plans)
+        .map(|(e, p)| {
+            let (owner, expires) = e.lease.clone().unwrap_or((None, None));
+            let new_state = if p.retry { JobState::Queued } else { p.state };
+            serde_json::json!({
+                "v_id": e.job.id, "v_attempt": e.job.attempt, "v_attempt_id": e.attempt_id,
+                "v_fenced": i64::from(e.lease.is_some()), "v_owner": owner, "v_expires": expires,
+                "v_state": new_state.as_str(), "v_outcome": e.outcome,
+                "v_reason": Some(e.reason).filter(|r| !r.is_empty()), "v_result": e.result,
+                "v_finished": (!p.retry).then_some(e.finished_ms), "v_started": e.started_ms,
+                "v_next_run": p.next_run, "v_updated": e.finished_ms,
+            })
+        })
+        .collect();
+    let rows = serde_json::Value::Array(rows).to_string();
+    let done = c
+        .fetch(
+            "UPDATE jobs SET state = v.v_state, outcome = v.v_outcome, reason = v.v_reason, result = v.v_result, \
+                 finished_ms = v.v_finished, started_ms = coalesce(started_ms, v.v_started), \
+                 next_run_ms = v.v_next_run, lease_owner = NULL, lease_expires_ms = NULL, updated_ms = v.v_updated \
+             FROM JSON_ROWS($1 AS v(v_id text, v_attempt bigint, v_attempt_id text, v_fenced bigint, v_owner text, \
+                 v_expires bigint, v_state text, v_outcome text, v_reason text, v_result text, v_finished bigint, \
+                 v_started bigint, v_next_run bigint, v_updated bigint)) \
+             WHERE id = v.v_id AND attempt = v.v_attempt AND attempt_id = v.v_attempt_id \
+               AND state IN ('dispatched', 'running') \
+               AND (v.v_fenced = 0 OR (lease_owner IS NOT DISTINCT FROM v.v_owner \
+                                       AND lease_expires_ms IS NOT DISTINCT FROM v.v_expires)) \
+             RETURNING id",
+            &[B::T(&rows)],
         )
         .await?;
-    if n != 1 {
-        return Ok(None);
-    }
-    let mut entries = vec![
-        AuditEntry::new(who, "jobs.finish", Outcome::Success)
-            .target(format!("job:{}", job.id))
-            .details(serde_json::json!({
-                "host": job.host_id, "attempt": job.attempt, "attempt_id": fence.attempt_id,
-                "outcome": end.outcome, "reason": end.reason, "state": state.as_str(),
-            })),
-    ];
-    if retry {
-        entries.push(system("jobs.retry", &job.id).details(serde_json::json!({
-            "attempt": job.attempt, "max_attempts": job.max_attempts, "next_run_ms": next_run,
-        })));
-    } else if state == JobState::Discarded {
-        entries.push(system("jobs.discard", &job.id).details(serde_json::json!({
-            "attempts": job.attempt, "reason": end.reason,
-        })));
-    }
-    Ok(Some((new_state, entries)))
+    let done: HashSet<String> = done.iter().map(|r| r.text("id")).collect::<Result<_, _>>()?;
+    Ok(endings
+        .iter()
+        .zip(plans)
+        .map(|(e, p)| {
+            let job = &e.job;
+            if !done.contains(&job.id) {
+                return None;
+            }
+            let mut entries = vec![
+                AuditEntry::new(e.who.as_str(), "jobs.finish", Outcome::Success)
+                    .target(format!("job:{}", job.id))
+                    .details(serde_json::json!({
+                        "host": job.host_id, "attempt": job.attempt, "attempt_id": e.attempt_id,
+                        "outcome": e.outcome, "reason": e.reason, "state": p.state.as_str(),
+                    })),
+            ];
+            if p.retry {
+                entries.push(system("jobs.retry", &job.id).details(serde_json::json!({
+                    "attempt": job.attempt, "max_attempts": job.max_attempts, "next_run_ms": p.next_run,
+                })));
+            } else if p.state == JobState::Discarded {
+                entries.push(system("jobs.discard", &job.id).details(serde_json::json!({
+                    "attempts": job.attempt, "reason": e.reason,
+                })));
+            }
+            Some((if p.retry { JobState::Queued } else { p.state }, entries))
+        })
+        .collect())
 }
 
-/// Applies one host's job reports inside the ingest transaction `c`;
-/// returns the audit entries to append before its commit.
-pub(super) async fn apply_reports(
+/// Applies the agents' job reports inside the ingest transaction `c`, in
+/// order; consecutive `finished` reports (of any hosts) are ended together
+/// by [`finish_reports`]. Returns the audit entries to append before its commit.
+async fn apply_all_reports(
     c: &mut Conn<'_>,
-    host_id: &str,
-    reports: &[JobReport],
+    batches: &[JobBatch],
     now_ms: i64,
     settings: &JobSettings,
     applied: &mut Applied,
 ) -> Result<Vec<AuditEntry>, StoreError> {
     let mut audit = Vec::new();
-    for r in reports {
-        match &r.event {
-            JobEventKind::Progress {
-                stage,
-                percent,
-                message,
-            } => {
-                let progress =
-                    serde_json::json!({ "stage": stage, "percent": percent, "message": message }).to_string();
-                c.exec(
-                    "UPDATE jobs SET progress = $1, updated_ms = $2 \
-                     WHERE id = $3 AND host_id = $4 AND attempt_id = $5 AND state IN ('dispatched', 'running')",
-                    &[
-                        B::T(&progress),
-                        B::I(now_ms),
-                        B::T(&r.job_id),
-                        B::T(host_id),
-                        B::T(&r.attempt_id),
-                    ],
-                )
-                .await?;
+    let mut pending: Vec<(&str, &JobReport)> = Vec::new();
+    for jb in batches {
+        for r in &jb.reports {
+            if matches!(r.event, JobEventKind::Finished { .. }) && !r.job_id.is_empty() {
+                pending.push((&jb.host_id, r));
+                continue;
             }
-            JobEventKind::Output {
-                offset,
-                data,
-                truncated,
-            } => {
-                apply_output(c, host_id, r, *offset, data, *truncated, settings).await?;
-            }
-            JobEventKind::Finished {
-                outcome,
-                reason,
-                result_json,
-                finished_at_ms,
-                action,
-                params,
-                started_at_ms,
-            } => {
-                let result = Some(result_json.as_str()).filter(|s| !s.is_empty());
-                if r.job_id.is_empty() {
-                    record_local_run(
-                        c,
-                        host_id,
-                        r,
-                        outcome,
-                        reason,
-                        result,
-                        *finished_at_ms,
-                        action,
-                        params,
-                        *started_at_ms,
-                        now_ms,
-                        &mut audit,
-                        applied,
-                    )
-                    .await?;
-                    continue;
-                }
-                let row = c
-                    .fetch_one(
-                        &sel("WHERE id = $1 AND host_id = $2 AND attempt_id = $3"),
-                        &[B::T(&r.job_id), B::T(host_id), B::T(&r.attempt_id)],
-                    )
-                    .await?;
-                let Some(job) = row.as_ref().map(job_from).transpose()? else {
-                    tracing::info!(job = %r.job_id, attempt = %r.attempt_id, "result for an unknown attempt ignored");
-                    continue;
-                };
-                if job.state.is_terminal() || job.state == JobState::Queued {
-                    tracing::info!(job = %job.id, state = %job.state, "late result of an ended attempt ignored");
-                    continue;
-                }
-                let fence = Fence {
-                    id: &job.id,
-                    attempt: job.attempt,
-                    attempt_id: &r.attempt_id,
-                    lease: None,
-                };
-                let finished_ms = if *finished_at_ms > 0 { *finished_at_ms } else { now_ms };
-                let end = End {
-                    outcome,
-                    reason,
-                    result,
-                    finished_ms,
-                    started_ms: if *started_at_ms > 0 {
-                        *started_at_ms
-                    } else {
-                        job.started_ms.unwrap_or(finished_ms)
-                    },
-                };
-                if let Some((state, entries)) = finish(c, &job, &fence, &end, settings, &actor::host(host_id)).await? {
-                    applied.finished.push((state, job.action.clone()));
-                    audit.extend(entries);
-                    let params = job.params.clone();
-                    update_backup_status(
-                        c,
-                        host_id,
-                        &job.id,
-                        &job.action,
-                        &params,
-                        outcome,
-                        reason,
-                        result,
-                        finished_ms,
-                    )
-                    .await?;
-                }
-            }
+            // The finishes before this report apply first.
+            finish_reports(c, &pending, now_ms, settings, &mut audit, applied).await?;
+            pending.clear();
+            apply_report(c, &jb.host_id, r, now_ms, settings, &mut audit, applied).await?;
         }
     }
+    finish_reports(c, &pending, now_ms, settings, &mut audit, applied).await?;
     Ok(audit)
+}
+
+/// Ends the attempts that `finished` reports (host, report) end: one read
+/// of their jobs, one fenced write ([`finish_many`]).
+async fn finish_reports(
+    c: &mut Conn<'_>,
+    pending: &[(&str, &JobReport)],
+    now_ms: i64,
+    settings: &JobSettings,
+    audit: &mut Vec<AuditEntry>,
+    applied: &mut Applied,
+) -> Result<(), StoreError> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let mut ids: Vec<String> = pending.iter().map(|(_, r)| r.job_id.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    let rows = c.fetch(&sel("WHERE id IN_LIST($1)"), &[B::List(&ids)]).await?;
+    let mut jobs: HashMap<String, Job> = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let job = job_from(row)?;
+        jobs.insert(job.id.clone(), job);
+    }
+    let mut endings = Vec::with_capacity(pending.len());
+    let mut taken: HashSet<&str> = HashSet::new();
+    for (host_id, r) in pending {
+        let JobEventKind::Finished {
+            outcome,
+            reason,
+            result_json,
+            finished_at_ms,
+            started_at_ms,
+            ..
+        } = &r.event
+        else {
+            continue;
+        };
+        let Some(job) = jobs
+            .get(&r.job_id)
+            .filter(|j| j.host_id == *host_id && j.attempt_id.as_deref() == Some(r.attempt_id.as_str()))
+        else {
+            tracing::info!(job = %r.job_id, attempt = %r.attempt_id, "result for an unknown attempt ignored");
+            continue;
+        };
+        // A repeated result in the same round meets the state the first one left.
+        if job.state.is_terminal() || job.state == JobState::Queued || !taken.insert(job.id.as_str()) {
+            tracing::info!(job = %job.id, state = %job.state, "late result of an ended attempt ignored");
+            continue;
+        }
+        let finished_ms = if *finished_at_ms > 0 { *finished_at_ms } else { now_ms };
+        endings.push(Ending {
+            job: job.clone(),
+            attempt_id: r.attempt_id.clone(),
+            lease: None,
+            outcome,
+            reason,
+            result: Some(result_json.as_str()).filter(|s| !s.is_empty()),
+            finished_ms,
+            started_ms: if *started_at_ms > 0 {
+                *started_at_ms
+            } else {
+                job.started_ms.unwrap_or(finished_ms)
+            },
+            who: actor::host(host_id),
+        });
+    }
+    let results = finish_many(c, &endings, settings).await?;
+    for (e, result) in endings.iter().zip(results) {
+        let Some((state, entries)) = result else { continue };
+        applied.finished.push((state, e.job.action.clone()));
+        applied.ended(&e.job.host_id, &e.job.action, e.outcome, e.finished_ms);
+        audit.extend(entries);
+        update_backup_status(
+            c,
+            &e.job.host_id,
+            &e.job.id,
+            &e.job.action,
+            &e.job.params,
+            e.outcome,
+            e.reason,
+            e.result,
+            e.finished_ms,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Applies one report other than an attempt's `finished`: progress, output,
+/// or a run the agent started itself.
+async fn apply_report(
+    c: &mut Conn<'_>,
+    host_id: &str,
+    r: &JobReport,
+    now_ms: i64,
+    settings: &JobSettings,
+    audit: &mut Vec<AuditEntry>,
+    applied: &mut Applied,
+) -> Result<(), StoreError> {
+    match &r.event {
+        JobEventKind::Progress {
+            stage,
+            percent,
+            message,
+        } => {
+            let progress = serde_json::json!({ "stage": stage, "percent": percent, "message": message }).to_string();
+            c.exec(
+                "UPDATE jobs SET progress = $1, updated_ms = $2 \
+                 WHERE id = $3 AND host_id = $4 AND attempt_id = $5 AND state IN ('dispatched', 'running')",
+                &[
+                    B::T(&progress),
+                    B::I(now_ms),
+                    B::T(&r.job_id),
+                    B::T(host_id),
+                    B::T(&r.attempt_id),
+                ],
+            )
+            .await?;
+        }
+        JobEventKind::Output {
+            offset,
+            data,
+            truncated,
+        } => {
+            apply_output(c, host_id, r, *offset, data, *truncated, settings).await?;
+        }
+        JobEventKind::Finished {
+            outcome,
+            reason,
+            result_json,
+            finished_at_ms,
+            action,
+            params,
+            started_at_ms,
+        } => {
+            let result = Some(result_json.as_str()).filter(|s| !s.is_empty());
+            record_local_run(
+                c,
+                host_id,
+                r,
+                outcome,
+                reason,
+                result,
+                *finished_at_ms,
+                action,
+                params,
+                *started_at_ms,
+                now_ms,
+                audit,
+                applied,
+            )
+            .await?;
+        }
+    }
+    Ok(())
 }
 
 async fn apply_output(
@@ -1062,6 +1210,7 @@ async fn record_local_run(
         .await?;
     if n == 1 {
         applied.finished.push((state, action.to_string()));
+        applied.ended(host_id, action, outcome, finished);
         audit.push(
             by_host(host_id, "jobs.local_run", &r.attempt_id)
                 .details(serde_json::json!({ "action": action, "outcome": outcome, "reason": reason })),

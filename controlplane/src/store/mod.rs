@@ -23,6 +23,10 @@ use crate::audit::AuditEntry;
 use crate::model::{AgentHello, ApiToken, FleetStats, Host, IngestBatch, LatestCheck, Page, StatusCounts};
 use crate::rbac::HostFilter;
 
+pub mod alert;
+pub mod alert_sources;
+#[cfg(test)]
+mod alert_tests;
 pub mod audit;
 mod backup;
 pub mod identity;
@@ -30,6 +34,10 @@ pub mod jobs;
 pub mod kpi;
 mod postgres;
 pub mod rbac;
+pub mod rollouts;
+pub mod slo;
+#[cfg(test)]
+mod slo_tests;
 mod sql;
 mod sqlite;
 pub mod testdb;
@@ -57,6 +65,8 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
+    /// What ingested events count towards (SLOs); see [`slo`].
+    sli: crate::slo::sli::SharedIndex,
 }
 
 #[derive(Clone)]
@@ -117,7 +127,10 @@ impl Store {
                 )));
             }
         };
-        Ok(Store { backend })
+        Ok(Store {
+            backend,
+            sli: Default::default(),
+        })
     }
 
     /// Runs the embedded migrations of the active backend.

@@ -36,6 +36,12 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (4, "rbac", include_str!("../../migrations/postgres/0004_rbac.sql")),
     (5, "jobs", include_str!("../../migrations/postgres/0005_jobs.sql")),
+    (6, "slo", include_str!("../../migrations/postgres/0006_slo.sql")),
+    (
+        7,
+        "rollouts",
+        include_str!("../../migrations/postgres/0007_rollouts.sql"),
+    ),
     (8, "kpi", include_str!("../../migrations/postgres/0008_kpi.sql")),
 ];
 
@@ -167,8 +173,11 @@ impl PgStore {
         rows: &IngestRows<'_>,
         jobs: &super::jobs::JobIngest<'_>,
         now_ms: i64,
+        sli: &crate::slo::sli::SliIndex,
     ) -> Result<crate::jobs::Applied, StoreError> {
         let mut tx = self.pool.begin().await?;
+        let count = sli.counts_checks();
+        let mut inserted = std::collections::HashSet::new();
 
         let ids: Vec<&str> = rows.hosts.iter().map(|h| h.id).collect();
         let seqs: Vec<i64> = rows.hosts.iter().map(|h| h.max_seq).collect();
@@ -191,13 +200,14 @@ impl PgStore {
 
         if !rows.results.is_empty() {
             let cols = Columns::of(rows, (0..rows.results.len()).collect());
-            sqlx::query(
+            let q = sqlx::query(
                 "INSERT INTO check_results (host_id, seq, name, kind, status, values_json, message, observed_ms, \
                                             duration_us, ingested_ms)
                  SELECT u.*, $10 FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
                                              $6::text[], $7::text[], $8::bigint[], $9::bigint[])
                      AS u (host_id, seq, name, kind, status, values_json, message, observed_ms, duration_us)
-                 ON CONFLICT (host_id, seq) DO NOTHING",
+                 ON CONFLICT (host_id, seq) DO NOTHING
+                 RETURNING host_id, seq",
             )
             .bind(cols.host_id)
             .bind(cols.seq)
@@ -208,9 +218,15 @@ impl PgStore {
             .bind(cols.message)
             .bind(cols.observed_ms)
             .bind(cols.duration_us)
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?;
+            .bind(now_ms);
+            if count {
+                // Only what this transaction inserted counts towards SLOs (resends do not).
+                for row in q.fetch_all(&mut *tx).await? {
+                    inserted.insert((row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)?));
+                }
+            } else {
+                q.execute(&mut *tx).await?;
+            }
 
             let cols = Columns::of(rows, rows.latest.clone());
             sqlx::query(
@@ -236,8 +252,11 @@ impl PgStore {
             .execute(&mut *tx)
             .await?;
         }
+        if !inserted.is_empty() {
+            super::slo::count_ingest_postgres(&mut tx, rows, &inserted, sli, now_ms).await?;
+        }
         // Job reports of the same batches, and their audit entries (jobs issue).
-        let applied = super::jobs::apply_in_ingest(super::sql::Conn::Pg(&mut tx), jobs, now_ms).await?;
+        let applied = super::jobs::apply_in_ingest(super::sql::Conn::Pg(&mut tx), jobs, now_ms, sli).await?;
         tx.commit().await?;
         Ok(applied)
     }

@@ -3,8 +3,12 @@
 //! once with `$N` placeholders, `IN_LIST($N)` (a list of texts: SQLite
 //! `IN (SELECT value FROM json_each(?N))`, PostgreSQL `= ANY($N)`) and
 //! `SKIP_LOCKED` (PostgreSQL `FOR UPDATE SKIP LOCKED`; nothing on SQLite,
-//! whose one writer already serialises claims). [`Conn::lite`] shows the
-//! SQLite text of a statement. Used by [`super::jobs`].
+//! whose one writer already serialises claims), and
+//! `JSON_ROWS($N AS v(col type, ...))`, a table of rows bound as one JSON
+//! array of objects (PostgreSQL `jsonb_to_recordset`, SQLite `json_each`
+//! with `json_extract` per column), for statements that write a batch of
+//! rows at once. [`Conn::lite`] shows the SQLite text of a statement. Used
+//! by [`super::jobs`].
 use sqlx::postgres::{PgArguments, PgConnection, PgRow};
 use sqlx::sqlite::{SqliteArguments, SqliteConnection, SqliteRow};
 use sqlx::{Arguments, AssertSqlSafe, Row};
@@ -67,10 +71,42 @@ impl AnyRow {
     }
 }
 
+/// Expands every `JSON_ROWS($N AS alias(col type, ...))` with `expand(N, alias, columns)`.
+fn json_rows(sql: &str, expand: impl Fn(&str, &str, &[(&str, &str)]) -> String) -> String {
+    let mut out = String::with_capacity(sql.len() + 64);
+    let mut rest = sql;
+    while let Some(i) = rest.find("JSON_ROWS($") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + "JSON_ROWS($".len()..];
+        // `N AS alias(cols))`
+        let Some(open) = after.find('(') else { break };
+        let Some(close) = after[open..].find("))").map(|c| open + c) else {
+            break;
+        };
+        let head = &after[..open];
+        let (n, alias) = head.split_once(" AS ").unwrap_or((head, "v"));
+        let cols: Vec<(&str, &str)> = after[open + 1..close]
+            .split(',')
+            .filter_map(|c| c.trim().split_once(' '))
+            .collect();
+        out.push_str(&expand(n.trim(), alias.trim(), &cols));
+        rest = &after[close + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// The SQLite text of a statement written for PostgreSQL with the idioms above.
 pub(super) fn lite(sql: &str) -> String {
+    let sql = json_rows(sql, |n, alias, cols| {
+        let cols: Vec<String> = cols
+            .iter()
+            .map(|(c, _)| format!("json_extract(value, '$.{c}') AS {c}"))
+            .collect();
+        format!("(SELECT {} FROM json_each(${n})) AS {alias}", cols.join(", "))
+    });
     let mut out = String::with_capacity(sql.len() + 32);
-    let mut rest = sql;
+    let mut rest = sql.as_str();
     while let Some(i) = rest.find("IN_LIST($") {
         out.push_str(&rest[..i]);
         let after = &rest[i + "IN_LIST($".len()..];
@@ -79,13 +115,31 @@ pub(super) fn lite(sql: &str) -> String {
         rest = after.get(end + 1..).unwrap_or("");
     }
     out.push_str(rest);
-    out.replace("SKIP_LOCKED", "").replace('$', "?")
+    placeholders(&out.replace("SKIP_LOCKED", ""))
+}
+
+/// `$N` → `?N` (a `$` not followed by a digit, as in a JSON path, stays).
+fn placeholders(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(ch) = chars.next() {
+        if ch == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('?');
+        } else {
+            out.push(ch);
+        }
+    }
+    out
 }
 
 /// The PostgreSQL text of a statement.
 pub(super) fn pg(sql: &str) -> String {
+    let sql = json_rows(sql, |n, alias, cols| {
+        let cols: Vec<String> = cols.iter().map(|(c, t)| format!("{c} {t}")).collect();
+        format!("jsonb_to_recordset(${n}::jsonb) AS {alias}({})", cols.join(", "))
+    });
     let mut out = String::with_capacity(sql.len() + 16);
-    let mut rest = sql;
+    let mut rest = sql.as_str();
     while let Some(i) = rest.find("IN_LIST($") {
         out.push_str(&rest[..i]);
         let after = &rest[i + "IN_LIST($".len()..];
@@ -182,6 +236,17 @@ mod tests {
         assert_eq!(
             pg(sql),
             "SELECT id FROM jobs WHERE host_id = ANY($1) AND n < $2 FOR UPDATE SKIP LOCKED"
+        );
+        let sql = "UPDATE jobs SET a = v.v_a FROM JSON_ROWS($1 AS v(v_id text, v_a bigint)) WHERE id = v.v_id";
+        assert_eq!(
+            lite(sql),
+            "UPDATE jobs SET a = v.v_a FROM (SELECT json_extract(value, '$.v_id') AS v_id, \
+             json_extract(value, '$.v_a') AS v_a FROM json_each(?1)) AS v WHERE id = v.v_id"
+        );
+        assert_eq!(
+            pg(sql),
+            "UPDATE jobs SET a = v.v_a FROM jsonb_to_recordset($1::jsonb) AS v(v_id text, v_a bigint) \
+             WHERE id = v.v_id"
         );
     }
 }

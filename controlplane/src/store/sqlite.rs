@@ -40,6 +40,8 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "identity", include_str!("../../migrations/sqlite/0003_identity.sql")),
     (4, "rbac", include_str!("../../migrations/sqlite/0004_rbac.sql")),
     (5, "jobs", include_str!("../../migrations/sqlite/0005_jobs.sql")),
+    (6, "slo", include_str!("../../migrations/sqlite/0006_slo.sql")),
+    (7, "rollouts", include_str!("../../migrations/sqlite/0007_rollouts.sql")),
     (8, "kpi", include_str!("../../migrations/sqlite/0008_kpi.sql")),
 ];
 
@@ -221,8 +223,11 @@ impl SqliteStore {
         rows: &IngestRows<'_>,
         jobs: &super::jobs::JobIngest<'_>,
         now_ms: i64,
+        sli: &crate::slo::sli::SliIndex,
     ) -> Result<crate::jobs::Applied, StoreError> {
         let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        let count = sli.counts_checks();
+        let mut inserted = std::collections::HashSet::new();
         for chunk in rows.hosts.chunks(CHUNK_ROWS) {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO hosts (id, first_seen_ms, last_seen_ms, last_seq, spool_dropped_total) ",
@@ -260,7 +265,15 @@ impl SqliteStore {
                     .push_bind(now_ms);
             });
             q.push(" ON CONFLICT (host_id, seq) DO NOTHING");
-            q.build().execute(&mut *tx).await?;
+            if count {
+                // Only what this transaction inserted counts towards SLOs (resends do not).
+                q.push(" RETURNING host_id, seq");
+                for row in q.build().fetch_all(&mut *tx).await? {
+                    inserted.insert((row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)?));
+                }
+            } else {
+                q.build().execute(&mut *tx).await?;
+            }
         }
         for chunk in rows.latest.chunks(CHUNK_ROWS) {
             let mut q = QueryBuilder::<Sqlite>::new(
@@ -288,8 +301,11 @@ impl SqliteStore {
             );
             q.build().execute(&mut *tx).await?;
         }
+        if !inserted.is_empty() {
+            super::slo::count_ingest_sqlite(&mut tx, rows, &inserted, sli, now_ms).await?;
+        }
         // Job reports of the same batches, and their audit entries (jobs issue).
-        let applied = super::jobs::apply_in_ingest(super::sql::Conn::Lite(&mut tx), jobs, now_ms).await?;
+        let applied = super::jobs::apply_in_ingest(super::sql::Conn::Lite(&mut tx), jobs, now_ms, sli).await?;
         tx.commit().await?;
         Ok(applied)
     }

@@ -1,6 +1,7 @@
 //! One end-to-end test binary, grouped by topic. Every test starts real
 //! processes on 127.0.0.1 with real certificates and a real database
 //! (SQLite by default; PostgreSQL with `STEWARD_TEST_BACKEND=postgres`).
+mod alerts;
 mod backup;
 mod gateway_refusals;
 mod identity;
@@ -10,5 +11,6 @@ mod kpis;
 mod pipeline;
 mod quickstart;
 mod rbac;
+mod rollouts;
 mod service;
 mod terraform;

@@ -2,7 +2,6 @@
 use super::*;
 use crate::jobs::deploy::{ServiceManager, service::BoxFuture};
 use crate::jobs::policy::ActionsSection;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use steward_shared::proto::Report;
 
@@ -23,10 +22,11 @@ struct Fx {
     counter: PathBuf,
 }
 
+/// A shell script, run as `/bin/sh PATH` (never exec'd itself: a file just
+/// written can be "busy" (ETXTBSY) while a parallel test forks).
 fn script(dir: &Path, name: &str, body: &str) -> String {
     let p = dir.join(name);
-    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(&p, format!("{body}\n")).unwrap();
     p.display().to_string()
 }
 
@@ -37,7 +37,7 @@ fn executor(tmp: &Path, journal: &Arc<Journal>, backup: &BackupConfig, allow: &[
             "/bin/echo hello".into(),
             "/bin/sleep 30".into(),
             "/usr/bin/seq 1 100000".into(),
-            tmp.join("count.sh").display().to_string(),
+            format!("/bin/sh {}", tmp.join("count.sh").display()),
         ],
     };
     Executor::new(
@@ -194,7 +194,7 @@ async fn an_assignment_becomes_started_output_and_finished_reports() {
 #[tokio::test]
 async fn a_redelivered_attempt_never_runs_twice() {
     let fx = fixture(2, 1 << 20);
-    let command = fx.tmp.path().join("count.sh").display().to_string();
+    let command = format!("/bin/sh {}", fx.tmp.path().join("count.sh").display());
     fx.runner.assign(assignment("r1", "exec", &[("command", &command)], 10));
     fx.finished("r1", 1).await;
     // Re-delivered after it finished (a lost ack): answered from the journal.
@@ -321,7 +321,7 @@ async fn drain_gives_a_grace_period_then_cancels_and_refuses_new_work() {
         fx.journal.get("d2").unwrap().unwrap().result.unwrap().outcome.reason(),
         Some(SHUTTING_DOWN)
     );
-    let command = fx.tmp.path().join("count.sh").display().to_string();
+    let command = format!("/bin/sh {}", fx.tmp.path().join("count.sh").display());
     fx.runner.assign(assignment("d3", "exec", &[("command", &command)], 10));
     let f = fx.finished("d3", 1).await;
     assert_eq!(

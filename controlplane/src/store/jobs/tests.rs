@@ -649,3 +649,171 @@ async fn two_stores_claiming_concurrently_never_claim_a_job_twice() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn ended_attempts_count_towards_job_success_slos_once() {
+    on_each_backend(|store, _| async move {
+        let s = JobSettings::default();
+        let t: i64 = 1_700_000_000_000;
+        let minute = t.div_euclid(60_000);
+        store.agent_connected("web", &AgentHello::default(), t).await.unwrap();
+        let spec: crate::slo::spec::SloSpec = serde_json::from_value(serde_json::json!({
+            "indicator": {"type": "jobSuccess", "action": "backup.run"},
+            "objectives": [{"target": 0.9}], "timeWindow": [{"duration": "7d"}]}))
+        .unwrap();
+        store
+            .put_slo(
+                "backups",
+                &spec,
+                AuditEntry::new("token:t", "slos.update", Outcome::Success),
+                t,
+            )
+            .await
+            .unwrap();
+        let local = |seq: u64, id: &str, outcome: &str| JobReport {
+            seq,
+            job_id: String::new(),
+            attempt_id: id.into(),
+            event: JobEventKind::Finished {
+                outcome: outcome.into(),
+                reason: String::new(),
+                result_json: String::new(),
+                finished_at_ms: t,
+                action: "backup.run".into(),
+                params: [("name".to_string(), "pg".to_string())].into(),
+                started_at_ms: t - 100,
+            },
+        };
+        // A resent report counts once; a cancelled run does not count.
+        for _ in 0..2 {
+            report(&store, "web", vec![local(1, "local-1", "succeeded")], &s, t).await;
+        }
+        report(&store, "web", vec![local(2, "local-2", "failed")], &s, t).await;
+        report(&store, "web", vec![local(3, "local-3", "cancelled")], &s, t).await;
+        let b = store.slo_buckets("backups", minute, minute).await.unwrap();
+        assert_eq!((b[""][0].total, b[""][0].good), (2, 1));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn batched_claims_acceptances_and_finishes_stay_fenced_and_audited_in_one_chain() {
+    on_each_backend(|store, _| async move {
+        let s = JobSettings {
+            max_running_per_host: 100,
+            ..JobSettings::default()
+        };
+        let t = 1_700_000_000_000;
+        let mut new = Vec::new();
+        for i in 0..30 {
+            let host = if i % 2 == 0 { "a" } else { "b" };
+            new.push(new_job(host, "checks.run", &[], t + i));
+        }
+        let jobs = enqueue(&store, new, t).await;
+        let claimed = store
+            .claim_jobs("cp", &hosts(&["a", "b"]), t + 100, 256, &s)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 30, "one claim takes every due job");
+        let ids: BTreeSet<&str> = claimed.iter().map(|c| c.job_id.as_str()).collect();
+        assert_eq!(ids.len(), 30, "no job twice");
+
+        // Acceptances of two hosts in one call: a repeat and a stale attempt change nothing.
+        let mut acc: Vec<Acceptance> = claimed
+            .iter()
+            .map(|c| Acceptance {
+                host_id: c.host_id.clone(),
+                job_id: c.job_id.clone(),
+                attempt_id: c.attempt_id.clone(),
+            })
+            .collect();
+        acc.push(acc[0].clone());
+        acc.push(Acceptance {
+            attempt_id: "stale".into(),
+            ..acc[1].clone()
+        });
+        acc.push(Acceptance {
+            host_id: "b".into(),
+            ..acc[0].clone()
+        });
+        let changed = store.accept_jobs(&acc, t + 200, &s).await.unwrap();
+        assert_eq!(changed.iter().filter(|c| **c).count(), 30);
+        assert_eq!(&changed[30..], &[false, false, false]);
+
+        // Every job finishes in one ingest: a repeated result, a result for a
+        // stale attempt and one from the wrong host are ignored.
+        let mut by_host: BTreeMap<String, Vec<JobReport>> = BTreeMap::new();
+        for (i, c) in claimed.iter().enumerate() {
+            let outcome = if i % 3 == 0 { "failed" } else { "succeeded" };
+            by_host.entry(c.host_id.clone()).or_default().push(finished(
+                i as u64 + 1,
+                &c.job_id,
+                &c.attempt_id,
+                outcome,
+                "",
+                "{}",
+            ));
+        }
+        let first = claimed.iter().find(|c| c.host_id == "a").unwrap();
+        let a = by_host.get_mut("a").unwrap();
+        a.push(finished(100, &first.job_id, &first.attempt_id, "failed", "again", "{}"));
+        a.push(finished(101, &first.job_id, "stale", "failed", "", "{}"));
+        by_host
+            .get_mut("b")
+            .unwrap()
+            .push(finished(102, &first.job_id, &first.attempt_id, "failed", "", "{}"));
+        let batches: Vec<IngestBatch> = by_host
+            .keys()
+            .map(|h| IngestBatch {
+                host_id: h.clone(),
+                results: Vec::new(),
+                spool_dropped_total: 0,
+            })
+            .collect();
+        let jb: Vec<JobBatch> = by_host
+            .into_iter()
+            .map(|(host_id, reports)| JobBatch { host_id, reports })
+            .collect();
+        let applied = store
+            .ingest_with_jobs(
+                &batches,
+                &JobIngest {
+                    batches: &jb,
+                    settings: s.clone(),
+                },
+                t + 300,
+            )
+            .await
+            .unwrap();
+        assert_eq!(applied.finished.len(), 30);
+        for (i, c) in claimed.iter().enumerate() {
+            let job = store.get_job(&c.job_id).await.unwrap().unwrap();
+            let want = if i % 3 == 0 {
+                JobState::Failed
+            } else {
+                JobState::Succeeded
+            };
+            assert_eq!(job.state, want, "{}", job.id);
+            assert_eq!(job.lease_owner, None);
+            assert_eq!(
+                actions_of(&store, &job.id).await,
+                ["jobs.create", "jobs.dispatch", "jobs.start", "jobs.finish"],
+                "{}",
+                job.id
+            );
+        }
+        assert!(jobs.iter().all(|j| ids.contains(j.id.as_str())));
+
+        // The batched appends form one unbroken chain.
+        let snap = store.audit_snapshot().await.unwrap();
+        assert_eq!(snap.entries.len(), 120);
+        crate::audit::chain::verify(&crate::audit::chain::VerifyInput {
+            entries: &snap.entries,
+            checkpoints: &snap.checkpoints,
+            trusted_keys: &[],
+            head: None,
+        })
+        .unwrap();
+    })
+    .await;
+}

@@ -1,0 +1,540 @@
+//! The rollout driver: one task per control-plane process. Every [`TICK`] it
+//! lists unfinished rollouts, takes or renews each one's lease (so with
+//! several control planes on one database exactly one drives a rollout, and
+//! another takes over when the holder's lease lapses), reads the rollout,
+//! its hosts, their jobs and latest checks, and applies one step computed
+//! by [`plan`] from that state alone. A step commits only under a valid
+//! lease and the rollout version it read.
+//!
+//! Per wave: dispatch the wave's pending hosts (each checked against the
+//! creator's scope and still existing), wait for their jobs, then the gates:
+//! error budget (failures counted across waves), health (no critical check,
+//! or the named checks ok after the step) held for `min_healthy`, and the
+//! SLO gate; then `pause`, then the next wave. Budget, a deadline or a
+//! failed health gate stops the rollout: nothing new is dispatched, running
+//! jobs finish, then changed hosts are rolled back newest first (when a
+//! rollback is configured and `auto_rollback` is on).
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use steward_shared::selector::Selector;
+use tokio_util::sync::CancellationToken;
+
+use super::{HostState, Rollout, RolloutHost, RolloutState, SloGate, SloVerdict};
+use crate::audit::{AuditEntry, Outcome, actor};
+use crate::jobs::dispatcher::JobsHandle;
+use crate::jobs::{Job, JobState, NewJob, new_job_id};
+use crate::rbac::Labels;
+use crate::store::rollouts::RolloutStep;
+use crate::store::{Store, StoreError};
+
+/// How often the driver looks at its rollouts.
+pub const TICK: Duration = Duration::from_millis(500);
+/// How long a lease lasts without renewal.
+pub const LEASE_MS: i64 = 10_000;
+
+/// What [`plan`] needs, read from the database.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub rollout: Rollout,
+    pub hosts: Vec<RolloutHost>,
+    pub jobs: HashMap<String, Job>,
+    /// Labels of the rollout's hosts that still exist.
+    pub labels: HashMap<String, Labels>,
+    /// Latest checks per host: (name, status, observed_ms).
+    pub checks: HashMap<String, Vec<(String, String, i64)>>,
+    pub slo: Option<SloVerdict>,
+}
+
+/// One driver (one per process; tests make several to play several processes).
+#[derive(Debug, Clone)]
+pub struct Driver {
+    pub store: Store,
+    pub owner: String,
+    pub slo: Arc<dyn SloGate>,
+    pub jobs: Option<JobsHandle>,
+}
+
+impl Driver {
+    pub fn new(store: Store, owner: impl Into<String>, slo: Arc<dyn SloGate>) -> Self {
+        Driver {
+            store,
+            owner: owner.into(),
+            slo,
+            jobs: None,
+        }
+    }
+
+    /// One round over every unfinished rollout at `now_ms`. Returns how many
+    /// rollouts this driver holds the lease of.
+    pub async fn tick(&self, now_ms: i64) -> Result<usize, StoreError> {
+        let mut held = 0;
+        for id in self.store.active_rollouts().await? {
+            if !self
+                .store
+                .acquire_rollout_lease(&id, &self.owner, now_ms, LEASE_MS)
+                .await?
+            {
+                continue;
+            }
+            held += 1;
+            // A few steps at once: e.g. jobs ended → wave passed → next wave dispatched.
+            for _ in 0..4 {
+                if !self.step(&id, now_ms).await? {
+                    break;
+                }
+            }
+        }
+        Ok(held)
+    }
+
+    /// Reads the rollout and applies one planned step; true when something changed.
+    pub async fn step(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let Some(rollout) = self.store.get_rollout(id).await? else {
+            return Ok(false);
+        };
+        if rollout.state.is_terminal() {
+            return Ok(false);
+        }
+        let hosts = self.store.rollout_hosts(id).await?;
+        let jobs = self.store.rollout_jobs(id).await?;
+        let ids: Vec<String> = hosts.iter().map(|h| h.host_id.clone()).collect();
+        let wave: Vec<String> = hosts
+            .iter()
+            .filter(|h| h.wave == rollout.current_wave && h.state == HostState::Succeeded)
+            .map(|h| h.host_id.clone())
+            .collect();
+        let labels = self.store.host_labels(&ids).await?;
+        let checks = self.store.latest_checks_of(&wave).await?;
+        let slo = if rollout.state == RolloutState::Running && !rollout.strategy.slo.is_empty() {
+            Some(self.slo.evaluate(&rollout.strategy.slo, now_ms).await)
+        } else {
+            None
+        };
+        let version = rollout.version;
+        let snap = Snapshot {
+            rollout,
+            hosts,
+            jobs,
+            labels,
+            checks,
+            slo,
+        };
+        let step = plan(&snap, now_ms);
+        if step.is_empty() {
+            return Ok(false);
+        }
+        let dispatched = !step.jobs.is_empty();
+        let applied = self
+            .store
+            .apply_rollout_step(id, version, &self.owner, &step, now_ms)
+            .await?;
+        if applied
+            && dispatched
+            && let Some(j) = &self.jobs
+        {
+            j.kick();
+        }
+        Ok(applied)
+    }
+}
+
+/// Starts the driver task of this process.
+pub fn start(
+    store: Store,
+    jobs: JobsHandle,
+    slo: Arc<dyn SloGate>,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let mut driver = Driver::new(store, format!("rollouts:{}", jobs.owner), slo);
+    driver.jobs = Some(jobs);
+    tokio::spawn(async move {
+        loop {
+            if let Err(error) = driver.tick(steward_shared::now_ms()).await {
+                tracing::warn!(%error, "rollout driver round failed");
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(TICK) => {}
+            }
+        }
+        // Hand the leases over at once instead of letting them lapse.
+        if let Ok(ids) = driver.store.active_rollouts().await {
+            for id in ids {
+                let _ = driver
+                    .store
+                    .release_rollout_lease(&id, &driver.owner, steward_shared::now_ms())
+                    .await;
+            }
+        }
+    })
+}
+
+fn system(r: &Rollout, action: &str) -> AuditEntry {
+    AuditEntry::new(actor::SYSTEM, action, Outcome::Success).target(format!("rollout:{}", r.id))
+}
+
+/// Whether a host's latest checks pass the health gate after its step
+/// finished at `since_ms`: `Ok(true)` healthy, `Ok(false)` not yet known,
+/// `Err(why)` unhealthy.
+fn health_of(names: &[String], checks: &[(String, String, i64)], since_ms: i64) -> Result<bool, String> {
+    if let Some((n, _, _)) = checks.iter().find(|(_, s, _)| s == "critical") {
+        return Err(format!("check {n} is critical"));
+    }
+    for name in names {
+        match checks.iter().find(|(n, _, _)| n == name) {
+            Some((_, s, at)) if *at >= since_ms => {
+                if s != "ok" {
+                    return Err(format!("check {name} is {s}"));
+                }
+            }
+            _ => return Ok(false),
+        }
+    }
+    Ok(true)
+}
+
+/// A job of rollout `r` on `host`: one attempt, the wave deadline as its
+/// timeout, created on behalf of the rollout's creator.
+fn rollout_job(
+    r: &Rollout,
+    host: &str,
+    action: &str,
+    params: &std::collections::BTreeMap<String, String>,
+    now_ms: i64,
+) -> NewJob {
+    NewJob {
+        id: new_job_id(now_ms),
+        action: action.to_string(),
+        params: params.clone(),
+        host_id: host.to_string(),
+        max_attempts: 1,
+        timeout_secs: r.strategy.wave_deadline_ms.div_ceil(1000).max(1),
+        idempotency_key: None,
+        rollout_id: Some(r.id.clone()),
+        created_by: r.actor.clone(),
+    }
+}
+
+/// The next step of a rollout, from its state alone (deterministic in
+/// `snap` and `now_ms`; no I/O).
+pub fn plan(snap: &Snapshot, now_ms: i64) -> RolloutStep {
+    let before = snap.rollout.clone();
+    let mut r = snap.rollout.clone();
+    let mut hosts = snap.hosts.clone();
+    let mut changed: Vec<usize> = Vec::new();
+    let mut audit = Vec::new();
+    let mut jobs_out = Vec::new();
+
+    // 1. Jobs that ended move their hosts on.
+    let mut synced = Vec::new();
+    for (idx, h) in hosts.iter_mut().enumerate() {
+        let (job_id, ok_state, bad_state) = match h.state {
+            HostState::Dispatched => (&h.job_id, HostState::Succeeded, HostState::Failed),
+            HostState::RollingBack => (&h.rollback_job_id, HostState::RolledBack, HostState::RollbackFailed),
+            _ => continue,
+        };
+        let Some(job) = job_id.as_ref().and_then(|id| snap.jobs.get(id)) else {
+            continue;
+        };
+        if !job.state.is_terminal() {
+            continue;
+        }
+        h.state = if job.state == JobState::Succeeded {
+            ok_state
+        } else {
+            bad_state
+        };
+        h.reason = (job.state != JobState::Succeeded).then(|| {
+            let why = job.reason.clone().unwrap_or_default();
+            format!(
+                "job {} {}{}",
+                job.id,
+                job.state.as_str(),
+                if why.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {why}")
+                }
+            )
+        });
+        h.finished_ms = Some(job.finished_ms.unwrap_or(now_ms));
+        r.last_progress_ms = now_ms;
+        synced.push(serde_json::json!({ "host": h.host_id, "state": h.state.as_str(), "job": job.id }));
+        changed.push(idx);
+    }
+    if !synced.is_empty() {
+        audit.push(system(&r, "rollouts.hosts").details(serde_json::json!({ "hosts": synced })));
+    }
+
+    let total = r.total_hosts;
+    let failures = hosts.iter().filter(|h| h.state == HostState::Failed).count() as u64;
+    let budget = r.strategy.budget(total);
+    let in_flight = hosts
+        .iter()
+        .filter(|h| matches!(h.state, HostState::Dispatched | HostState::RollingBack))
+        .count();
+    let set_gate = |r: &mut Rollout, gate: &str| {
+        if r.gate.as_deref() != Some(gate) {
+            r.gate = Some(gate.to_string());
+            r.gate_since_ms = Some(now_ms);
+        }
+    };
+    let stop = |r: &mut Rollout, reason: String| {
+        r.state = RolloutState::Stopping;
+        r.stop_kind = Some("failure".into());
+        r.stop_rollback = r.strategy.auto_rollback && r.strategy.rollback.is_some();
+        r.reason = Some(reason);
+    };
+
+    match r.state {
+        RolloutState::Running | RolloutState::Paused => {
+            let wave_started = r.wave_started_ms;
+            let progress_late = now_ms.saturating_sub(r.last_progress_ms) > ms(r.strategy.progress_deadline_ms)
+                && r.state == RolloutState::Running
+                && wave_started.is_some();
+            let wave_late = r.state == RolloutState::Running
+                && wave_started.is_some_and(|t| now_ms.saturating_sub(t) > ms(r.strategy.wave_deadline_ms));
+            if failures > budget {
+                stop(
+                    &mut r,
+                    format!("error budget exceeded: {failures} failed host(s), budget {budget}"),
+                );
+            } else if wave_late {
+                let why = format!(
+                    "wave {} missed its deadline ({}s) waiting on {}",
+                    r.current_wave,
+                    r.strategy.wave_deadline_ms / 1000,
+                    r.gate.clone().unwrap_or_else(|| "jobs".into())
+                );
+                stop(&mut r, why);
+            } else if progress_late {
+                let why = format!(
+                    "no progress for {}s (progress deadline)",
+                    r.strategy.progress_deadline_ms / 1000
+                );
+                stop(&mut r, why);
+            } else if r.state == RolloutState::Paused {
+                set_gate(&mut r, "paused");
+            } else {
+                let wave = r.current_wave;
+                if r.wave_started_ms.is_none() {
+                    let pause_until = r.wave_passed_ms.map(|t| t.saturating_add(ms(r.strategy.pause_ms)));
+                    if wave > 0 && pause_until.is_some_and(|t| now_ms < t) {
+                        set_gate(&mut r, "pause");
+                    } else {
+                        // Dispatch the wave.
+                        let scope = Selector::parse(&r.scope).unwrap_or_else(|_| Selector::everything());
+                        let mut sent = Vec::new();
+                        for (idx, h) in hosts.iter_mut().enumerate() {
+                            if h.wave != wave || h.state != HostState::Pending {
+                                continue;
+                            }
+                            match snap.labels.get(&h.host_id) {
+                                None => {
+                                    h.state = HostState::Skipped;
+                                    h.reason = Some("the host no longer exists".into());
+                                }
+                                Some(l) if !scope.matches(l) => {
+                                    h.state = HostState::Skipped;
+                                    h.reason = Some("outside the creator's scope at dispatch".into());
+                                }
+                                Some(_) => {
+                                    let job = rollout_job(&r, &h.host_id, &r.action, &r.params, now_ms);
+                                    let id = job.id.clone();
+                                    jobs_out.push(job);
+                                    h.state = HostState::Dispatched;
+                                    h.job_id = Some(id.clone());
+                                    h.dispatched_ms = Some(now_ms);
+                                    sent.push(serde_json::json!({ "host": h.host_id, "job": id }));
+                                }
+                            }
+                            changed.push(idx);
+                        }
+                        r.wave_started_ms = Some(now_ms);
+                        r.wave_done_ms = None;
+                        r.last_progress_ms = now_ms;
+                        set_gate(&mut r, "jobs");
+                        audit.push(system(&r, "rollouts.dispatch").details(serde_json::json!({
+                            "wave": wave, "jobs": sent,
+                        })));
+                    }
+                } else if hosts
+                    .iter()
+                    .any(|h| h.wave == wave && matches!(h.state, HostState::Dispatched | HostState::Pending))
+                {
+                    set_gate(&mut r, "jobs");
+                } else {
+                    // Every job of the wave ended within the budget: health, then SLO.
+                    let done = *r.wave_done_ms.get_or_insert(now_ms);
+                    let mut unhealthy = None;
+                    let mut unknown = false;
+                    for h in hosts
+                        .iter()
+                        .filter(|h| h.wave == wave && h.state == HostState::Succeeded)
+                    {
+                        let checks = snap.checks.get(&h.host_id).map(Vec::as_slice).unwrap_or(&[]);
+                        match health_of(&r.strategy.health, checks, h.finished_ms.unwrap_or(done)) {
+                            Err(why) => {
+                                unhealthy = Some(format!("host {} is unhealthy: {why}", h.host_id));
+                                break;
+                            }
+                            Ok(false) => unknown = true,
+                            Ok(true) => {}
+                        }
+                    }
+                    if let Some(why) = unhealthy {
+                        stop(&mut r, format!("health gate of wave {wave}: {why}"));
+                    } else if unknown {
+                        set_gate(&mut r, "health");
+                    } else if now_ms < done.saturating_add(ms(r.strategy.min_healthy_ms)) {
+                        set_gate(&mut r, "min_healthy");
+                    } else {
+                        let slo_ok = match &snap.slo {
+                            None | Some(SloVerdict::Holds) => true,
+                            Some(SloVerdict::NotConfigured) => {
+                                let note = "slo gate not evaluated: no SLO engine in this build (not configured)";
+                                if !r.notes.iter().any(|n| n == note) {
+                                    r.notes.push(note.to_string());
+                                }
+                                true
+                            }
+                            Some(SloVerdict::Burning { slo, detail }) => {
+                                set_gate(&mut r, &format!("slo {slo}: {detail}"));
+                                false
+                            }
+                        };
+                        if slo_ok {
+                            r.wave_passed_ms = Some(now_ms);
+                            r.last_progress_ms = now_ms;
+                            audit.push(system(&r, "rollouts.wave_passed").details(serde_json::json!({
+                                "wave": wave, "failures": failures, "budget": budget,
+                            })));
+                            if wave + 1 >= r.waves {
+                                r.state = RolloutState::Succeeded;
+                                r.finished_ms = Some(now_ms);
+                                r.gate = None;
+                                r.reason = Some("every wave passed".into());
+                            } else {
+                                r.current_wave = wave + 1;
+                                r.wave_started_ms = None;
+                                r.wave_done_ms = None;
+                                set_gate(&mut r, "pause");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        RolloutState::Stopping => {
+            if in_flight > 0 {
+                set_gate(&mut r, "running jobs to finish");
+            } else {
+                let changed_hosts = hosts.iter().any(|h| h.state == HostState::Succeeded);
+                if r.stop_rollback && r.strategy.rollback.is_some() && changed_hosts {
+                    r.state = RolloutState::RollingBack;
+                    set_gate(&mut r, "rollback jobs");
+                } else {
+                    finish_stopped(&mut r, &hosts, now_ms);
+                }
+            }
+        }
+        RolloutState::RollingBack => {
+            let spec = r.strategy.rollback.clone();
+            let mut candidates: Vec<usize> = hosts
+                .iter()
+                .enumerate()
+                .filter(|(_, h)| h.state == HostState::Succeeded)
+                .map(|(i, _)| i)
+                .collect();
+            if !r.stop_rollback || spec.is_none() {
+                candidates.clear();
+            }
+            if candidates.is_empty() && in_flight == 0 {
+                finish_stopped(&mut r, &hosts, now_ms);
+            } else if let Some(spec) = spec {
+                // Newest first: latest finished step, then latest position.
+                candidates.sort_by_key(|&i| std::cmp::Reverse((hosts[i].finished_ms, hosts[i].position)));
+                let width = usize::try_from(r.strategy.batch.ceil_of(total).max(1)).unwrap_or(1);
+                let free = width.saturating_sub(in_flight);
+                let scope = Selector::parse(&r.scope).unwrap_or_else(|_| Selector::everything());
+                let mut sent = Vec::new();
+                for &idx in candidates.iter().take(free) {
+                    let h = &mut hosts[idx];
+                    match snap.labels.get(&h.host_id) {
+                        Some(l) if scope.matches(l) => {
+                            let job = rollout_job(&r, &h.host_id, &spec.action, &spec.params, now_ms);
+                            let id = job.id.clone();
+                            jobs_out.push(job);
+                            h.state = HostState::RollingBack;
+                            h.rollback_job_id = Some(id.clone());
+                            sent.push(serde_json::json!({ "host": h.host_id, "job": id }));
+                        }
+                        _ => {
+                            h.state = HostState::RollbackFailed;
+                            h.reason = Some("cannot roll back: the host is gone or outside the creator's scope".into());
+                        }
+                    }
+                    changed.push(idx);
+                }
+                if !sent.is_empty() {
+                    audit.push(system(&r, "rollouts.rollback_dispatch").details(serde_json::json!({ "jobs": sent })));
+                }
+                set_gate(&mut r, "rollback jobs");
+            }
+        }
+        _ => {}
+    }
+
+    if r.state != before.state {
+        audit.push(system(&r, "rollouts.transition").details(serde_json::json!({
+            "from": before.state.as_str(), "to": r.state.as_str(), "reason": r.reason,
+            "wave": r.current_wave,
+        })));
+    }
+    changed.sort_unstable();
+    changed.dedup();
+    let host_changes: Vec<(HostState, RolloutHost)> = changed
+        .into_iter()
+        .map(|i| (snap.hosts[i].state, hosts[i].clone()))
+        .collect();
+    let rollout_changed = r != before;
+    RolloutStep {
+        rollout: rollout_changed.then_some(r),
+        hosts: host_changes,
+        jobs: jobs_out,
+        audit,
+    }
+}
+
+fn ms(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Ends a stopped rollout: `aborted` for an abort; after a failure
+/// `rolled_back` when hosts were undone and every rollback succeeded, else `failed`.
+fn finish_stopped(r: &mut Rollout, hosts: &[RolloutHost], now_ms: i64) {
+    let count = |s: HostState| hosts.iter().filter(|h| h.state == s).count();
+    let (rolled, rb_failed, changed) = (
+        count(HostState::RolledBack),
+        count(HostState::RollbackFailed),
+        count(HostState::Succeeded),
+    );
+    let summary = format!(
+        "{rolled} rolled back, {rb_failed} rollback failed, {changed} still changed, {} failed, {} never run",
+        count(HostState::Failed),
+        count(HostState::Pending) + count(HostState::Skipped)
+    );
+    r.state = if r.stop_kind.as_deref() == Some("abort") {
+        RolloutState::Aborted
+    } else if rolled > 0 && rb_failed == 0 && changed == 0 {
+        RolloutState::RolledBack
+    } else {
+        RolloutState::Failed
+    };
+    let why = r.reason.clone().unwrap_or_default();
+    r.reason = Some(format!("{why}; {summary}"));
+    r.gate = None;
+    r.finished_ms = Some(now_ms);
+}
