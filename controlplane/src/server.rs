@@ -227,7 +227,15 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
         store,
         registry,
         tasks: vec![
-            rest, retention, sweep, dispatcher, rollouts, audit.task, slo_engine, alerts, kpi_sampler,
+            rest,
+            retention,
+            sweep,
+            dispatcher,
+            rollouts,
+            audit.task,
+            slo_engine,
+            alerts,
+            kpi_sampler,
         ],
         grpc,
     })

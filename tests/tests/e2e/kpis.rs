@@ -39,16 +39,16 @@ async fn stewardctl_kpis_list_and_show_with_a_trend() {
     let (ok, out, err) = cp.stewardctl(&["kpis", "show", "agent_connectivity", "--window", "1h"]);
     assert!(ok, "{err}");
     assert!(out.contains("value:      100.0%"), "{out}");
-    assert!(out.contains("trend:") && out.contains('█'), "{out}");
+    // the last samples are 1.0: the top bar, or mid-height bars when the series is constant
+    let trend = out
+        .lines()
+        .find(|l| l.starts_with("trend:"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(trend.contains("██") || trend.contains("▄▄"), "{out}");
 
     let (ok, out, err) = cp.stewardctl(&["kpis", "list", "--window", "7d"]);
     assert!(ok, "{err}");
-    for name in [
-        "agent_connectivity",
-        "disk_full_forecast",
-        "change_failure_rate",
-        "rollout_success_rate",
-    ] {
+    for name in ["agent_connectivity", "disk_full_forecast", "change_failure_rate"] {
         assert!(out.contains(name), "{name} missing from:\n{out}");
     }
 
