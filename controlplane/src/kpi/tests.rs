@@ -594,3 +594,81 @@ async fn every_kpi_by_hand_on_each_backend() {
         store.close().await;
     }
 }
+
+fn alerts_config(src: &str) -> Result<crate::alert::config::AlertsConfig, (String, String)> {
+    #[derive(serde::Deserialize)]
+    struct F {
+        alerts: crate::alert::config::AlertsConfig,
+    }
+    let f: F = steward_shared::config::parse_toml("test.toml", src).unwrap();
+    f.alerts.check().map(|()| f.alerts)
+}
+
+#[test]
+fn kpi_alert_rules_are_checked_naming_the_key() {
+    let bad = |src: &str| alerts_config(src).unwrap_err().0;
+    assert_eq!(
+        bad("[alerts]\n[[alerts.kpi]]\nkpi = \"no_such\"\nbelow = 1.0\n"),
+        "alerts.kpi[0].kpi"
+    );
+    assert_eq!(
+        bad("[alerts]\n[[alerts.kpi]]\nkpi = \"lead_time\"\nabove = 1.0\nbelow = 2.0\n"),
+        "alerts.kpi[0].above"
+    );
+    assert_eq!(
+        bad("[alerts]\n[[alerts.kpi]]\nkpi = \"lead_time\"\n"),
+        "alerts.kpi[0].above"
+    );
+    assert_eq!(
+        bad("[alerts]\n[[alerts.kpi]]\nkpi = \"lead_time\"\nabove = 1.0\nwindow = \"1s\"\n"),
+        "alerts.kpi[0].window"
+    );
+}
+
+#[tokio::test]
+async fn kpi_threshold_alerts_fire_on_the_fixture_fleet() {
+    use crate::alert::evaluator::Evaluator;
+    for backend in TestBackend::selected() {
+        eprintln!("--- backend: {}", backend.name());
+        let db = TestDatabase::create(backend).await;
+        let store = db.store().await;
+        fixture_fleet(&store).await;
+        // fleet values by hand (see assert_fleet): connectivity 3/4, pass ratio 13/19, lead time 5700 s
+        let cfg = alerts_config(
+            "[alerts]\n\
+             [[alerts.kpi]]\nkpi = \"agent_connectivity\"\nbelow = 0.9\nseverity = \"critical\"\n\
+             [[alerts.kpi]]\nkpi = \"agent_connectivity\"\nbelow = 0.5\n\
+             [[alerts.kpi]]\nkpi = \"check_pass_ratio\"\nabove = 0.6\nwindow = \"7d\"\n\
+             [[alerts.kpi]]\nkpi = \"check_pass_ratio\"\nabove = 0.7\nwindow = \"7d\"\n\
+             [[alerts.kpi]]\nkpi = \"lead_time\"\nabove = 0.0\nwindow = \"1m\"\n",
+        )
+        .unwrap();
+        let ev = Evaluator::new(store.clone(), cfg);
+        let c = ev.candidates("kpi", NOW).await.unwrap();
+        let got: Vec<(String, String, crate::alert::Severity)> = c
+            .iter()
+            .map(|c| (c.labels["kpi"].clone(), c.labels["condition"].clone(), c.severity))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "agent_connectivity".into(),
+                    "below 0.9".into(),
+                    crate::alert::Severity::Critical
+                ),
+                (
+                    "check_pass_ratio".into(),
+                    "above 0.6".into(),
+                    crate::alert::Severity::Warning
+                ),
+            ],
+            "lead time has no deploy in the last minute: no value, no alert"
+        );
+        assert!(c.iter().all(|c| c.labels["alertname"] == "KpiThreshold"));
+        // no rule: the source reports nothing
+        let off = Evaluator::new(store.clone(), crate::alert::config::AlertsConfig::default());
+        assert!(off.candidates("kpi", NOW).await.unwrap().is_empty());
+        store.close().await;
+    }
+}
