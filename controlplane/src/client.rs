@@ -21,6 +21,7 @@ use crate::api::views::{CheckView, HostView};
 mod alerts;
 mod audit;
 mod jobs;
+mod kpis;
 mod rbac;
 mod rollouts;
 mod slo;
@@ -28,6 +29,7 @@ mod table;
 pub use alerts::{AlertsCommand, SilencesCommand};
 pub use audit::AuditCommand;
 pub use jobs::{BackupsCommand, JobsCommand};
+pub use kpis::KpisCommand;
 pub use rbac::{RolesCommand, TokensCommand};
 pub use rollouts::RolloutsCommand;
 pub use slo::SlosCommand;
@@ -129,6 +131,11 @@ pub enum Command {
     Silences {
         #[command(subcommand)]
         command: SilencesCommand,
+    },
+    /// Fleet KPIs: values, groups and trends.
+    Kpis {
+        #[command(subcommand)]
+        command: KpisCommand,
     },
 }
 
@@ -602,6 +609,11 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> Result<(), ClientError> {
             out.flush()?;
             return Ok(());
         }
+        Command::Kpis { command } => {
+            kpis::run(command, &cli, out).await?;
+            out.flush()?;
+            return Ok(());
+        }
         _ => {}
     }
     let client = Client::new(&cli.server, cli.token, cli.ca_cert.as_deref())?;
@@ -693,6 +705,7 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> Result<(), ClientError> {
         | Command::Roles { .. }
         | Command::Jobs { .. }
         | Command::Backups { .. }
+        | Command::Kpis { .. }
         | Command::Hosts {
             command: HostsCommand::Labels { .. },
         } => {} // handled above

@@ -35,6 +35,51 @@ pub struct ControlPlaneConfig {
     /// `[alerts]`: sources, receivers, routes ([`crate::alert::config`]).
     #[serde(default)]
     pub alerts: crate::alert::config::AlertsConfig,
+    #[serde(default)]
+    pub kpi: KpiSection,
+}
+
+/// `[kpi]`: the KPI sampler that stores the trend.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KpiSection {
+    /// How often the fleet-wide KPI values are sampled. Default `5m`.
+    #[serde(default = "default_kpi_sample_interval")]
+    pub sample_interval: Duration,
+    /// Window of the sampled windowed KPIs. Default `30d`.
+    #[serde(default = "default_kpi_window")]
+    pub window: Duration,
+    /// How long samples are kept. Default `90d`.
+    #[serde(default = "default_kpi_keep")]
+    pub keep: Duration,
+}
+
+impl KpiSection {
+    /// The sampler settings these keys describe.
+    pub fn settings(&self) -> crate::kpi::sampler::SamplerSettings {
+        let ms = |d: &Duration| i64::try_from(d.as_std().as_millis()).unwrap_or(i64::MAX);
+        crate::kpi::sampler::SamplerSettings {
+            interval: self.sample_interval.as_std().max(std::time::Duration::from_secs(1)),
+            window_ms: ms(&self.window).max(1),
+            keep_ms: ms(&self.keep).max(1),
+        }
+    }
+}
+
+fn default_kpi_sample_interval() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_kpi_window() -> Duration {
+    Duration::from_secs(30 * 86_400)
+}
+fn default_kpi_keep() -> Duration {
+    Duration::from_secs(90 * 86_400)
+}
+
+impl Default for KpiSection {
+    fn default() -> Self {
+        parse_toml("<defaults>", "").expect("empty kpi section has defaults")
+    }
 }
 
 /// `[rbac]`: custom roles defined in the file (`[[rbac.roles]]`).

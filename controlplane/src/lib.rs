@@ -27,6 +27,7 @@ pub mod config;
 pub mod enrollment;
 pub mod gateway;
 pub mod jobs;
+pub mod kpi;
 pub mod metrics;
 pub mod model;
 pub mod pki_cli;

@@ -82,6 +82,8 @@ pub struct Metrics {
     http_request_seconds: Family<RouteLabels, Histogram>,
     /// The job queue's metrics ([`crate::jobs::metrics`]).
     pub(crate) jobs: crate::jobs::metrics::JobMetrics,
+    /// The fleet KPIs ([`crate::kpi::metrics`]).
+    pub(crate) kpi: crate::kpi::metrics::KpiMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -162,6 +164,7 @@ impl Metrics {
             http_request_seconds.clone(),
         );
         let jobs = crate::jobs::metrics::JobMetrics::register(&mut registry);
+        let kpi = crate::kpi::metrics::KpiMetrics::register(&mut registry);
         Metrics {
             registry,
             results_ingested,
@@ -176,6 +179,7 @@ impl Metrics {
             http_requests,
             http_request_seconds,
             jobs,
+            kpi,
         }
     }
 

@@ -209,6 +209,12 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
     let alerts = crate::alert::evaluator::start(store.clone(), cfg.alerts.clone(), shutdown.clone());
     let dispatcher =
         crate::jobs::dispatcher::start(store.clone(), registry.clone(), metrics.clone(), jobs, shutdown.clone());
+    let kpi_sampler = tokio::spawn(crate::kpi::sampler::run(
+        store.clone(),
+        cfg.kpi.settings(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
 
     let endpoints = Endpoints {
         grpc_addr,
@@ -221,7 +227,15 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
         store,
         registry,
         tasks: vec![
-            rest, retention, sweep, dispatcher, rollouts, audit.task, slo_engine, alerts,
+            rest,
+            retention,
+            sweep,
+            dispatcher,
+            rollouts,
+            audit.task,
+            slo_engine,
+            alerts,
+            kpi_sampler,
         ],
         grpc,
     })

@@ -38,6 +38,9 @@ pub struct AlertsConfig {
     pub certificate: CertificateSource,
     #[serde(default)]
     pub rollout: RolloutSource,
+    /// `[[alerts.kpi]]`: KPI thresholds over the whole fleet.
+    #[serde(default)]
+    pub kpi: Vec<KpiRule>,
     /// Where notifications go.
     #[serde(default)]
     pub receivers: Vec<ReceiverConfig>,
@@ -140,6 +143,49 @@ pub struct RolloutSource {
     /// How long the alert stays firing after the rollout ended. Default 24h.
     #[serde(default = "d_rollout_window")]
     pub window: Duration,
+}
+
+/// `[[alerts.kpi]]`: fires while the fleet-wide value of `kpi` (computed
+/// over `window`) is above `above` or below `below` (exactly one is set).
+/// A KPI without data (no value) never fires.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KpiRule {
+    /// A KPI name from the catalog (`GET /api/v1/kpis`).
+    pub kpi: String,
+    #[serde(default)]
+    pub above: Option<f64>,
+    #[serde(default)]
+    pub below: Option<f64>,
+    /// Window of windowed KPIs. Default 30d.
+    #[serde(default = "d_kpi_window")]
+    pub window: Duration,
+    #[serde(default = "sev_warning")]
+    pub severity: Severity,
+}
+
+fn d_kpi_window() -> Duration {
+    Duration::from_secs(30 * 86_400)
+}
+
+impl KpiRule {
+    /// The condition as shown in labels: `above 0.5` or `below 0.9`.
+    pub fn condition(&self) -> String {
+        match (self.above, self.below) {
+            (Some(a), _) => format!("above {a}"),
+            (_, Some(b)) => format!("below {b}"),
+            _ => String::new(),
+        }
+    }
+
+    /// Whether `value` breaks the threshold.
+    pub fn breached(&self, value: f64) -> bool {
+        match (self.above, self.below) {
+            (Some(a), _) => value > a,
+            (_, Some(b)) => value < b,
+            _ => false,
+        }
+    }
 }
 
 fn sev_critical() -> Severity {
@@ -319,6 +365,21 @@ impl AlertsConfig {
                 "alerts.certificate.warning_days".into(),
                 "must be at least critical_days, and both at least 0",
             );
+        }
+        for (i, rule) in self.kpi.iter().enumerate() {
+            let at = |key: &str| format!("alerts.kpi[{i}].{key}");
+            if crate::kpi::find(&rule.kpi).is_none() {
+                return Err((at("kpi"), format!("no KPI named {:?} in the catalog", rule.kpi)));
+            }
+            match (rule.above, rule.below) {
+                (Some(_), Some(_)) | (None, None) => return err(at("above"), "set exactly one of above and below"),
+                (Some(v), None) if !v.is_finite() => return err(at("above"), "must be a finite number"),
+                (None, Some(v)) if !v.is_finite() => return err(at("below"), "must be a finite number"),
+                _ => {}
+            }
+            if rule.window.as_std() < std::time::Duration::from_secs(60) {
+                return err(at("window"), "must be at least 1m");
+            }
         }
         let mut names = Vec::new();
         for (i, r) in self.receivers.iter().enumerate() {

@@ -12,7 +12,9 @@
 //! - `backup_rpo`: a backup whose last good snapshot is older than its RPO (`BackupRPO`, `backup`);
 //! - `certificate`: a check reporting `days_left` under `warning_days` or
 //!   `critical_days` (`CertificateExpiry`, `check`, `threshold`);
-//! - `rollout`: a rollout that ended `rolled_back` within `window` (`RolloutRolledBack`, `rollout`).
+//! - `rollout`: a rollout that ended `rolled_back` within `window` (`RolloutRolledBack`, `rollout`);
+//! - `kpi`: a `[[alerts.kpi]]` rule whose fleet-wide KPI value breaks its
+//!   threshold (`KpiThreshold`, `kpi`, `condition`).
 //!
 //! Invariant: a source that fails to read is not reconciled in that round,
 //! so a database hiccup never resolves its alerts.
@@ -29,13 +31,14 @@ use crate::store::alert::Reconciled;
 use crate::store::{Store, StoreError};
 
 /// Every source, in evaluation order.
-pub const SOURCES: [&str; 6] = [
+pub const SOURCES: [&str; 7] = [
     "slo",
     "host_silent",
     "check_critical",
     "backup_rpo",
     "certificate",
     "rollout",
+    "kpi",
 ];
 
 /// Evaluates the sources of one control plane.
@@ -86,6 +89,7 @@ impl Evaluator {
             "backup_rpo" => c.backup_rpo.enabled,
             "certificate" => c.certificate.enabled,
             "rollout" => c.rollout.enabled,
+            "kpi" => !c.kpi.is_empty(),
             _ => false,
         }
     }
@@ -224,6 +228,37 @@ impl Evaluator {
                             r.reason.as_deref().map(|x| format!(": {x}")).unwrap_or_default()
                         ),
                         labels: labels(&[("alertname", "RolloutRolledBack"), ("rollout", &r.id)]),
+                    });
+                }
+            }
+            "kpi" => {
+                let current_version = crate::kpi::sampler::current_version();
+                for rule in &c.kpi {
+                    let Some(def) = crate::kpi::find(&rule.kpi) else {
+                        continue;
+                    };
+                    let window_ms = ms(rule.window.as_std()).max(1);
+                    let data = self.store.kpi_data(now_ms, window_ms).await?;
+                    let ctx = crate::kpi::Ctx {
+                        now_ms,
+                        window_ms,
+                        current_version: current_version.clone(),
+                    };
+                    let Some(value) = (def.compute)(&data, &ctx).value else {
+                        continue;
+                    };
+                    if !rule.breached(value) {
+                        continue;
+                    }
+                    let condition = rule.condition();
+                    out.push(Candidate {
+                        severity: rule.severity,
+                        summary: format!("KPI {} is {value} ({condition})", rule.kpi),
+                        labels: labels(&[
+                            ("alertname", "KpiThreshold"),
+                            ("kpi", &rule.kpi),
+                            ("condition", &condition),
+                        ]),
                     });
                 }
             }

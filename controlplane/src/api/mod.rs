@@ -46,6 +46,7 @@ pub mod auth;
 pub mod handlers;
 pub mod identity;
 pub mod jobs;
+pub mod kpis;
 pub mod openapi;
 pub mod params;
 pub mod problem;
@@ -201,6 +202,7 @@ pub fn routes(
         .then(identity::create_enrollment_token);
     let job_routes = jobs_routes(state.clone());
     let rollout_routes = rollouts::routes(state.clone());
+    let kpi_routes = kpis_routes(state.clone());
     let revoke_host = warp::path!("api" / "v1" / "hosts" / String / "revoke")
         .and(warp::post())
         .and(with_state(state.clone()))
@@ -245,6 +247,10 @@ pub fn routes(
         .or(rollout_routes)
         .unify()
         .or(alert_routes)
+        .unify()
+        // Boxed again before the next groups, for the same reason.
+        .boxed()
+        .or(kpi_routes)
         .unify()
         .map(|r: Result<Response, Problem>| r.unwrap_or_else(Problem::into_response));
 
@@ -343,6 +349,25 @@ fn jobs_routes(state: ApiState) -> warp::filters::BoxedFilter<(Result<Response, 
         .or(backups)
         .unify()
         .boxed()
+}
+
+/// The KPI routes ([`kpis`]), boxed to keep the route type small.
+fn kpis_routes(state: ApiState) -> warp::filters::BoxedFilter<(Result<Response, Problem>,)> {
+    let list = warp::path!("api" / "v1" / "kpis")
+        .and(warp::get())
+        .and(with_state(state.clone()))
+        .and(authorized(state.clone(), "GET", "/api/v1/kpis"))
+        .and(raw_query())
+        .then(kpis::list);
+    let get = warp::path!("api" / "v1" / "kpis" / String)
+        .and(warp::get())
+        .and(with_state(state.clone()))
+        .and(authorized(state.clone(), "GET", "/api/v1/kpis/{name}"))
+        .and_then(|name: String, state: ApiState, who| async move { decoded(name, "name").map(|n| (state, who, n)) })
+        .untuple_one()
+        .and(raw_query())
+        .then(kpis::get);
+    list.or(get).unify().boxed()
 }
 
 fn with_state(state: ApiState) -> impl Filter<Extract = (ApiState,), Error = Infallible> + Clone {

@@ -22,6 +22,7 @@ use warp::reply::Response;
 use super::alerts::{AlertView, CreateSilence, SilenceView};
 use super::identity::{CreateEnrollmentToken, EnrollmentTokenView, RevokedView};
 use super::jobs::{BackupView, CreateJob, CreatedJobs, JobView, OutputView};
+use super::kpis::{KpiDetail, KpiGroupView, KpiList, KpiView, MissingKpi, TrendPoint};
 use super::params::Params;
 use super::problem::{PROBLEM_CONTENT_TYPE, Problem};
 use super::rbac::{CreateToken, PutLabels, PutRole, RoleView, TokenView};
@@ -117,6 +118,7 @@ impl Modify for BearerAuth {
         put_slo, list_slos, get_slo,
         create_rollout, list_rollouts, get_rollout, pause_rollout, resume_rollout, abort_rollout,
         list_alerts, get_alert, ack_alert, list_silences, create_silence, expire_silence,
+        list_kpis, get_kpi,
     ),
     components(schemas(
         Problem, HostView, CheckView, ValueView, StatusCounts, CheckStatusSchema, AuditEntryView,
@@ -128,6 +130,7 @@ impl Modify for BearerAuth {
         crate::rollouts::StrategySpec, crate::rollouts::Strategy, crate::rollouts::RollbackSpec,
         crate::rollouts::RawAmount,
         AlertView, CreateSilence, SilenceView, crate::alert::Severity, crate::alert::Matcher,
+        KpiList, KpiView, KpiDetail, KpiGroupView, TrendPoint, MissingKpi,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -460,3 +463,25 @@ fn create_silence() {}
 #[utoipa::path(delete, path = "/api/v1/silences/{id}", params(("id" = String, Path, description = "silence ID")),
     responses((status = 200, description = "expired", body = SilenceView), Errors))]
 fn expire_silence() {}
+
+// ---------------------------------------------------------------- KPIs
+
+/// The KPI catalog with each KPI's value over the hosts the token may see
+/// (and the selector matches), plus the KPIs not computed yet.
+/// Permission `kpis:read`.
+#[utoipa::path(get, path = "/api/v1/kpis", params(
+    ("window" = Option<String>, Query, description = "duration, e.g. 30d (default 30d, 1m..400d)"),
+    ("selector" = Option<String>, Query, description = "label selector over hosts"),
+), responses((status = 200, description = "the catalog", body = KpiList), Errors))]
+fn list_kpis() {}
+
+/// One KPI: its value, per group of a label's values with `group_by`, and its
+/// trend (fleet-wide samples; only for tokens limited by nothing).
+/// Permission `kpis:read`.
+#[utoipa::path(get, path = "/api/v1/kpis/{name}", params(
+    ("name" = String, Path, description = "a KPI name from the catalog"),
+    ("window" = Option<String>, Query, description = "duration, e.g. 30d (default 30d, 1m..400d)"),
+    ("selector" = Option<String>, Query, description = "label selector over hosts"),
+    ("group_by" = Option<String>, Query, description = "a label: one value per label value"),
+), responses((status = 200, description = "the KPI", body = KpiDetail), Errors))]
+fn get_kpi() {}

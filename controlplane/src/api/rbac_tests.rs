@@ -170,6 +170,11 @@ fn request_for(method: &str, template: &str) -> (String, Option<Json>) {
         .replace("{host}", "h-a1")
         .replace("{id}", "nosuchtoken")
         .replace("{name}", "matrix-role");
+    let path = if template == "/api/v1/kpis/{name}" {
+        "/api/v1/kpis/agent_connectivity".to_string()
+    } else {
+        path
+    };
     let body = match (method, template) {
         ("POST", "/api/v1/tokens") => Some(json!({ "name": "m", "role": "viewer", "scope": "team=a,env=prod" })),
         ("PUT", "/api/v1/roles/{name}") => Some(json!({
@@ -984,6 +989,91 @@ async fn job_routes_keep_scoped_tokens_to_their_hosts() {
             "{:?}",
             denied.items
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn kpis_of_a_scoped_token_count_only_its_hosts() {
+    on_each_backend(vec![], (0, 0), |api| async move {
+        api.store
+            .agent_disconnected("h-b1", steward_shared::now_ms())
+            .await
+            .unwrap();
+        let admin = api.admin.clone();
+        let scoped = api.token("viewer", SCOPE).await;
+        let value = |j: &Json, name: &str| -> Option<f64> {
+            j["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|k| k["name"] == name)
+                .unwrap()["value"]
+                .as_f64()
+        };
+        // unscoped: 4 of 5 hosts connected, 10 results all ok
+        let all = body(&api.call("GET", "/api/v1/kpis", &admin, None).await);
+        assert_eq!(all["hosts"], 5);
+        assert_eq!(value(&all, "agent_connectivity"), Some(0.8));
+        assert_eq!(value(&all, "check_pass_ratio"), Some(1.0));
+        assert!(
+            all["missing"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["name"] == "rollout_success_rate")
+        );
+        // scoped to team=a: only h-a1 and h-a2, also with a selector asking for more
+        let mine = body(
+            &api.call("GET", "/api/v1/kpis?selector=env%20in%20(prod,dev)", &scoped, None)
+                .await,
+        );
+        assert_eq!(mine["hosts"], 2);
+        assert_eq!(value(&mine, "agent_connectivity"), Some(1.0));
+        let r = api
+            .call("GET", "/api/v1/kpis/agent_connectivity?group_by=team", &scoped, None)
+            .await;
+        let one = body(&r);
+        let groups = one["groups"].as_array().unwrap();
+        assert_eq!(groups.len(), 1, "{one}");
+        assert_eq!(groups[0]["value_of_label"], "a");
+        assert_eq!(one["trend"].as_array().unwrap().len(), 0);
+        assert!(one["trend_note"].is_string());
+        // the admin grouped by team sees b at 1/2
+        let by_team = body(
+            &api.call(
+                "GET",
+                "/api/v1/kpis/agent_connectivity?group_by=team&window=7d",
+                &admin,
+                None,
+            )
+            .await,
+        );
+        let b = by_team["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["value_of_label"] == "b")
+            .unwrap();
+        assert_eq!(b["value"].as_f64(), Some(0.5));
+        // bad input: 400 problem+json naming the field; unknown KPI: 404
+        for (path, field) in [
+            ("/api/v1/kpis?window=soon", "window"),
+            ("/api/v1/kpis?window=0s", "window"),
+            ("/api/v1/kpis?colour=red", "colour"),
+            ("/api/v1/kpis?group_by=team", "group_by"),
+            ("/api/v1/kpis/check_pass_ratio?selector=a%20in", "selector"),
+            ("/api/v1/kpis/check_pass_ratio?group_by=bad%20label", "group_by"),
+        ] {
+            let r = api.call("GET", path, &admin, None).await;
+            assert_eq!(r.status(), 400, "{path}");
+            assert_eq!(r.headers()["content-type"], "application/problem+json", "{path}");
+            assert_eq!(body(&r)["field"], field, "{path}");
+        }
+        let r = api.call("GET", "/api/v1/kpis/rollout_success_rate", &admin, None).await;
+        assert_eq!(r.status(), 404);
+        let r = api.call("GET", "/api/v1/kpis/nope", &admin, None).await;
+        assert_eq!(r.status(), 404);
     })
     .await;
 }

@@ -109,6 +109,8 @@ pub const TABLE: &[RouteSpec] = &[
     route("GET", "/api/v1/silences", "alerts:read", Hosts::Fleet),
     route("POST", "/api/v1/silences", "alerts:write", Hosts::Fleet),
     route("DELETE", "/api/v1/silences/{id}", "alerts:write", Hosts::Fleet),
+    route("GET", "/api/v1/kpis", "kpis:read", Hosts::Filtered),
+    route("GET", "/api/v1/kpis/{name}", "kpis:read", Hosts::Filtered),
 ];
 
 /// The row of `method` `path` (a template, exactly as in [`TABLE`]).

@@ -31,6 +31,7 @@ pub mod audit;
 mod backup;
 pub mod identity;
 pub mod jobs;
+pub mod kpi;
 mod postgres;
 pub mod rbac;
 pub mod rollouts;

@@ -42,6 +42,7 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "rollouts",
         include_str!("../../migrations/postgres/0007_rollouts.sql"),
     ),
+    (8, "kpi", include_str!("../../migrations/postgres/0008_kpi.sql")),
 ];
 
 /// The answer to `backup` on PostgreSQL.

@@ -42,6 +42,7 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
     (5, "jobs", include_str!("../../migrations/sqlite/0005_jobs.sql")),
     (6, "slo", include_str!("../../migrations/sqlite/0006_slo.sql")),
     (7, "rollouts", include_str!("../../migrations/sqlite/0007_rollouts.sql")),
+    (8, "kpi", include_str!("../../migrations/sqlite/0008_kpi.sql")),
 ];
 
 /// How long a statement waits for another process's write lock.

@@ -7,6 +7,7 @@ mod gateway_refusals;
 mod identity;
 mod jobs;
 mod jobs_actions;
+mod kpis;
 mod pipeline;
 mod quickstart;
 mod rbac;

@@ -1,0 +1,248 @@
+//! The rows the KPI catalog ([`crate::kpi`]) is computed from, and the KPI
+//! samples of the trend (`kpi_samples`, migration `0008_kpi`). Statements are
+//! written once for both backends through [`super::sql`].
+//!
+//! Invariants:
+//! - Reads only: the KPIs never change what they measure.
+//! - Revoked hosts are not part of the fleet; rows of hosts that no longer
+//!   exist are dropped by [`crate::kpi::KpiData::restrict`] by the caller.
+//! - Samples are fleet-wide values (no scope, no selector): only callers
+//!   limited by nothing may be shown them.
+use sqlx::{Postgres, Sqlite, Transaction};
+
+use super::sql::{AnyRow, B, Conn};
+use super::{Backend, Store, StoreError, map_from_json, values_from_json};
+use crate::kpi::{BackupRow, CertRow, CheckCount, DiskSample, HostRow, JobRow, KpiData};
+
+enum Read {
+    Lite(sqlx::pool::PoolConnection<Sqlite>),
+    Pg(sqlx::pool::PoolConnection<Postgres>),
+}
+
+impl Read {
+    async fn acquire(store: &Store) -> Result<Read, StoreError> {
+        Ok(match &store.backend {
+            Backend::Sqlite(b) => Read::Lite(b.read.acquire().await?),
+            Backend::Postgres(b) => Read::Pg(b.pool.acquire().await?),
+        })
+    }
+    fn conn(&mut self) -> Conn<'_> {
+        match self {
+            Read::Lite(c) => Conn::Lite(c),
+            Read::Pg(c) => Conn::Pg(c),
+        }
+    }
+}
+
+enum Write {
+    Lite(Transaction<'static, Sqlite>),
+    Pg(Transaction<'static, Postgres>),
+}
+
+impl Write {
+    async fn begin(store: &Store) -> Result<Write, StoreError> {
+        Ok(match &store.backend {
+            Backend::Sqlite(b) => Write::Lite(b.write.begin_with("BEGIN IMMEDIATE").await?),
+            Backend::Postgres(b) => Write::Pg(b.pool.begin().await?),
+        })
+    }
+    fn conn(&mut self) -> Conn<'_> {
+        match self {
+            Write::Lite(tx) => Conn::Lite(tx),
+            Write::Pg(tx) => Conn::Pg(tx),
+        }
+    }
+    async fn commit(self) -> Result<(), StoreError> {
+        match self {
+            Write::Lite(tx) => tx.commit().await?,
+            Write::Pg(tx) => tx.commit().await?,
+        }
+        Ok(())
+    }
+}
+
+const HOSTS: &str = "SELECT id, labels, agent_version, CAST(CASE WHEN connected THEN 1 ELSE 0 END AS BIGINT) AS conn, \
+                     last_seen_ms FROM hosts WHERE revoked_ms IS NULL ORDER BY id";
+const CHECK_COUNTS: &str = "SELECT host_id, status, COUNT(*) AS n FROM check_results \
+                            WHERE observed_ms >= $1 AND observed_ms <= $2 GROUP BY host_id, status";
+const CERTS: &str = "SELECT host_id, name, values_json FROM check_latest WHERE kind IN ('tls', 'certificate_file')";
+const DISKS: &str = "SELECT host_id, values_json, observed_ms FROM check_results \
+                     WHERE kind = 'disk' AND observed_ms >= $1 AND observed_ms <= $2";
+const JOBS: &str = "SELECT id, host_id, action, state, outcome, params, source, created_ms, updated_ms, started_ms, \
+                    finished_ms FROM jobs WHERE updated_ms >= $1 OR created_ms >= $1 OR finished_ms >= $1";
+const BACKUPS: &str =
+    "SELECT host_id, name, last_snapshot_ms, rpo_secs, last_verify_ms, last_verify_ok FROM backup_status";
+
+fn job_row(r: &AnyRow) -> Result<JobRow, StoreError> {
+    Ok(JobRow {
+        id: r.text("id")?,
+        host_id: r.text("host_id")?,
+        action: r.text("action")?,
+        state: r.text("state")?,
+        outcome: r.opt_text("outcome")?,
+        params: serde_json::from_str(&r.text("params")?).unwrap_or_default(),
+        source: r.text("source")?,
+        created_ms: r.int("created_ms")?,
+        updated_ms: r.int("updated_ms")?,
+        started_ms: r.opt_int("started_ms")?,
+        finished_ms: r.opt_int("finished_ms")?,
+    })
+}
+
+impl Store {
+    /// The rows of every KPI for the window `[now - window, now]` (disk
+    /// samples: the last [`crate::kpi::DISK_LOOKBACK_MS`]), for all hosts:
+    /// the caller restricts them to what its caller may see.
+    pub async fn kpi_data(&self, now_ms: i64, window_ms: i64) -> Result<KpiData, StoreError> {
+        let from = now_ms.saturating_sub(window_ms);
+        let mut c = Read::acquire(self).await?;
+        let mut conn = c.conn();
+        let mut data = KpiData::default();
+        for r in conn.fetch(HOSTS, &[]).await? {
+            data.hosts.push(HostRow {
+                id: r.text("id")?,
+                labels: map_from_json(&r.text("labels")?, "labels"),
+                agent_version: r.text("agent_version")?,
+                connected: r.int("conn")? != 0,
+                last_seen_ms: r.int("last_seen_ms")?,
+            });
+        }
+        for r in conn.fetch(CHECK_COUNTS, &[B::I(from), B::I(now_ms)]).await? {
+            data.checks.push(CheckCount {
+                host_id: r.text("host_id")?,
+                status: r.text("status")?,
+                count: r.int("n")?,
+            });
+        }
+        for r in conn.fetch(CERTS, &[]).await? {
+            let values = values_from_json(&r.text("values_json")?);
+            if let Some(v) = values.iter().find(|v| v.name == "days_left" && v.value.is_finite()) {
+                data.certs.push(CertRow {
+                    host_id: r.text("host_id")?,
+                    check: r.text("name")?,
+                    days_left: v.value,
+                });
+            }
+        }
+        let disk_from = now_ms.saturating_sub(crate::kpi::DISK_LOOKBACK_MS);
+        for r in conn.fetch(DISKS, &[B::I(disk_from), B::I(now_ms)]).await? {
+            let host_id = r.text("host_id")?;
+            let at_ms = r.int("observed_ms")?;
+            for v in values_from_json(&r.text("values_json")?) {
+                if let Some(mount) = v.name.strip_prefix("free_bytes:")
+                    && v.value.is_finite()
+                {
+                    data.disks.push(DiskSample {
+                        host_id: host_id.clone(),
+                        mount: mount.to_string(),
+                        at_ms,
+                        free_bytes: v.value,
+                    });
+                }
+            }
+        }
+        for r in conn.fetch(JOBS, &[B::I(from)]).await? {
+            data.jobs.push(job_row(&r)?);
+        }
+        for r in conn.fetch(BACKUPS, &[]).await? {
+            data.backups.push(BackupRow {
+                host_id: r.text("host_id")?,
+                name: r.text("name")?,
+                last_snapshot_ms: r.opt_int("last_snapshot_ms")?,
+                rpo_secs: r.opt_int("rpo_secs")?,
+                last_verify_ms: r.opt_int("last_verify_ms")?,
+                last_verify_ok: r.opt_int("last_verify_ok")?.map(|v| v != 0),
+            });
+        }
+        Ok(data)
+    }
+
+    /// Stores one sampling round (fleet-wide values at `at_ms`) and deletes
+    /// samples taken before `keep_after_ms`.
+    pub async fn record_kpi_samples(
+        &self,
+        at_ms: i64,
+        values: &[(&str, Option<f64>)],
+        keep_after_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = Write::begin(self).await?;
+        for (name, value) in values {
+            let micros = value.filter(|v| v.is_finite()).map(|v| (v * 1e6).round() as i64);
+            tx.conn()
+                .exec(
+                    "INSERT INTO kpi_samples (name, sampled_ms, value_micros) VALUES ($1, $2, $3) \
+                     ON CONFLICT (name, sampled_ms) DO UPDATE SET value_micros = EXCLUDED.value_micros",
+                    &[B::T(name), B::I(at_ms), B::OI(micros)],
+                )
+                .await?;
+        }
+        tx.conn()
+            .exec("DELETE FROM kpi_samples WHERE sampled_ms < $1", &[B::I(keep_after_ms)])
+            .await?;
+        tx.commit().await
+    }
+
+    /// The samples of KPI `name` taken at or after `since_ms`, oldest first.
+    pub async fn kpi_trend(&self, name: &str, since_ms: i64) -> Result<Vec<(i64, Option<f64>)>, StoreError> {
+        let mut c = Read::acquire(self).await?;
+        let rows = c
+            .conn()
+            .fetch(
+                "SELECT sampled_ms, value_micros FROM kpi_samples WHERE name = $1 AND sampled_ms >= $2 \
+                 ORDER BY sampled_ms",
+                &[B::T(name), B::I(since_ms)],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.int("sampled_ms")?, r.opt_int("value_micros")?.map(|v| v as f64 / 1e6))))
+            .collect()
+    }
+
+    /// Test fixtures: a job row exactly as given (no queue logic), and a
+    /// `backup_status` row.
+    #[cfg(test)]
+    pub(crate) async fn insert_kpi_fixtures(&self, jobs: &[JobRow], backups: &[BackupRow]) -> Result<(), StoreError> {
+        let mut tx = Write::begin(self).await?;
+        for j in jobs {
+            let params = serde_json::to_string(&j.params).unwrap_or_else(|_| "{}".into());
+            let source = if j.source.is_empty() { "api" } else { j.source.as_str() };
+            tx.conn()
+                .exec(
+                    "INSERT INTO jobs (id, action, params, host_id, state, timeout_secs, next_run_ms, created_ms, \
+                     updated_ms, started_ms, finished_ms, outcome, source, created_by) \
+                     VALUES ($1, $2, $3, $4, $5, 60, $6, $6, $7, $8, $9, $10, $11, 'test')",
+                    &[
+                        B::T(&j.id),
+                        B::T(&j.action),
+                        B::T(&params),
+                        B::T(&j.host_id),
+                        B::T(&j.state),
+                        B::I(j.created_ms),
+                        B::I(j.updated_ms),
+                        B::OI(j.started_ms),
+                        B::OI(j.finished_ms),
+                        B::OT(j.outcome.as_deref()),
+                        B::T(source),
+                    ],
+                )
+                .await?;
+        }
+        for b in backups {
+            tx.conn()
+                .exec(
+                    "INSERT INTO backup_status (host_id, name, last_snapshot_ms, rpo_secs, last_verify_ms, \
+                     last_verify_ok) VALUES ($1, $2, $3, $4, $5, $6)",
+                    &[
+                        B::T(&b.host_id),
+                        B::T(&b.name),
+                        B::OI(b.last_snapshot_ms),
+                        B::OI(b.rpo_secs),
+                        B::OI(b.last_verify_ms),
+                        B::OI(b.last_verify_ok.map(i64::from)),
+                    ],
+                )
+                .await?;
+        }
+        tx.commit().await
+    }
+}
