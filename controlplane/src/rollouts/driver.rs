@@ -177,10 +177,14 @@ fn system(r: &Rollout, action: &str) -> AuditEntry {
 
 /// Whether a host's latest checks pass the health gate after its step
 /// finished at `since_ms`: `Ok(true)` healthy, `Ok(false)` not yet known,
-/// `Err(why)` unhealthy.
+/// `Err(why)` unhealthy. With no names, no check may be critical; with
+/// names, exactly those checks must be ok (others are not the gate's).
 fn health_of(names: &[String], checks: &[(String, String, i64)], since_ms: i64) -> Result<bool, String> {
-    if let Some((n, _, _)) = checks.iter().find(|(_, s, _)| s == "critical") {
-        return Err(format!("check {n} is critical"));
+    if names.is_empty() {
+        if let Some((n, _, _)) = checks.iter().find(|(_, s, _)| s == "critical") {
+            return Err(format!("check {n} is critical"));
+        }
+        return Ok(true);
     }
     for name in names {
         match checks.iter().find(|(n, _, _)| n == name) {
@@ -542,4 +546,29 @@ fn finish_stopped(r: &mut Rollout, hosts: &[RolloutHost], now_ms: i64) {
     r.reason = Some(format!("{why}; {summary}"));
     r.gate = None;
     r.finished_ms = Some(now_ms);
+}
+
+#[cfg(test)]
+mod health_tests {
+    use super::health_of;
+
+    fn c(name: &str, status: &str, at: i64) -> (String, String, i64) {
+        (name.to_string(), status.to_string(), at)
+    }
+
+    #[test]
+    fn named_checks_are_the_whole_health_gate() {
+        let checks = vec![c("upstream", "critical", 10), c("mem", "ok", 10)];
+        // No names: any critical check fails the gate.
+        assert_eq!(health_of(&[], &checks, 5), Err("check upstream is critical".into()));
+        // Named: only those; a critical check that is not named does not count.
+        assert_eq!(health_of(&["mem".into()], &checks, 5), Ok(true));
+        // A named check not reported since the step is not known yet.
+        assert_eq!(health_of(&["mem".into()], &checks, 20), Ok(false));
+        assert_eq!(
+            health_of(&["upstream".into()], &checks, 5),
+            Err("check upstream is critical".into())
+        );
+        assert_eq!(health_of(&[], &[c("mem", "warning", 1)], 5), Ok(true));
+    }
 }
