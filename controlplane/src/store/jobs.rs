@@ -433,76 +433,58 @@ impl Store {
             }
         }
 
-        // Free slots per host.
-        let busy = c
-            .fetch(
-                "SELECT host_id, count(*) AS n FROM jobs WHERE state IN ('dispatched', 'running') \
-                 AND host_id IN_LIST($1) GROUP BY host_id",
-                &[B::List(hosts)],
-            )
-            .await?;
-        let mut slots: HashMap<String, i64> = hosts
-            .iter()
-            .map(|h| (h.clone(), i64::from(settings.max_running_per_host)))
-            .collect();
-        for r in &busy {
-            if let Some(s) = slots.get_mut(&r.text("host_id")?) {
-                *s -= r.int("n")?;
-            }
-        }
-        let free: Vec<String> = slots.iter().filter(|(_, n)| **n > 0).map(|(h, _)| h.clone()).collect();
+        // New attempts, in one statement: the due jobs of hosts with a free
+        // slot (a plain read of at most 4 × room candidates, hosts at their
+        // cap left out so their backlog cannot crowd the others out), ranked
+        // per host and kept within each host's free slots, the first `room`
+        // of them locked (skipping rows another control plane holds) and
+        // claimed.
         let room = limit.saturating_sub(out.len());
-        if !free.is_empty() && room > 0 {
-            // A plain read of the candidates (no row locks: only the picked
-            // rows are locked, by the UPDATE below).
-            let due = c
+        if room > 0 {
+            let cap = i64::from(settings.max_running_per_host);
+            let room = i64::try_from(room).unwrap_or(i64::MAX);
+            let rows = c
                 .fetch(
-                    "SELECT id, host_id FROM jobs WHERE state = 'queued' AND next_run_ms <= $1 \
-                     AND host_id IN_LIST($2) ORDER BY next_run_ms, id LIMIT $3",
+                    &format!(
+                        "UPDATE jobs SET state = 'dispatched', attempt = attempt + 1, \
+                             attempt_id = id || '-a' || (attempt + 1), lease_owner = $1, lease_expires_ms = $2, \
+                             dispatched_ms = $3, started_ms = NULL, finished_ms = NULL, updated_ms = $3, \
+                             output_bytes = 0, output_truncated = 0, progress = NULL \
+                         WHERE id IN (SELECT id FROM jobs WHERE id IN ( \
+                             WITH busy AS (SELECT host_id, count(*) AS n FROM jobs \
+                                     WHERE state IN ('dispatched', 'running') AND host_id IN_LIST($4) \
+                                     GROUP BY host_id), \
+                                 due AS (SELECT id, host_id, next_run_ms FROM jobs \
+                                     WHERE state = 'queued' AND next_run_ms <= $3 AND host_id IN_LIST($4) \
+                                       AND host_id NOT IN (SELECT host_id FROM busy WHERE n >= $5) \
+                                     ORDER BY next_run_ms, id LIMIT $6), \
+                                 ranked AS (SELECT id, host_id, next_run_ms, \
+                                     row_number() OVER (PARTITION BY host_id ORDER BY next_run_ms, id) AS rn FROM due) \
+                             SELECT ranked.id FROM ranked LEFT JOIN busy ON busy.host_id = ranked.host_id \
+                             WHERE ranked.rn + coalesce(busy.n, 0) <= $5 \
+                             ORDER BY ranked.next_run_ms, ranked.id LIMIT $7) \
+                           AND state = 'queued' ORDER BY id SKIP_LOCKED) \
+                         RETURNING {JOB_COLUMNS}"
+                    ),
                     &[
+                        B::T(owner),
+                        B::I(lease),
                         B::I(now_ms),
-                        B::List(&free),
-                        B::I(i64::try_from(room * 4).unwrap_or(i64::MAX)),
+                        B::List(hosts),
+                        B::I(cap),
+                        B::I(room.saturating_mul(4)),
+                        B::I(room),
                     ],
                 )
                 .await?;
-            // Pick within each host's free slots, then claim them all in one UPDATE.
-            let mut pick: Vec<String> = Vec::new();
-            for r in &due {
-                if out.len() + pick.len() >= limit {
-                    break;
-                }
-                let (id, host) = (r.text("id")?, r.text("host_id")?);
-                let Some(slot) = slots.get_mut(&host).filter(|n| **n > 0) else {
-                    continue;
-                };
-                *slot -= 1;
-                pick.push(id);
-            }
-            if !pick.is_empty() {
-                let rows = c
-                    .fetch(
-                        &format!(
-                            "UPDATE jobs SET state = 'dispatched', attempt = attempt + 1, \
-                                 attempt_id = id || '-a' || (attempt + 1), lease_owner = $1, lease_expires_ms = $2, \
-                                 dispatched_ms = $3, started_ms = NULL, finished_ms = NULL, updated_ms = $3, \
-                                 output_bytes = 0, output_truncated = 0, progress = NULL \
-                             WHERE id IN (SELECT id FROM jobs WHERE id IN_LIST($4) AND state = 'queued' \
-                                 ORDER BY id SKIP_LOCKED) RETURNING {JOB_COLUMNS}"
-                        ),
-                        &[B::T(owner), B::I(lease), B::I(now_ms), B::List(&pick)],
-                    )
-                    .await?;
-                let mut jobs: Vec<Job> = rows.iter().map(job_from).collect::<Result<_, _>>()?;
-                // In claim order (due first).
-                let order: HashMap<&str, usize> = pick.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
-                jobs.sort_by_key(|j| order.get(j.id.as_str()).copied().unwrap_or(usize::MAX));
-                for job in jobs {
-                    audit.push(system("jobs.dispatch", &job.id).details(serde_json::json!({
-                        "host": job.host_id, "attempt": job.attempt, "attempt_id": job.attempt_id, "owner": owner,
-                    })));
-                    out.push(claimed(job, false));
-                }
+            let mut jobs: Vec<Job> = rows.iter().map(job_from).collect::<Result<_, _>>()?;
+            // In claim order (due first; the claim leaves next_run_ms alone).
+            jobs.sort_by(|a, b| (a.next_run_ms, &a.id).cmp(&(b.next_run_ms, &b.id)));
+            for job in jobs {
+                audit.push(system("jobs.dispatch", &job.id).details(serde_json::json!({
+                    "host": job.host_id, "attempt": job.attempt, "attempt_id": job.attempt_id, "owner": owner,
+                })));
+                out.push(claimed(job, false));
             }
         }
         if out.is_empty() {

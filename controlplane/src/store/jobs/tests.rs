@@ -291,6 +291,47 @@ async fn one_job_at_a_time_per_host_and_lists_filter_and_paginate() {
 }
 
 #[tokio::test]
+async fn a_host_at_its_cap_does_not_crowd_out_the_others() {
+    on_each_backend(|store, _| async move {
+        let s = JobSettings::default();
+        let t = 1_700_000_000_000;
+        // `busy` has a running job and a backlog older than `idle`'s job.
+        let mut backlog: Vec<NewJob> = (0..12).map(|i| new_job("busy", "checks.run", &[], t + i)).collect();
+        backlog.push(new_job("idle", "checks.run", &[], t + 100));
+        backlog.push(new_job("idle", "checks.run", &[], t + 101));
+        let jobs = enqueue(&store, backlog, t).await;
+        let first = store.claim_jobs("cp", &hosts(&["busy"]), t + 200, 1, &s).await.unwrap();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].job_id, jobs[0].id);
+        // Room for 1 (4 candidates read): the busy host's twelve older jobs
+        // must not fill the candidates; one of the idle host's is claimed.
+        let c = store
+            .claim_jobs("cp", &hosts(&["busy", "idle"]), t + 201, 1, &s)
+            .await
+            .unwrap();
+        assert_eq!(
+            c.iter().map(|c| c.job_id.clone()).collect::<Vec<_>>(),
+            vec![jobs[12].id.clone()]
+        );
+        // With the cap raised to 3: busy gets two more (oldest first), idle its second.
+        let s3 = JobSettings {
+            max_running_per_host: 3,
+            ..JobSettings::default()
+        };
+        let c = store
+            .claim_jobs("cp", &hosts(&["busy", "idle"]), t + 202, 10, &s3)
+            .await
+            .unwrap();
+        assert_eq!(
+            c.iter().map(|c| c.job_id.clone()).collect::<Vec<_>>(),
+            vec![jobs[1].id.clone(), jobs[2].id.clone(), jobs[13].id.clone()],
+            "in due order, within each host's free slots"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn failures_retry_with_backoff_then_are_discarded() {
     on_each_backend(|store, _| async move {
         let s = JobSettings {
