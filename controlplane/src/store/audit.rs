@@ -29,7 +29,7 @@
 //! - A transaction that changed something cannot commit without an entry.
 use sqlx::postgres::{PgConnection, PgRow};
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
-use sqlx::{Postgres, QueryBuilder, Row, Sqlite, Transaction};
+use sqlx::{Column, Postgres, QueryBuilder, Row, Sqlite, Transaction};
 
 use super::postgres::PgStore;
 use super::sqlite::SqliteStore;
@@ -41,6 +41,9 @@ use crate::model::{ApiToken, Page};
 /// Key of the PostgreSQL advisory lock that serialises audit appends and
 /// checkpoints across every control plane sharing the database ("STEWAUDT").
 const CHAIN_LOCK: i64 = 0x5354_4557_4155_4454;
+/// `pg_advisory_xact_lock(CHAIN_LOCK)`, then the newest entry (see [`append_postgres`]).
+const LOCK_AND_HEAD_PG: &str = "SELECT pg_advisory_xact_lock(6004500444252292180); \
+                                SELECT seq, time_ms, hash FROM audit_log ORDER BY seq DESC LIMIT 1";
 
 /// Entries per multi-row INSERT on SQLite.
 const SQLITE_ROWS_PER_INSERT: usize = 500;
@@ -380,14 +383,12 @@ pub async fn append_postgres(
     if entries.is_empty() {
         return Ok(Vec::new());
     }
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(CHAIN_LOCK)
-        .execute(&mut *conn)
-        .await?;
-    let head = sqlx::query("SELECT seq, time_ms, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-        .fetch_optional(&mut *conn)
-        .await?;
-    let rows = chain_rows(head_from(head.as_ref())?, entries, now_ms)?;
+    // The chain lock and the head in one round trip: a simple query runs
+    // its statements in order and, under READ COMMITTED, the head read takes
+    // its snapshot once the lock is held, so it sees every committed entry.
+    let rows = sqlx::raw_sql(LOCK_AND_HEAD_PG).fetch_all(&mut *conn).await?;
+    let head = rows.iter().find(|r| r.columns().iter().any(|c| c.name() == "hash"));
+    let rows = chain_rows(head_from(head)?, entries, now_ms)?;
     // One statement for the whole batch: each entry is still its own row.
     sqlx::query(
         "INSERT INTO audit_log (seq, time_ms, actor, action, target, outcome, request_id, details, entry, \
@@ -566,4 +567,13 @@ fn checkpoint_from_row(row: &impl AuditRow) -> Result<StoredCheckpoint, StoreErr
         signature: row.blob("signature")?,
         hash: row.text("hash")?,
     })
+}
+
+#[cfg(test)]
+mod lock_tests {
+    #[test]
+    fn the_combined_statement_takes_the_chain_lock() {
+        let lock = super::LOCK_AND_HEAD_PG.split(';').next().unwrap_or_default();
+        assert_eq!(lock, format!("SELECT pg_advisory_xact_lock({})", super::CHAIN_LOCK));
+    }
 }
