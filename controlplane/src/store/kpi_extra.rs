@@ -176,3 +176,15 @@ impl Store {
         tx.commit().await
     }
 }
+
+impl Store {
+    /// Test fixture: removes an SLO's definition (there is no delete route yet).
+    #[cfg(test)]
+    pub(crate) async fn delete_slo_row(&self, name: &str) -> Result<(), StoreError> {
+        let mut tx = Write::begin(self).await?;
+        tx.conn()
+            .exec("DELETE FROM slos WHERE name = $1", &[B::T(name)])
+            .await?;
+        tx.commit().await
+    }
+}
