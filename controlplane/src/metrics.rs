@@ -84,6 +84,8 @@ pub struct Metrics {
     pub(crate) jobs: crate::jobs::metrics::JobMetrics,
     /// The fleet KPIs ([`crate::kpi::metrics`]).
     pub(crate) kpi: crate::kpi::metrics::KpiMetrics,
+    /// The SLOs ([`crate::slo::metrics`]).
+    pub(crate) slo: crate::slo::metrics::SloMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -165,6 +167,7 @@ impl Metrics {
         );
         let jobs = crate::jobs::metrics::JobMetrics::register(&mut registry);
         let kpi = crate::kpi::metrics::KpiMetrics::register(&mut registry);
+        let slo = crate::slo::metrics::SloMetrics::register(&mut registry);
         Metrics {
             registry,
             results_ingested,
@@ -180,6 +183,7 @@ impl Metrics {
             http_request_seconds,
             jobs,
             kpi,
+            slo,
         }
     }
 

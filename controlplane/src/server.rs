@@ -206,7 +206,7 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
         shutdown.clone(),
     );
     // Alerts: every source reconciled each round; the outbox drained to the receivers.
-    let alerts = crate::alert::evaluator::start(store.clone(), cfg.alerts.clone(), shutdown.clone());
+    let alerts = crate::alert::evaluator::start(store.clone(), cfg.alerts.clone(), metrics.clone(), shutdown.clone());
     let dispatcher =
         crate::jobs::dispatcher::start(store.clone(), registry.clone(), metrics.clone(), jobs, shutdown.clone());
     let kpi_sampler = tokio::spawn(crate::kpi::sampler::run(

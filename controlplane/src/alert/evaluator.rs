@@ -18,6 +18,10 @@
 //!
 //! Invariant: a source that fails to read is not reconciled in that round,
 //! so a database hiccup never resolves its alerts.
+//!
+//! With [`Evaluator::with_metrics`], the `slo` source's evaluation of every
+//! SLO also feeds the SLO gauges of `/metrics` ([`crate::slo::metrics`]),
+//! also when SLO alerts are switched off.
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -47,6 +51,8 @@ pub struct Evaluator {
     pub store: Store,
     pub cfg: Arc<AlertsConfig>,
     pub router: Arc<Router>,
+    /// Where the SLO values of each round go (`/metrics`), if anywhere.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -76,7 +82,26 @@ impl Evaluator {
             router: Arc::new(Router::new(&cfg)),
             cfg: Arc::new(cfg),
             store,
+            metrics: None,
         }
+    }
+
+    /// Publishes the SLO values of each round on `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Every SLO's status at `now_ms` (published on `/metrics` when set up).
+    async fn slo_statuses(&self, now_ms: i64) -> Result<Vec<crate::slo::status::SloStatus>, StoreError> {
+        let mut statuses = Vec::new();
+        for slo in self.store.list_slos().await? {
+            statuses.push(crate::slo::status::status(&self.store, slo, now_ms).await?);
+        }
+        if let Some(m) = &self.metrics {
+            m.set_slos(&statuses);
+        }
+        Ok(statuses)
     }
 
     /// Whether `source` is switched on.
@@ -97,16 +122,16 @@ impl Evaluator {
     /// The conditions of `source` that hold at `now_ms` (none when disabled).
     pub async fn candidates(&self, source: &str, now_ms: i64) -> Result<Vec<Candidate>, StoreError> {
         if !self.enabled(source) {
+            if source == "slo" && self.metrics.is_some() {
+                self.slo_statuses(now_ms).await?;
+            }
             return Ok(Vec::new());
         }
         let c = &self.cfg;
         let mut out = Vec::new();
         match source {
             "slo" => {
-                let mut statuses = Vec::new();
-                for slo in self.store.list_slos().await? {
-                    statuses.push(crate::slo::status::status(&self.store, slo, now_ms).await?);
-                }
+                let statuses = self.slo_statuses(now_ms).await?;
                 for mut cand in super::slo_candidates(&statuses) {
                     cand.severity = if cand.severity == Severity::Critical {
                         c.slo.page_severity
@@ -301,9 +326,14 @@ fn ms(d: std::time::Duration) -> i64 {
 
 /// Starts the evaluator loop and the delivery worker
 /// ([`super::receivers::Deliverer`]) of this process.
-pub fn start(store: Store, cfg: AlertsConfig, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+pub fn start(
+    store: Store,
+    cfg: AlertsConfig,
+    metrics: Arc<crate::metrics::Metrics>,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
     let interval = cfg.interval.as_std();
-    let evaluator = Evaluator::new(store.clone(), cfg.clone());
+    let evaluator = Evaluator::new(store.clone(), cfg.clone()).with_metrics(metrics);
     let wake = Arc::new(Notify::new());
     let deliverer = super::receivers::Deliverer::new(store, &cfg);
     let delivery = tokio::spawn(deliverer.run(wake.clone(), shutdown.clone()));

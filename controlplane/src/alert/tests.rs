@@ -644,3 +644,162 @@ async fn slo_burn_tiers_are_alerts_with_the_configured_severities() {
         store.close().await;
     }
 }
+
+/// The value of the series `series` (name and labels, exactly as encoded) in a `/metrics` text.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn slo_values_reach_metrics_from_the_evaluator_round() {
+    for backend in TestBackend::selected() {
+        eprintln!("--- backend: {}", backend.name());
+        let db = TestDatabase::create(backend).await;
+        let store = db.store().await;
+        let now = steward_shared::now_ms();
+        let put = |name: &'static str, spec: serde_json::Value| {
+            let store = store.clone();
+            async move {
+                let spec: crate::slo::spec::SloSpec = serde_json::from_value(spec).unwrap();
+                store
+                    .put_slo(
+                        name,
+                        &spec,
+                        AuditEntry::new("test", "slos.update", Outcome::Success),
+                        now,
+                    )
+                    .await
+                    .unwrap();
+            }
+        };
+        put(
+            "web",
+            serde_json::json!({
+                "indicator": {"type": "checkAvailability", "check": "http", "selector": "env=prod"},
+                "objectives": [{"target": 0.9}],
+                "timeWindow": [{"duration": "7d"}],
+                "groupBy": "host",
+                "alerting": {"minEvents": 1}
+            }),
+        )
+        .await;
+        put(
+            "idle",
+            serde_json::json!({
+                "indicator": {"type": "checkAvailability", "check": "nothing", "selector": ""},
+                "objectives": [{"target": 0.99}],
+                "timeWindow": [{"duration": "28d"}],
+                "alerting": {"tiers": {"page-1h": {"enabled": false}}}
+            }),
+        )
+        .await;
+        store.reload_sli_index().await.unwrap();
+        for h in ["h1", "h2"] {
+            store.agent_connected(h, &hello(h), now).await.unwrap();
+            store
+                .set_host_labels(h, &BTreeMap::from([("env".to_string(), "prod".to_string())]))
+                .await
+                .unwrap();
+        }
+        // h1: 7 of 10 ok (burn 3 in its group); h2: 10 of 10. Whole SLO: 17 of 20,
+        // SLI 0.85, error ratio 0.15 = burn 1.5 on every window, budget 1 − 3 / (0.1 × 20) = −0.5.
+        let results = |bad: u64| {
+            (1..=10)
+                .map(|i| {
+                    let status = if i > 10 - bad {
+                        CheckStatus::Critical
+                    } else {
+                        CheckStatus::Ok
+                    };
+                    (i, result("http", status, now, vec![]))
+                })
+                .collect()
+        };
+        ingest(&store, "h1", results(3), now).await;
+        ingest(&store, "h2", results(0), now).await;
+
+        // SLO alerts switched off: the round still feeds /metrics.
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let ev = Evaluator::new(store.clone(), config("[alerts]\n[alerts.slo]\nenabled = false\n"))
+            .with_metrics(metrics.clone());
+        assert!(ev.candidates("slo", now).await.unwrap().is_empty());
+        let text = metrics.encode();
+        let close = |series: &str, want: f64| {
+            let got = metric(&text, series);
+            assert!(
+                got.is_some_and(|g| (g - want).abs() < 1e-9),
+                "{series}: {got:?}, want {want}\n{text}"
+            );
+        };
+        close("steward_slo_sli{slo=\"web\"}", 0.85);
+        close("steward_slo_error_budget_remaining{slo=\"web\"}", -0.5);
+        for w in ["5m", "30m", "1h", "2h", "6h", "1d", "3d"] {
+            close(&format!("steward_slo_burn_rate{{slo=\"web\",window=\"{w}\"}}"), 1.5);
+            close(&format!("steward_slo_burn_rate{{slo=\"idle\",window=\"{w}\"}}"), 0.0);
+        }
+        // h1's group burns 3: the 1x tier fires (for a group, so for the SLO); no page tier does
+        close("steward_slo_alert_firing{slo=\"web\",tier=\"ticket-3d\"}", 1.0);
+        close("steward_slo_alert_firing{slo=\"web\",tier=\"page-1h\"}", 0.0);
+        // no events: no SLI, an untouched budget; a disabled tier is not exported
+        assert_eq!(metric(&text, "steward_slo_sli{slo=\"idle\"}"), None);
+        close("steward_slo_error_budget_remaining{slo=\"idle\"}", 1.0);
+        close("steward_slo_alert_firing{slo=\"idle\",tier=\"page-6h\"}", 0.0);
+        assert_eq!(
+            metric(&text, "steward_slo_alert_firing{slo=\"idle\",tier=\"page-1h\"}"),
+            None
+        );
+        close("steward_slo_metrics_dropped", 0.0);
+        // never a host or a group's value in a label
+        assert!(
+            text.lines()
+                .filter(|l| l.starts_with("steward_slo"))
+                .all(|l| !l.contains("h1") && !l.contains("h2")),
+            "{text}"
+        );
+
+        // a deleted SLO disappears with the next round
+        store.delete_slo_row("idle").await.unwrap();
+        let ev = Evaluator::new(store.clone(), AlertsConfig::default()).with_metrics(metrics.clone());
+        assert!(!ev.candidates("slo", now).await.unwrap().is_empty());
+        let text = metrics.encode();
+        assert!(!text.contains("slo=\"idle\""), "{text}");
+        assert!(text.contains("steward_slo_sli{slo=\"web\"}"), "{text}");
+        store.close().await;
+    }
+}
+
+#[test]
+fn slo_metrics_are_capped_and_count_what_they_drop() {
+    let spec: crate::slo::spec::SloSpec = serde_json::from_value(serde_json::json!({
+        "indicator": {"type": "apiAvailability"},
+        "objectives": [{"target": 0.99}],
+        "timeWindow": [{"duration": "30d"}]
+    }))
+    .unwrap();
+    let status = |i: usize| {
+        let slo = crate::store::slo::StoredSlo {
+            name: format!("slo-{i:04}"),
+            spec: spec.clone(),
+            created_ms: 0,
+            updated_ms: 0,
+        };
+        crate::slo::status::status_of(slo, &BTreeMap::new(), 1_800_000_000_000)
+    };
+    let m = crate::metrics::Metrics::new();
+    let many: Vec<_> = (0..crate::slo::metrics::MAX_EXPORTED + 5).map(status).collect();
+    m.set_slos(&many);
+    let text = m.encode();
+    let budgets = text
+        .lines()
+        .filter(|l| l.starts_with("steward_slo_error_budget_remaining{"))
+        .count();
+    assert_eq!(budgets, crate::slo::metrics::MAX_EXPORTED);
+    assert_eq!(metric(&text, "steward_slo_metrics_dropped"), Some(5.0));
+    // the first by name are kept
+    assert!(text.contains("slo=\"slo-0000\"") && !text.contains("slo=\"slo-1004\""));
+    m.set_slos(&many[..2]);
+    let text = m.encode();
+    assert_eq!(metric(&text, "steward_slo_metrics_dropped"), Some(0.0));
+    assert!(!text.contains("slo=\"slo-0002\""), "older series are gone");
+}

@@ -6,6 +6,9 @@
 //! - Values are computed only from the rows of hosts the caller may see
 //!   (`kpis:read`, [`super::auth::Principal::host_filter`]) and the selector
 //!   matches: aggregates never include other hosts.
+//! - The control plane's own API statistics are about no host: only callers
+//!   whose `kpis:read` is limited by no scope see them (whatever the
+//!   selector); groups never do.
 //! - The trend is made of fleet-wide samples: it is shown only to callers
 //!   limited by nothing (no scope, no selector, no grouping); others get an
 //!   empty trend and `trend_note` saying why.
@@ -154,7 +157,11 @@ async fn query(state: &ApiState, who: &Principal, raw: &str, allowed: &[&str]) -
         .await
         .map_err(Problem::from_store)?;
     let filtered = !selector.is_empty() || !access.is_all();
-    let data = all.restrict(|h| selector.matches(&h.labels) && access.matches(&h.labels));
+    let mut data = all.restrict(|h| selector.matches(&h.labels) && access.matches(&h.labels));
+    if access.is_all() {
+        // Control-plane-wide (api_availability, api_latency_p95): for unscoped callers only.
+        data.api = all.api;
+    }
     Ok(Query {
         window_ms,
         group_by,

@@ -17,8 +17,13 @@ use serde::Serialize;
 
 use crate::rbac::Labels;
 
+pub mod api_stats;
 pub mod metrics;
+mod rollout_kpi;
 pub mod sampler;
+
+pub use api_stats::ApiCounts;
+pub use rollout_kpi::RolloutRow;
 
 const MS_PER_DAY: f64 = 86_400_000.0;
 /// Samples of the disk-full forecast: the last 6 hours (node-mixin).
@@ -101,6 +106,11 @@ pub struct KpiData {
     /// Jobs created, started, updated or finished in the window.
     pub jobs: Vec<JobRow>,
     pub backups: Vec<BackupRow>,
+    /// Rollouts that ended in the window, with their target hosts.
+    pub rollouts: Vec<RolloutRow>,
+    /// The control plane's own `/api/v1` requests in the window, all
+    /// replicas summed (not about any host: [`KpiData::restrict`] drops it).
+    pub api: ApiCounts,
 }
 
 impl KpiData {
@@ -139,6 +149,8 @@ impl KpiData {
                 .filter(|r| ids.contains(r.host_id.as_str()))
                 .cloned()
                 .collect(),
+            rollouts: rollout_kpi::restrict(&self.rollouts, &ids),
+            api: ApiCounts::default(),
             hosts,
         }
     }
@@ -157,7 +169,7 @@ impl Ctx {
     pub fn from_ms(&self) -> i64 {
         self.now_ms - self.window_ms
     }
-    fn in_window(&self, t: Option<i64>) -> bool {
+    pub(crate) fn in_window(&self, t: Option<i64>) -> bool {
         t.is_some_and(|t| t >= self.from_ms() && t <= self.now_ms)
     }
     fn days(&self) -> f64 {
@@ -199,7 +211,7 @@ pub struct Reading {
 }
 
 impl Reading {
-    fn ratio(num: usize, den: usize) -> Reading {
+    pub(crate) fn ratio(num: usize, den: usize) -> Reading {
         let mut r = Reading {
             value: (den > 0).then(|| num as f64 / den as f64),
             details: BTreeMap::new(),
@@ -208,7 +220,7 @@ impl Reading {
         r.details.insert("denominator", den as f64);
         r
     }
-    fn with(mut self, key: &'static str, v: f64) -> Reading {
+    pub(crate) fn with(mut self, key: &'static str, v: f64) -> Reading {
         self.details.insert(key, v);
         self
     }
@@ -376,23 +388,40 @@ pub const CATALOG: &[KpiDef] = &[
         windowed: false,
         compute: agent_version_currency,
     },
+    KpiDef {
+        name: "rollout_success_rate",
+        title: "Rollout success rate",
+        unit: Unit::Ratio,
+        definition: "Rollouts that ended in the window as succeeded, divided by those that ended as succeeded, \
+                     rolled back or failed (operator aborts left out). A rollout counts for a scope, selector or \
+                     group only when all of its target hosts are in it.",
+        windowed: true,
+        compute: rollout_kpi::rollout_success_rate,
+    },
+    KpiDef {
+        name: "api_availability",
+        title: "Control-plane API availability",
+        unit: Unit::Ratio,
+        definition: "Share of the control plane's /api/v1 requests in the window (all replicas) answered without \
+                     a 5xx status. Control-plane-wide: shown only to tokens without a scope, the same whatever \
+                     the selector, null per group.",
+        windowed: true,
+        compute: api_stats::api_availability,
+    },
+    KpiDef {
+        name: "api_latency_p95",
+        title: "Control-plane API p95 latency",
+        unit: Unit::Seconds,
+        definition: "95th percentile of the control plane's /api/v1 request latency in the window (all replicas), \
+                     interpolated linearly within a fixed log-spaced histogram bucket (bounds 0.5 ms x 2^k up to \
+                     16.384 s). Control-plane-wide like api_availability.",
+        windowed: true,
+        compute: api_stats::api_latency_p95,
+    },
 ];
 
 /// KPIs of the issue that are not computed yet, with the reason.
-pub const MISSING: &[(&str, &str)] = &[
-    (
-        "rollout_success_rate",
-        "needs the rollouts table (rollouts do not exist yet)",
-    ),
-    (
-        "api_availability",
-        "the control plane's own REST availability is not stored yet (only on /metrics)",
-    ),
-    (
-        "api_latency_p95",
-        "the control plane's own REST latency is not stored yet (only on /metrics)",
-    ),
-];
+pub const MISSING: &[(&str, &str)] = &[];
 
 /// The catalog entry named `name`.
 pub fn find(name: &str) -> Option<&'static KpiDef> {

@@ -2,7 +2,8 @@
 //! catalog fleet-wide (no scope, no selector, the `[kpi] trend_window`) and
 //! stores the values in `kpi_samples`, which the trend of
 //! `GET /api/v1/kpis/{name}` reads. Samples older than `[kpi] keep` are
-//! deleted in the same round. The last round's values also feed `/metrics`.
+//! deleted in the same round, and so are the API statistics
+//! ([`super::api_stats`]) of minutes before `keep`. The last round's values also feed `/metrics`.
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -45,6 +46,7 @@ pub async fn sample_once(
     store
         .record_kpi_samples(now_ms, &values, now_ms.saturating_sub(settings.keep_ms))
         .await?;
+    store.prune_api_stats(now_ms.saturating_sub(settings.keep_ms)).await?;
     Ok(values)
 }
 

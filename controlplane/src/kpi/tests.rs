@@ -131,7 +131,10 @@ fn catalog_names_are_unique_and_defined() {
     for k in CATALOG {
         assert!(!k.definition.is_empty() && !k.title.is_empty(), "{}", k.name);
     }
-    assert!(MISSING.iter().any(|(n, _)| *n == "rollout_success_rate"));
+    assert!(MISSING.is_empty(), "{MISSING:?}");
+    for name in ["rollout_success_rate", "api_availability", "api_latency_p95"] {
+        assert!(find(name).is_some(), "{name}");
+    }
 }
 
 // ------------------------------------------------------------ the fixture fleet
@@ -463,6 +466,56 @@ async fn fixture_fleet(store: &Store) {
         },
     ];
     store.insert_kpi_fixtures(&jobs, &backups).await.unwrap();
+
+    // Rollouts (ended at NOW - hours): ro1, ro7 succeeded; ro2 rolled back;
+    // ro3 failed; ro4 aborted (left out); ro5 outside the window; ro6 still running.
+    let rollout = |id: &str, state: &str, hours: i64, hosts: &[&str]| RolloutRow {
+        id: id.into(),
+        state: state.into(),
+        finished_ms: NOW - hours * HOUR,
+        hosts: hosts.iter().map(|h| h.to_string()).collect(),
+    };
+    store
+        .insert_rollout_fixtures(&[
+            rollout("ro1", "succeeded", 24, &["h1", "h2"]),
+            rollout("ro2", "rolled_back", 48, &["h1"]),
+            rollout("ro3", "failed", 72, &["h3", "h4"]),
+            rollout("ro4", "aborted", 1, &["h2"]),
+            rollout("ro5", "succeeded", 8 * 24, &["h1"]),
+            rollout("ro6", "running", 2, &["h1"]),
+            rollout("ro7", "succeeded", 96, &["h2", "h3"]),
+        ])
+        .await
+        .unwrap();
+
+    // API requests of two replicas, through the real flush: in the window
+    // 70 + 10 (replica a, 1.5 ms: bucket (1, 2] ms), 10 (replica b, 3 ms, the
+    // same minute as a's 70: (2, 4] ms) and 10 (b, 6 ms: (4, 8] ms; 4 × 500,
+    // 1 × 503, 5 × 404); outside it, 50 slow 500s (a, 8 days ago).
+    let a = api_stats::ApiStats::with_replica("replica-a");
+    let b = api_stats::ApiStats::with_replica("replica-b");
+    for i in 0..70 {
+        a.record(200, 1500, NOW - HOUR + i);
+    }
+    for _ in 0..10 {
+        a.record(200, 1500, NOW - 2 * DAY);
+        b.record(200, 3000, NOW - HOUR);
+    }
+    for i in 0..10 {
+        b.record(
+            [500, 500, 500, 500, 503, 404, 404, 404, 404, 404][i],
+            6000,
+            NOW - 30 * MIN,
+        );
+    }
+    for _ in 0..50 {
+        a.record(500, 100_000, NOW - 8 * DAY);
+    }
+    a.flush(store).await;
+    b.flush(store).await;
+    // a second flush of the same minute adds to the row
+    a.record(200, 1500, NOW - HOUR);
+    a.flush(store).await;
 }
 
 fn value(data: &KpiData, name: &str) -> Reading {
@@ -541,6 +594,23 @@ fn assert_fleet(data: &KpiData) {
         value(data, "agent_version_currency").value,
         3.0 / 4.0,
     );
+    // ro1, ro7 of ro1, ro2, ro3, ro7 (ro4 aborted, ro5 too old, ro6 running)
+    let ro = value(data, "rollout_success_rate");
+    assert_close("rollout_success_rate", ro.value, 2.0 / 4.0);
+    assert_eq!(
+        (ro.details["rolled_back"], ro.details["failed"], ro.details["aborted"]),
+        (1.0, 1.0, 1.0)
+    );
+    // 101 requests in the window (70 + 1 + 10 + 10 + 10), 5 answered with a 5xx
+    let avail = value(data, "api_availability");
+    assert_close("api_availability", avail.value, 96.0 / 101.0);
+    assert_eq!(avail.details["errors_5xx"], 5.0);
+    // rank 0.95 × 101 = 95.95: buckets hold 81, 10, 10 → 4.95th of 10 in (4, 8] ms
+    assert_close(
+        "api_latency_p95",
+        value(data, "api_latency_p95").value,
+        (4000.0 + 4000.0 * 4.95 / 10.0) / 1e6,
+    );
 }
 
 #[tokio::test]
@@ -561,6 +631,13 @@ async fn every_kpi_by_hand_on_each_backend() {
         assert_close("a change failure", value(&a, "change_failure_rate").value, 3.0 / 5.0);
         assert!(a.jobs.iter().all(|j| j.host_id == "h1" || j.host_id == "h2"));
         assert!(a.backups.iter().all(|b| b.host_id != "h3"));
+        // team a: ro1 (succeeded), ro2 (rolled back); ro7 also touched h3: fleet-wide only
+        assert_close("a rollouts", value(&a, "rollout_success_rate").value, 1.0 / 2.0);
+        let b = data.restrict(|h| h.labels.get("team").map(String::as_str) == Some("b"));
+        assert_close("b rollouts", value(&b, "rollout_success_rate").value, 0.0);
+        // control-plane-wide: not about any host, so a restriction drops it
+        assert_eq!(value(&a, "api_availability").value, None);
+        assert_eq!(value(&a, "api_latency_p95").value, None);
 
         // grouped by team: b is h3 (disconnected) and h4
         let groups = grouped(find("agent_connectivity").unwrap(), &data, &ctx(), "team", 100);
@@ -591,6 +668,11 @@ async fn every_kpi_by_hand_on_each_backend() {
         assert!(trend[0].1.is_some_and(|v| (v - 13.0 / 19.0).abs() < 1e-6), "{trend:?}");
         assert_eq!(trend[1], (NOW, Some(0.25)));
         assert_eq!(store.kpi_trend("lead_time", NOW).await.unwrap(), vec![(NOW, None)]);
+        // the round at NOW - 5 min with keep = 1 day pruned the API minutes of 2 and 8 days ago
+        let api = store.kpi_data(NOW, WINDOW).await.unwrap().api;
+        assert_eq!((api.requests, api.errors), (91, 5));
+        let all = store.kpi_data(NOW, 30 * DAY).await.unwrap().api;
+        assert_eq!(all.requests, 91);
         store.close().await;
     }
 }

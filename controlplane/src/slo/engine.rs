@@ -1,6 +1,7 @@
 //! The SLO engine's background loop: keeps the counting index in step with
 //! the stored SLOs (also those changed on another replica), flushes the
-//! control plane's own API requests into the buckets, and prunes buckets no
+//! control plane's own API requests into the buckets (and every request into
+//! the API KPIs' statistics, [`crate::kpi::api_stats`]), and prunes buckets no
 //! window needs any more.
 //!
 //! Invariant: a failed flush puts its increments back; nothing counted is lost
@@ -63,6 +64,7 @@ pub async fn run(store: Store, api: Arc<ApiRecorder>, shutdown: CancellationToke
 
 /// Writes the API requests counted since the last flush.
 pub async fn flush(store: &Store, api: &ApiRecorder) {
+    api.stats.flush(store).await;
     let incs = api.take();
     if incs.is_empty() {
         return;

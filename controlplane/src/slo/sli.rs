@@ -184,6 +184,8 @@ fn add(out: &mut Increments, rule: &Rule, grp: String, minute: i64, good: bool) 
 pub struct ApiRecorder {
     index: SharedIndex,
     pending: Mutex<Increments>,
+    /// Every request, for the API KPIs (flushed with the SLO increments).
+    pub stats: Arc<crate::kpi::api_stats::ApiStats>,
 }
 
 impl ApiRecorder {
@@ -191,11 +193,13 @@ impl ApiRecorder {
         ApiRecorder {
             index,
             pending: Mutex::default(),
+            stats: Arc::default(),
         }
     }
 
     /// Records one request (route under `/api/v1`).
     pub fn record(&self, status: u16, duration_us: u64, at_ms: i64) {
+        self.stats.record(status, duration_us, at_ms);
         let index = match self.index.read() {
             Ok(i) => i.clone(),
             Err(_) => return,

@@ -34,25 +34,25 @@ impl Read {
     }
 }
 
-enum Write {
+pub(super) enum Write {
     Lite(Transaction<'static, Sqlite>),
     Pg(Transaction<'static, Postgres>),
 }
 
 impl Write {
-    async fn begin(store: &Store) -> Result<Write, StoreError> {
+    pub(super) async fn begin(store: &Store) -> Result<Write, StoreError> {
         Ok(match &store.backend {
             Backend::Sqlite(b) => Write::Lite(b.write.begin_with("BEGIN IMMEDIATE").await?),
             Backend::Postgres(b) => Write::Pg(b.pool.begin().await?),
         })
     }
-    fn conn(&mut self) -> Conn<'_> {
+    pub(super) fn conn(&mut self) -> Conn<'_> {
         match self {
             Write::Lite(tx) => Conn::Lite(tx),
             Write::Pg(tx) => Conn::Pg(tx),
         }
     }
-    async fn commit(self) -> Result<(), StoreError> {
+    pub(super) async fn commit(self) -> Result<(), StoreError> {
         match self {
             Write::Lite(tx) => tx.commit().await?,
             Write::Pg(tx) => tx.commit().await?,
@@ -154,6 +154,8 @@ impl Store {
                 last_verify_ok: r.opt_int("last_verify_ok")?.map(|v| v != 0),
             });
         }
+        data.rollouts = super::kpi_extra::rollouts_ended(&mut conn, from, now_ms).await?;
+        data.api = super::kpi_extra::api_counts(&mut conn, from, now_ms).await?;
         Ok(data)
     }
 

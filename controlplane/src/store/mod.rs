@@ -32,6 +32,7 @@ mod backup;
 pub mod identity;
 pub mod jobs;
 pub mod kpi;
+mod kpi_extra;
 mod postgres;
 pub mod rbac;
 pub mod rollouts;

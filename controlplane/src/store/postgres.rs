@@ -43,6 +43,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/postgres/0007_rollouts.sql"),
     ),
     (8, "kpi", include_str!("../../migrations/postgres/0008_kpi.sql")),
+    (
+        9,
+        "api_stats",
+        include_str!("../../migrations/postgres/0009_api_stats.sql"),
+    ),
 ];
 
 /// The answer to `backup` on PostgreSQL.

@@ -43,6 +43,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
     (6, "slo", include_str!("../../migrations/sqlite/0006_slo.sql")),
     (7, "rollouts", include_str!("../../migrations/sqlite/0007_rollouts.sql")),
     (8, "kpi", include_str!("../../migrations/sqlite/0008_kpi.sql")),
+    (
+        9,
+        "api_stats",
+        include_str!("../../migrations/sqlite/0009_api_stats.sql"),
+    ),
 ];
 
 /// How long a statement waits for another process's write lock.

@@ -8,6 +8,7 @@ mod identity;
 mod jobs;
 mod jobs_actions;
 mod kpis;
+mod metrics;
 mod pipeline;
 mod quickstart;
 mod rbac;
