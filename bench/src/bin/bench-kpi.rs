@@ -192,8 +192,18 @@ async fn main() -> Result<()> {
         )
         .await?;
     }
-    let latest = run(&mut c, LATEST, &[P::I(args.hosts * (args.checks + 1)), P::I(now_ms), P::I(args.checks)]).await?;
-    let jobs = run(&mut c, JOBS, &[P::I(args.hosts * args.days), P::I(start), P::I(args.hosts)]).await?;
+    let latest = run(
+        &mut c,
+        LATEST,
+        &[P::I(args.hosts * (args.checks + 1)), P::I(now_ms), P::I(args.checks)],
+    )
+    .await?;
+    let jobs = run(
+        &mut c,
+        JOBS,
+        &[P::I(args.hosts * args.days), P::I(start), P::I(args.hosts)],
+    )
+    .await?;
     let backups = run(&mut c, BACKUPS, &[P::I(args.hosts * 2), P::I(now_ms)]).await?;
     let size = match &mut c {
         Conn::Pg(c) => {

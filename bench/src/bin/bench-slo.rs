@@ -64,7 +64,11 @@ enum Shape {
     /// Job outcomes: a row every 10 minutes.
     Sparse,
     /// One row per minute per group, `groups` groups of `per_group` hosts.
-    Grouped { groups: usize, per_group: u64, per_host: bool },
+    Grouped {
+        groups: usize,
+        per_group: u64,
+        per_host: bool,
+    },
 }
 
 fn definition(i: usize, args: &Args) -> (String, serde_json::Value, Shape) {
@@ -123,7 +127,7 @@ fn definition(i: usize, args: &Args) -> (String, serde_json::Value, Shape) {
         ),
         _ => (
             format!("jobs-{i:03}"),
-            json!({"indicator": {"type": "jobSuccess", "action": if i % 2 == 0 { "deploy.apply" } else { "backup.run" }},
+            json!({"indicator": {"type": "jobSuccess", "action": if i.is_multiple_of(2) { "deploy.apply" } else { "backup.run" }},
                    "objectives": [{"target": 0.95}], "timeWindow": window}),
             Shape::Sparse,
         ),
@@ -142,7 +146,7 @@ fn mix(mut x: u64) -> u64 {
 /// (total, good) of one bucket: a bad minute now and then.
 fn counts(seed: u64, total: u64) -> (i64, i64) {
     let h = mix(seed);
-    let bad = if h % 500 == 0 { (h >> 20) % total.max(1) } else { 0 };
+    let bad = if h.is_multiple_of(500) { (h >> 20) % total.max(1) } else { 0 };
     (total as i64, (total - bad) as i64)
 }
 
@@ -296,7 +300,8 @@ async fn main() -> Result<()> {
     for i in 0..args.slos {
         let (name, spec, shape) = definition(i, &args);
         let spec: SloSpec = serde_json::from_value(spec).context("SLO definition")?;
-        spec.validate().map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))?;
+        spec.validate()
+            .map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))?;
         let audit = AuditEntry::new("token:bench", "slos.update", Outcome::Success).target(format!("slo:{name}"));
         store.put_slo(&name, &spec, audit, now_ms).await?;
         let mut rows = Vec::new();

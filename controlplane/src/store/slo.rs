@@ -248,14 +248,15 @@ impl Store {
         let mut rows: Vec<(String, i64, i64, i64)> = match &self.backend {
             Backend::Sqlite(b) => {
                 let mut c = b.read.acquire().await?;
-                let mut rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(MINUTES.replace('$', "?")))
-                    .bind(name)
-                    .bind(p.from)
-                    .bind(p.to)
-                    .bind(p.collapse_from)
-                    .bind(p.detail_from)
-                    .fetch_all(&mut *c)
-                    .await?;
+                let mut rows: Vec<(String, i64, i64, i64)> =
+                    sqlx::query_as(sqlx::AssertSqlSafe(MINUTES.replace('$', "?")))
+                        .bind(name)
+                        .bind(p.from)
+                        .bind(p.to)
+                        .bind(p.collapse_from)
+                        .bind(p.detail_from)
+                        .fetch_all(&mut *c)
+                        .await?;
                 if collapsed {
                     rows.extend(
                         sqlx::query_as::<_, (String, i64, i64, i64)>(sqlx::AssertSqlSafe(STEPS.replace('$', "?")))

@@ -387,7 +387,8 @@ async fn statuses_read_through_the_plan_equal_those_read_minute_by_minute_on_eve
             }
             if slices {
                 json["budgetingMethod"] = "Timeslices".into();
-                json["objectives"] = serde_json::json!([{"target": 0.9, "timeSliceTarget": 0.95, "timeSliceWindow": "5m"}]);
+                json["objectives"] =
+                    serde_json::json!([{"target": 0.9, "timeSliceTarget": 0.95, "timeSliceWindow": "5m"}]);
             }
             let s = spec(json);
             assert_eq!(
