@@ -146,7 +146,11 @@ fn mix(mut x: u64) -> u64 {
 /// (total, good) of one bucket: a bad minute now and then.
 fn counts(seed: u64, total: u64) -> (i64, i64) {
     let h = mix(seed);
-    let bad = if h.is_multiple_of(500) { (h >> 20) % total.max(1) } else { 0 };
+    let bad = if h.is_multiple_of(500) {
+        (h >> 20) % total.max(1)
+    } else {
+        0
+    };
     (total as i64, (total - bad) as i64)
 }
 
