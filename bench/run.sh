@@ -29,3 +29,9 @@ echo "# control-plane memory per connected agent and rollout overhead, ${ROLLOUT
 target/release/bench-rollout --agents "${ROLLOUT_AGENTS:-10000}" --hosts "${ROLLOUT_HOSTS:-1000,10000}"
 echo "# the same on PostgreSQL"
 target/release/bench-rollout --agents "${ROLLOUT_AGENTS:-10000}" --hosts "${ROLLOUT_HOSTS:-1000,10000}" --postgres
+echo "# SLO evaluation: 100 SLOs over 10,000 hosts' buckets, one full round (alert evaluator), SQLite then PostgreSQL"
+target/release/bench-slo --slos 100 --hosts 10000 --rounds "${EVAL_ROUNDS:-3}"
+target/release/bench-slo --slos 100 --hosts 10000 --rounds "${EVAL_ROUNDS:-3}" --postgres
+echo "# KPI catalog: one sampling round over 30 days of 1,000 hosts' data, SQLite then PostgreSQL"
+target/release/bench-kpi --hosts 1000 --days 30 --rounds "${EVAL_ROUNDS:-3}"
+target/release/bench-kpi --hosts 1000 --days 30 --rounds "${EVAL_ROUNDS:-3}" --postgres

@@ -31,3 +31,21 @@ pub fn proc_cpu_secs(pid: u32) -> Option<f64> {
     let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
     Some(ticks / 100.0)
 }
+
+/// A `kB` field of this process's `/proc/self/status` (`VmRSS:`, `VmHWM:`), in KiB.
+pub fn self_status_kib(key: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Resets this process's peak resident size (`VmHWM`) to its current size
+/// (`/proc/self/clear_refs`, Linux 4.0+); false when that is not possible.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}

@@ -657,13 +657,32 @@ fn app(j: &JobRow) -> &str {
     j.params.get("app").map(String::as_str).unwrap_or("")
 }
 
-/// For a deployment, the failure verdict and when it recovered (ms), if it did.
-fn deployment_failure(d: &KpiData, dep: &JobRow) -> Option<Option<i64>> {
-    let end = dep.finished_ms.unwrap_or(dep.updated_ms);
-    let same = |j: &&JobRow| j.host_id == dep.host_id && app(j) == app(dep) && j.id != dep.id;
-    // The next deploy.apply on this host and app (its creation bounds a later rollback).
-    let next_apply = d
+/// The deploy.apply and deploy.rollback jobs per (host, app), so that
+/// judging a deployment reads its own host and app only (not every job).
+type DeployJobs<'a> = HashMap<(&'a str, &'a str), Vec<&'a JobRow>>;
+
+fn deploy_jobs(d: &KpiData) -> DeployJobs<'_> {
+    let mut by: DeployJobs<'_> = HashMap::new();
+    for j in d
         .jobs
+        .iter()
+        .filter(|j| matches!(j.action.as_str(), "deploy.apply" | "deploy.rollback"))
+    {
+        by.entry((j.host_id.as_str(), app(j))).or_default().push(j);
+    }
+    by
+}
+
+/// For a deployment, the failure verdict and when it recovered (ms), if it did.
+fn deployment_failure(by: &DeployJobs<'_>, dep: &JobRow) -> Option<Option<i64>> {
+    let end = dep.finished_ms.unwrap_or(dep.updated_ms);
+    let jobs = by
+        .get(&(dep.host_id.as_str(), app(dep)))
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let same = |j: &&&JobRow| j.id != dep.id;
+    // The next deploy.apply on this host and app (its creation bounds a later rollback).
+    let next_apply = jobs
         .iter()
         .filter(same)
         .filter(|j| j.action == "deploy.apply" && j.created_ms > dep.created_ms)
@@ -671,8 +690,7 @@ fn deployment_failure(d: &KpiData, dep: &JobRow) -> Option<Option<i64>> {
         .min()
         .unwrap_or(i64::MAX);
     let recovered_after = |from: i64| {
-        d.jobs
-            .iter()
+        jobs.iter()
             .filter(same)
             .filter(|j| matches!(j.action.as_str(), "deploy.apply" | "deploy.rollback") && j.state == "succeeded")
             .filter_map(|j| j.finished_ms)
@@ -685,8 +703,7 @@ fn deployment_failure(d: &KpiData, dep: &JobRow) -> Option<Option<i64>> {
     if dep.state != "succeeded" {
         return Some(recovered_after(end));
     }
-    let rollback = d
-        .jobs
+    let rollback = jobs
         .iter()
         .filter(same)
         .filter(|j| j.action == "deploy.rollback" && j.created_ms >= end && j.created_ms < next_apply)
@@ -700,15 +717,17 @@ fn deployment_failure(d: &KpiData, dep: &JobRow) -> Option<Option<i64>> {
 
 fn change_failure_rate(d: &KpiData, ctx: &Ctx) -> Reading {
     let deps = deployments(d, ctx);
-    let failed = deps.iter().filter(|j| deployment_failure(d, j).is_some()).count();
+    let by = deploy_jobs(d);
+    let failed = deps.iter().filter(|j| deployment_failure(&by, j).is_some()).count();
     Reading::ratio(failed, deps.len())
 }
 
 fn failed_deployment_recovery_time(d: &KpiData, ctx: &Ctx) -> Reading {
     let mut times = Vec::new();
     let mut unrecovered = 0usize;
+    let by = deploy_jobs(d);
     for dep in deployments(d, ctx) {
-        match deployment_failure(d, dep) {
+        match deployment_failure(&by, dep) {
             None => {}
             Some(None) => unrecovered += 1,
             Some(Some(at)) => {

@@ -59,6 +59,74 @@ pub fn first_minute(spec: &SloSpec, now_ms: i64) -> i64 {
     from.min(to - LONGEST_BURN_MINUTES + 1)
 }
 
+/// How a status reads an SLO's buckets without changing any figure it
+/// shows: the minutes in `collapse_from..detail_from` are summed per step of
+/// the budget history (each sum dated at the last minute of its step), the
+/// others are read minute by minute.
+///
+/// Why it is exact (occurrences; timeslices are always read minute by
+/// minute, a slice is not a sum): every figure of [`eval::evaluate`] and
+/// [`eval::budget_history`] is a sum over the window, over the last `w`
+/// minutes (burn rates and tiers: all within `detail_from..=to`, which
+/// spans whole steps) or from the window's start to a history point
+/// (`to − j × step`, the boundaries of the summed steps). A sum dated at its
+/// step's last minute falls in exactly the ranges that hold the whole step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadPlan {
+    /// First minute read ([`first_minute`]).
+    pub from: i64,
+    /// Last minute read (the current one).
+    pub to: i64,
+    pub collapse_from: i64,
+    pub detail_from: i64,
+    /// The history step, in minutes.
+    pub step: i64,
+}
+
+impl ReadPlan {
+    /// Everything minute by minute.
+    pub fn per_minute(spec: &SloSpec, now_ms: i64) -> ReadPlan {
+        let to = now_ms.div_euclid(60_000);
+        ReadPlan {
+            from: first_minute(spec, now_ms),
+            to,
+            collapse_from: to + 1,
+            detail_from: to + 1,
+            step: 1,
+        }
+    }
+
+    /// The plan of `spec` at `now_ms`.
+    pub fn of(spec: &SloSpec, now_ms: i64) -> ReadPlan {
+        let plain = ReadPlan::per_minute(spec, now_ms);
+        if spec.timeslice().is_some() {
+            return plain;
+        }
+        let window = spec
+            .window()
+            .unwrap_or(super::spec::Window::Rolling { minutes: 43_200 });
+        let (wfrom, to, _) = eval::window_bounds(window, now_ms);
+        let step = ((to - wfrom + 1) / eval::HISTORY_POINTS).max(1);
+        let longest = eval::BURN_WINDOWS
+            .iter()
+            .map(|w| w.1)
+            .chain(eval::scaled_tiers(window).iter().flat_map(|t| [t.3, t.4]))
+            .max()
+            .unwrap_or(LONGEST_BURN_MINUTES);
+        let detail_from = to - ((longest + step - 1) / step) * step + 1;
+        let collapse_from = wfrom.max(to - eval::HISTORY_POINTS * step + 1);
+        if collapse_from >= detail_from {
+            return plain;
+        }
+        ReadPlan {
+            collapse_from,
+            detail_from,
+            step,
+            ..plain
+        }
+    }
+}
+
 /// Sums the groups' buckets per minute.
 pub fn merge(groups: &BTreeMap<String, Vec<Bucket>>) -> Vec<Bucket> {
     let mut by_minute: BTreeMap<i64, (u64, u64)> = BTreeMap::new();
@@ -75,8 +143,7 @@ pub fn merge(groups: &BTreeMap<String, Vec<Bucket>>) -> Vec<Bucket> {
 
 /// Evaluates one stored SLO at `now_ms`.
 pub async fn status(store: &Store, slo: StoredSlo, now_ms: i64) -> Result<SloStatus, StoreError> {
-    let from = first_minute(&slo.spec, now_ms);
-    let buckets = store.slo_buckets(&slo.name, from, now_ms.div_euclid(60_000)).await?;
+    let buckets = store.slo_series(&slo.name, &ReadPlan::of(&slo.spec, now_ms)).await?;
     Ok(status_of(slo, &buckets, now_ms))
 }
 

@@ -229,6 +229,87 @@ impl Store {
         Ok(out)
     }
 
+    /// The buckets a status reads, per group, sorted by minute: minute by
+    /// minute outside `plan.collapse_from..plan.detail_from`, summed per
+    /// `plan.step` inside it (in SQL, each sum dated at its step's last minute;
+    /// see [`crate::slo::status::ReadPlan`]).
+    pub async fn slo_series(
+        &self,
+        name: &str,
+        plan: &crate::slo::status::ReadPlan,
+    ) -> Result<BTreeMap<String, Vec<Bucket>>, StoreError> {
+        const MINUTES: &str = "SELECT grp, minute, total, good FROM slo_buckets \
+             WHERE slo = $1 AND minute >= $2 AND minute <= $3 AND (minute < $4 OR minute >= $5)";
+        const STEPS: &str = "SELECT grp, $3 - (($3 - minute) / $6) * $6 AS m, CAST(SUM(total) AS BIGINT) AS t, \
+             CAST(SUM(good) AS BIGINT) AS g FROM slo_buckets \
+             WHERE slo = $1 AND minute >= $4 AND minute < $5 AND minute >= $2 AND minute <= $3 GROUP BY grp, m";
+        let p = plan;
+        let collapsed = p.collapse_from < p.detail_from;
+        let mut rows: Vec<(String, i64, i64, i64)> = match &self.backend {
+            Backend::Sqlite(b) => {
+                let mut c = b.read.acquire().await?;
+                let mut rows: Vec<(String, i64, i64, i64)> =
+                    sqlx::query_as(sqlx::AssertSqlSafe(MINUTES.replace('$', "?")))
+                        .bind(name)
+                        .bind(p.from)
+                        .bind(p.to)
+                        .bind(p.collapse_from)
+                        .bind(p.detail_from)
+                        .fetch_all(&mut *c)
+                        .await?;
+                if collapsed {
+                    rows.extend(
+                        sqlx::query_as::<_, (String, i64, i64, i64)>(sqlx::AssertSqlSafe(STEPS.replace('$', "?")))
+                            .bind(name)
+                            .bind(p.from)
+                            .bind(p.to)
+                            .bind(p.collapse_from)
+                            .bind(p.detail_from)
+                            .bind(p.step)
+                            .fetch_all(&mut *c)
+                            .await?,
+                    );
+                }
+                rows
+            }
+            Backend::Postgres(b) => {
+                let mut c = b.pool.acquire().await?;
+                let mut rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(MINUTES)
+                    .bind(name)
+                    .bind(p.from)
+                    .bind(p.to)
+                    .bind(p.collapse_from)
+                    .bind(p.detail_from)
+                    .fetch_all(&mut *c)
+                    .await?;
+                if collapsed {
+                    rows.extend(
+                        sqlx::query_as::<_, (String, i64, i64, i64)>(STEPS)
+                            .bind(name)
+                            .bind(p.from)
+                            .bind(p.to)
+                            .bind(p.collapse_from)
+                            .bind(p.detail_from)
+                            .bind(p.step)
+                            .fetch_all(&mut *c)
+                            .await?,
+                    );
+                }
+                rows
+            }
+        };
+        rows.sort_unstable_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        let mut out: BTreeMap<String, Vec<Bucket>> = BTreeMap::new();
+        for (grp, minute, total, good) in rows {
+            out.entry(grp).or_default().push(Bucket {
+                minute,
+                total: super::to_u64(total),
+                good: super::to_u64(good),
+            });
+        }
+        Ok(out)
+    }
+
     /// Adds counted events (API requests, job outcomes) in their own transaction.
     pub async fn add_slo_events(&self, incs: &Increments, now_ms: i64) -> Result<(), StoreError> {
         if incs.is_empty() {
