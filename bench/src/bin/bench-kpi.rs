@@ -54,8 +54,9 @@ struct Args {
 
 const DAY_MS: i64 = 86_400_000;
 
-/// Ids `0..$1` as a recursive CTE both backends run.
-const SERIES: &str = "WITH RECURSIVE s(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM s WHERE i + 1 < $1)";
+/// Ids `0..$1` as a recursive CTE both backends run (BIGINT: products with
+/// milliseconds overflow PostgreSQL's 32-bit integer).
+const SERIES: &str = "WITH RECURSIVE s(i) AS (SELECT CAST(0 AS BIGINT) UNION ALL SELECT i + 1 FROM s WHERE i + 1 < $1)";
 
 const HOSTS: &str = "INSERT INTO hosts (id, hostname, labels, facts, agent_version, first_seen_ms, last_seen_ms, \
                      connected) \
