@@ -11,15 +11,11 @@ pub mod tls;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use steward_shared::proto::agent_gateway_server::{AgentGateway, AgentGatewayServer};
 use steward_shared::proto::{AgentMessage, EnrollRequest, EnrollResponse};
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::codegen::Service;
-use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
@@ -108,21 +104,14 @@ pub struct GatewaySettings {
 }
 
 /// Serves the gateway on `listener` until `deps.shutdown` is cancelled; live
-/// sessions are told to go away, then the server stops once every connection
-/// has closed.
-///
-/// Each connection is served by hyper's HTTP/2 server directly (not through
-/// `tonic::transport::Server`, which wraps every connection in an HTTP/1 or
-/// HTTP/2 connection, a connection-age timer and its layers): every connected
-/// agent keeps this task for the life of its stream, so its size is memory per
-/// agent. gRPC needs HTTP/2 only.
+/// sessions are told to go away, then the server stops.
 pub async fn serve(
     listener: TcpListener,
     settings: GatewaySettings,
     deps: Arc<SessionDeps>,
 ) -> Result<(), tonic::transport::Error> {
     let shutdown = deps.shutdown.clone();
-    let mut incoming = tls::accept_loop(
+    let incoming = tls::accept_loop(
         listener,
         settings.tls,
         settings.max_connections,
@@ -137,41 +126,13 @@ pub async fn serve(
     let service = AgentGatewayServer::new(GatewayService { deps })
         .max_decoding_message_size(settings.max_message_size)
         .max_encoding_message_size(settings.max_message_size);
-    let routes = tonic::service::Routes::new(health_service)
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(health_service)
         .add_service(service)
-        .prepare();
-    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    http2
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(20));
-    let graceful = GracefulShutdown::new();
-    loop {
-        let io = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            io = incoming.recv() => match io {
-                Some(Ok(io)) => io,
-                Some(Err(_)) => continue,
-                None => break,
-            },
-        };
-        let info = io.connect_info();
-        let routes = routes.clone();
-        // The verified identity travels with every request of the connection.
-        let svc = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
-            let mut request = request.map(tonic::body::Body::new);
-            request.extensions_mut().insert(info.clone());
-            routes.clone().call(request)
-        });
-        let conn = graceful.watch(http2.serve_connection(TokioIo::new(io), svc));
-        tokio::spawn(async move {
-            if let Err(error) = conn.await {
-                tracing::debug!(%error, "agent connection ended with an error");
-            }
-        });
-    }
-    graceful.shutdown().await;
-    Ok(())
+        .serve_with_incoming_shutdown(ReceiverStream::new(incoming), shutdown.cancelled_owned())
+        .await
 }
 
 pub use session::SessionLimits;
