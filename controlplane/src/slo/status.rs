@@ -60,70 +60,136 @@ pub fn first_minute(spec: &SloSpec, now_ms: i64) -> i64 {
 }
 
 /// How a status reads an SLO's buckets without changing any figure it
-/// shows: the minutes in `collapse_from..detail_from` are summed per step of
-/// the budget history (each sum dated at the last minute of its step), the
-/// others are read minute by minute.
+/// shows: `from..=to` is cut into segments at every edge of a range some
+/// figure sums over, and each segment is read as one bucket (its sum, dated at
+/// its last minute; [`Store::slo_series`] sums whole hours from the hourly
+/// table and the partial hours at a segment's edges from the minute table).
 ///
-/// Why it is exact (occurrences; timeslices are always read minute by
-/// minute, a slice is not a sum): every figure of [`eval::evaluate`] and
-/// [`eval::budget_history`] is a sum over the window, over the last `w`
-/// minutes (burn rates and tiers: all within `detail_from..=to`, which
-/// spans whole steps) or from the window's start to a history point
-/// (`to − j × step`, the boundaries of the summed steps). A sum dated at its
-/// step's last minute falls in exactly the ranges that hold the whole step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why it is exact: every figure of [`eval::evaluate`] and
+/// [`eval::budget_history`] is a sum over a range `a..=b` — the window
+/// (`window start..=to`), a burn or tier window (`to − w + 1..=to`) or the
+/// budget up to a history point (`window start..=end`) — and every such `a`
+/// and `b + 1` is a segment start, so a segment (dated at its last minute)
+/// falls in a range exactly when all its minutes do. Timeslices: the slice
+/// boundaries are cuts too, so a segment lies in one slice and each slice's
+/// part of a range sums to the same (total, good) as its minutes.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadPlan {
     /// First minute read ([`first_minute`]).
     pub from: i64,
     /// Last minute read (the current one).
     pub to: i64,
-    pub collapse_from: i64,
-    pub detail_from: i64,
-    /// The history step, in minutes.
-    pub step: i64,
+    /// Segment starts, ascending, the first one `from`; a segment runs to the
+    /// next start − 1 (the last one to `to`). `None`: minute by minute.
+    pub starts: Option<Vec<i64>>,
+}
+
+/// One range a segment read sums: minutes (or, `hourly`, hours) `lo..=hi`,
+/// counted in the segment ending at minute `end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Piece {
+    pub lo: i64,
+    pub hi: i64,
+    pub end: i64,
+    pub hourly: bool,
 }
 
 impl ReadPlan {
     /// Everything minute by minute.
     pub fn per_minute(spec: &SloSpec, now_ms: i64) -> ReadPlan {
-        let to = now_ms.div_euclid(60_000);
         ReadPlan {
             from: first_minute(spec, now_ms),
-            to,
-            collapse_from: to + 1,
-            detail_from: to + 1,
-            step: 1,
+            to: now_ms.div_euclid(60_000),
+            starts: None,
         }
     }
 
     /// The plan of `spec` at `now_ms`.
     pub fn of(spec: &SloSpec, now_ms: i64) -> ReadPlan {
         let plain = ReadPlan::per_minute(spec, now_ms);
-        if spec.timeslice().is_some() {
-            return plain;
-        }
+        let (from, to) = (plain.from, plain.to);
         let window = spec
             .window()
             .unwrap_or(super::spec::Window::Rolling { minutes: 43_200 });
-        let (wfrom, to, _) = eval::window_bounds(window, now_ms);
-        let step = ((to - wfrom + 1) / eval::HISTORY_POINTS).max(1);
-        let longest = eval::BURN_WINDOWS
+        let (wfrom, _, _) = eval::window_bounds(window, now_ms);
+        let mut cuts = std::collections::BTreeSet::from([from, wfrom]);
+        for w in eval::BURN_WINDOWS
             .iter()
             .map(|w| w.1)
             .chain(eval::scaled_tiers(window).iter().flat_map(|t| [t.3, t.4]))
-            .max()
-            .unwrap_or(LONGEST_BURN_MINUTES);
-        let detail_from = to - ((longest + step - 1) / step) * step + 1;
-        let collapse_from = wfrom.max(to - eval::HISTORY_POINTS * step + 1);
-        if collapse_from >= detail_from {
+        {
+            cuts.insert(to - w + 1);
+        }
+        cuts.extend(eval::history_ends(wfrom, to).into_iter().map(|e| e + 1));
+        if let Some((len, _)) = spec.timeslice() {
+            if len <= 1 {
+                return plain; // every minute is a slice
+            }
+            let first = from.div_euclid(len) + 1;
+            cuts.extend((first..=to.div_euclid(len)).map(|k| k * len));
+        }
+        let starts: Vec<i64> = cuts.into_iter().filter(|c| (from..=to).contains(c)).collect();
+        if starts.len() as i64 >= to - from + 1 {
             return plain;
         }
         ReadPlan {
-            collapse_from,
-            detail_from,
-            step,
+            starts: Some(starts),
             ..plain
         }
+    }
+
+    /// The segments as `(first, last)` minutes (`None` when minute by minute).
+    pub fn segments(&self) -> Option<Vec<(i64, i64)>> {
+        let starts = self.starts.as_ref()?;
+        Some(
+            starts
+                .iter()
+                .enumerate()
+                .map(|(i, &s)| (s, starts.get(i + 1).map_or(self.to, |n| n - 1)))
+                .collect(),
+        )
+    }
+
+    /// What to read for the segments: per segment, the whole hours it holds
+    /// (one hourly piece) and the minutes before and after them.
+    pub fn pieces(&self) -> Vec<Piece> {
+        let mut out = Vec::new();
+        for (s, e) in self.segments().unwrap_or_default() {
+            let first_hour = (s + 59).div_euclid(60);
+            let last_hour = (e + 1).div_euclid(60) - 1;
+            if first_hour > last_hour {
+                out.push(Piece {
+                    lo: s,
+                    hi: e,
+                    end: e,
+                    hourly: false,
+                });
+                continue;
+            }
+            if s < first_hour * 60 {
+                out.push(Piece {
+                    lo: s,
+                    hi: first_hour * 60 - 1,
+                    end: e,
+                    hourly: false,
+                });
+            }
+            out.push(Piece {
+                lo: first_hour,
+                hi: last_hour,
+                end: e,
+                hourly: true,
+            });
+            if (last_hour + 1) * 60 <= e {
+                out.push(Piece {
+                    lo: (last_hour + 1) * 60,
+                    hi: e,
+                    end: e,
+                    hourly: false,
+                });
+            }
+        }
+        out
     }
 }
 

@@ -48,6 +48,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "api_stats",
         include_str!("../../migrations/postgres/0009_api_stats.sql"),
     ),
+    (
+        10,
+        "slo_hours",
+        include_str!("../../migrations/postgres/0010_slo_hours.sql"),
+    ),
 ];
 
 /// The answer to `backup` on PostgreSQL.
