@@ -14,6 +14,11 @@ CREATE TABLE slo_hours (
 );
 CREATE INDEX slo_hours_hour ON slo_hours (hour);
 
+-- Reads and prunes find minutes through the primary key, per (slo, grp)
+-- taken from slo_hours; an index on minute alone only misleads PostgreSQL's
+-- planner into scanning every SLO's rows of a minute range.
+DROP INDEX slo_buckets_minute;
+
 -- Backfill from the minutes already stored (floor division, also below 0).
 INSERT INTO slo_hours (slo, grp, hour, total, good)
 SELECT slo, grp, (minute - ((minute % 60) + 60) % 60) / 60 AS h, SUM(total), SUM(good)

@@ -251,48 +251,85 @@ impl Store {
             return self.slo_buckets(name, plan.from, plan.to).await;
         }
         // The groups come from the hours (every minute row has its hour row);
-        // each (group, piece) is then one range of a primary key.
-        const SEGMENTS: &str =
-            "WITH g AS (SELECT DISTINCT grp FROM slo_hours WHERE slo = $1 AND hour >= $2 AND hour <= $3)
-             SELECT b.grp AS grp, p.d AS d, CAST(SUM(b.total) AS BIGINT) AS t, CAST(SUM(b.good) AS BIGINT) AS gd
+        // each (group, piece) is then one range of a primary key (SQLite's
+        // CROSS JOIN fixes the loop order; PostgreSQL gets a LATERAL
+        // subquery per pair, the only plan that fits).
+        const LITE: &str = "WITH g AS (SELECT DISTINCT grp FROM slo_hours WHERE slo = $1 AND hour >= $2 AND hour <= $3)
+             SELECT b.grp AS grp, p.d AS d, SUM(b.total) AS t, SUM(b.good) AS gd
              FROM g CROSS JOIN JSON_ROWS($4 AS p(lo bigint, hi bigint, d bigint)) CROSS JOIN slo_buckets b
              WHERE b.slo = $1 AND b.grp = g.grp AND b.minute >= p.lo AND b.minute <= p.hi GROUP BY b.grp, p.d
              UNION ALL
-             SELECT h.grp AS grp, q.d AS d, CAST(SUM(h.total) AS BIGINT) AS t, CAST(SUM(h.good) AS BIGINT) AS gd
+             SELECT h.grp AS grp, q.d AS d, SUM(h.total) AS t, SUM(h.good) AS gd
              FROM g CROSS JOIN JSON_ROWS($5 AS q(lo bigint, hi bigint, d bigint)) CROSS JOIN slo_hours h
              WHERE h.slo = $1 AND h.grp = g.grp AND h.hour >= q.lo AND h.hour <= q.hi GROUP BY h.grp, q.d";
+        const PG: &str = "WITH g AS (SELECT DISTINCT grp FROM slo_hours WHERE slo = $1 AND hour >= $2 AND hour <= $3)
+             SELECT g.grp AS grp, p.d AS d, CAST(SUM(s.t) AS BIGINT) AS t, CAST(SUM(s.gd) AS BIGINT) AS gd
+             FROM g CROSS JOIN unnest($4::bigint[], $5::bigint[], $6::bigint[]) AS p (lo, hi, d)
+             CROSS JOIN LATERAL (SELECT SUM(b.total) AS t, SUM(b.good) AS gd FROM slo_buckets b
+                 WHERE b.slo = $1 AND b.grp = g.grp AND b.minute >= p.lo AND b.minute <= p.hi) s
+             WHERE s.t IS NOT NULL GROUP BY g.grp, p.d
+             UNION ALL
+             SELECT g.grp AS grp, q.d AS d, CAST(SUM(s.t) AS BIGINT) AS t, CAST(SUM(s.gd) AS BIGINT) AS gd
+             FROM g CROSS JOIN unnest($7::bigint[], $8::bigint[], $9::bigint[]) AS q (lo, hi, d)
+             CROSS JOIN LATERAL (SELECT SUM(h.total) AS t, SUM(h.good) AS gd FROM slo_hours h
+                 WHERE h.slo = $1 AND h.grp = g.grp AND h.hour >= q.lo AND h.hour <= q.hi) s
+             WHERE s.t IS NOT NULL GROUP BY g.grp, q.d";
         let pieces = plan.pieces();
-        let json = |hourly: bool| {
-            let rows: Vec<serde_json::Value> = pieces
-                .iter()
-                .filter(|p| p.hourly == hourly)
-                .map(|p| serde_json::json!({"lo": p.lo, "hi": p.hi, "d": p.end}))
-                .collect();
-            serde_json::Value::from(rows).to_string()
-        };
-        let (minutes, hours) = (json(false), json(true));
-        let binds = [
-            B::T(name),
-            B::I(plan.from.div_euclid(60)),
-            B::I(plan.to.div_euclid(60)),
-            B::T(&minutes),
-            B::T(&hours),
-        ];
-        let rows = match &self.backend {
+        let (first_hour, last_hour) = (plan.from.div_euclid(60), plan.to.div_euclid(60));
+        let rows: Vec<(String, i64, i64, i64)> = match &self.backend {
             Backend::Sqlite(b) => {
+                let json = |hourly: bool| {
+                    let rows: Vec<serde_json::Value> = pieces
+                        .iter()
+                        .filter(|p| p.hourly == hourly)
+                        .map(|p| serde_json::json!({"lo": p.lo, "hi": p.hi, "d": p.end}))
+                        .collect();
+                    serde_json::Value::from(rows).to_string()
+                };
+                let (minutes, hours) = (json(false), json(true));
+                let binds = [
+                    B::T(name),
+                    B::I(first_hour),
+                    B::I(last_hour),
+                    B::T(&minutes),
+                    B::T(&hours),
+                ];
                 let mut c = b.read.acquire().await?;
-                Conn::Lite(&mut c).fetch(SEGMENTS, &binds).await?
+                let mut out = Vec::new();
+                for r in Conn::Lite(&mut c).fetch(LITE, &binds).await? {
+                    out.push((r.text("grp")?, r.int("d")?, r.int("t")?, r.int("gd")?));
+                }
+                out
             }
             Backend::Postgres(b) => {
-                let mut c = b.pool.acquire().await?;
-                Conn::Pg(&mut c).fetch(SEGMENTS, &binds).await?
+                let col = |hourly: bool, f: fn(&crate::slo::status::Piece) -> i64| -> Vec<i64> {
+                    pieces.iter().filter(|p| p.hourly == hourly).map(f).collect()
+                };
+                // A status is a few hundred index lookups: compiling it
+                // (JIT, chosen from the row estimates) costs more than running it.
+                let mut tx = b.pool.begin().await?;
+                sqlx::query("SET LOCAL jit = off").execute(&mut *tx).await?;
+                let rows = sqlx::query_as(PG)
+                    .bind(name)
+                    .bind(first_hour)
+                    .bind(last_hour)
+                    .bind(col(false, |p| p.lo))
+                    .bind(col(false, |p| p.hi))
+                    .bind(col(false, |p| p.end))
+                    .bind(col(true, |p| p.lo))
+                    .bind(col(true, |p| p.hi))
+                    .bind(col(true, |p| p.end))
+                    .fetch_all(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                rows
             }
         };
         let mut sums: BTreeMap<(String, i64), (u64, u64)> = BTreeMap::new();
-        for r in rows {
-            let e = sums.entry((r.text("grp")?, r.int("d")?)).or_default();
-            e.0 += super::to_u64(r.int("t")?);
-            e.1 += super::to_u64(r.int("gd")?);
+        for (grp, d, t, gd) in rows {
+            let e = sums.entry((grp, d)).or_default();
+            e.0 += super::to_u64(t);
+            e.1 += super::to_u64(gd);
         }
         let mut out: BTreeMap<String, Vec<Bucket>> = BTreeMap::new();
         for ((grp, minute), (total, good)) in sums {
@@ -413,20 +450,35 @@ impl Store {
 async fn prune(mut c: Conn<'_>, before_minute: i64) -> Result<u64, StoreError> {
     let hour = before_minute.div_euclid(60);
     let cut = before_minute.rem_euclid(60) != 0;
-    let n = c
-        .exec("DELETE FROM slo_buckets WHERE minute < $1", &[B::I(before_minute)])
-        .await?;
     let last = if cut { hour } else { hour - 1 };
-    c.exec("DELETE FROM slo_hours WHERE hour <= $1", &[B::I(last)]).await?;
+    // The (slo, group) pairs with minutes to delete come from the hours, so
+    // each delete is a range of the primary key (no index on minute).
+    let n = c
+        .exec(
+            "DELETE FROM slo_buckets WHERE (slo, grp) IN (SELECT DISTINCT slo, grp FROM slo_hours WHERE hour <= $2)
+             AND minute < $1",
+            &[B::I(before_minute), B::I(last)],
+        )
+        .await?;
     if cut {
+        const LEFT: &str = "FROM slo_buckets b WHERE b.slo = slo_hours.slo AND b.grp = slo_hours.grp
+             AND b.minute >= $2 AND b.minute < $3";
+        let bounds = [B::I(hour), B::I(hour * 60), B::I(hour * 60 + 60)];
         c.exec(
-            "INSERT INTO slo_hours (slo, grp, hour, total, good)
-             SELECT slo, grp, $1, SUM(total), SUM(good) FROM slo_buckets
-             WHERE minute >= $2 AND minute < $3 GROUP BY slo, grp",
-            &[B::I(hour), B::I(hour * 60), B::I(hour * 60 + 60)],
+            &format!("DELETE FROM slo_hours WHERE hour = $1 AND NOT EXISTS (SELECT 1 {LEFT})"),
+            &bounds,
+        )
+        .await?;
+        c.exec(
+            &format!(
+                "UPDATE slo_hours SET total = (SELECT SUM(b.total) {LEFT}), good = (SELECT SUM(b.good) {LEFT})
+                 WHERE hour = $1"
+            ),
+            &bounds,
         )
         .await?;
     }
+    c.exec("DELETE FROM slo_hours WHERE hour < $1", &[B::I(hour)]).await?;
     Ok(n)
 }
 
