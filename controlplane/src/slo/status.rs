@@ -85,13 +85,15 @@ pub struct ReadPlan {
 }
 
 /// One range a segment read sums: minutes (or, `hourly`, hours) `lo..=hi`,
-/// counted in the segment ending at minute `end`.
+/// counted in the segment ending at minute `end`, added (`sign` 1) or
+/// subtracted (−1: the minutes of a partial hour outside the segment).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Piece {
     pub lo: i64,
     pub hi: i64,
     pub end: i64,
     pub hourly: bool,
+    pub sign: i64,
 }
 
 impl ReadPlan {
@@ -150,42 +152,68 @@ impl ReadPlan {
         )
     }
 
-    /// What to read for the segments: per segment, the whole hours it holds
-    /// (one hourly piece) and the minutes before and after them.
+    /// What to read for the segments: per segment, the hours it touches
+    /// from the hourly table and, for each partial hour at its edges, the
+    /// fewer minutes: those inside the segment (added, the hour left out) or
+    /// those outside it (the hour added, they subtracted), at most 30 per edge.
     pub fn pieces(&self) -> Vec<Piece> {
         let mut out = Vec::new();
+        let minutes = |lo: i64, hi: i64, end: i64, sign: i64| Piece {
+            lo,
+            hi,
+            end,
+            hourly: false,
+            sign,
+        };
         for (s, e) in self.segments().unwrap_or_default() {
-            let first_hour = (s + 59).div_euclid(60);
-            let last_hour = (e + 1).div_euclid(60) - 1;
-            if first_hour > last_hour {
+            let (hs, he) = (s.div_euclid(60), e.div_euclid(60));
+            let before = s - hs * 60; // minutes of hour `hs` before the segment
+            let after = he * 60 + 59 - e; // minutes of hour `he` after it
+            if hs == he {
+                if e - s + 1 <= before + after {
+                    out.push(minutes(s, e, e, 1));
+                    continue;
+                }
+                if before > 0 {
+                    out.push(minutes(hs * 60, s - 1, e, -1));
+                }
+                if after > 0 {
+                    out.push(minutes(e + 1, he * 60 + 59, e, -1));
+                }
                 out.push(Piece {
-                    lo: s,
-                    hi: e,
+                    lo: hs,
+                    hi: hs,
                     end: e,
-                    hourly: false,
+                    hourly: true,
+                    sign: 1,
                 });
                 continue;
             }
-            if s < first_hour * 60 {
-                out.push(Piece {
-                    lo: s,
-                    hi: first_hour * 60 - 1,
-                    end: e,
-                    hourly: false,
-                });
+            let mut first = hs;
+            if before > 0 {
+                if 60 - before <= before {
+                    out.push(minutes(s, hs * 60 + 59, e, 1));
+                    first = hs + 1;
+                } else {
+                    out.push(minutes(hs * 60, s - 1, e, -1));
+                }
             }
-            out.push(Piece {
-                lo: first_hour,
-                hi: last_hour,
-                end: e,
-                hourly: true,
-            });
-            if (last_hour + 1) * 60 <= e {
+            let mut last = he;
+            if after > 0 {
+                if 60 - after <= after {
+                    out.push(minutes(he * 60, e, e, 1));
+                    last = he - 1;
+                } else {
+                    out.push(minutes(e + 1, he * 60 + 59, e, -1));
+                }
+            }
+            if first <= last {
                 out.push(Piece {
-                    lo: (last_hour + 1) * 60,
-                    hi: e,
+                    lo: first,
+                    hi: last,
                     end: e,
-                    hourly: false,
+                    hourly: true,
+                    sign: 1,
                 });
             }
         }

@@ -240,8 +240,9 @@ impl Store {
     /// The buckets a status reads, per group, sorted by minute: minute by
     /// minute without segments, else one bucket per segment of the plan (its
     /// sum, dated at its last minute; see [`crate::slo::status::ReadPlan`]):
-    /// whole hours from `slo_hours`, the minutes at the segment's edges from
-    /// `slo_buckets`, summed in SQL per group and segment.
+    /// the hours it touches from `slo_hours`, plus or minus the minutes of
+    /// its partial edge hours from `slo_buckets` ([`crate::slo::status::Piece`]),
+    /// summed in SQL per group and segment.
     pub async fn slo_series(
         &self,
         name: &str,
@@ -255,16 +256,16 @@ impl Store {
         // CROSS JOIN fixes the loop order; PostgreSQL gets a LATERAL
         // subquery per pair, the only plan that fits).
         const LITE: &str = "WITH g AS (SELECT DISTINCT grp FROM slo_hours WHERE slo = $1 AND hour >= $2 AND hour <= $3)
-             SELECT b.grp AS grp, p.d AS d, SUM(b.total) AS t, SUM(b.good) AS gd
-             FROM g CROSS JOIN JSON_ROWS($4 AS p(lo bigint, hi bigint, d bigint)) CROSS JOIN slo_buckets b
+             SELECT b.grp AS grp, p.d AS d, SUM(p.s * b.total) AS t, SUM(p.s * b.good) AS gd
+             FROM g CROSS JOIN JSON_ROWS($4 AS p(lo bigint, hi bigint, d bigint, s bigint)) CROSS JOIN slo_buckets b
              WHERE b.slo = $1 AND b.grp = g.grp AND b.minute >= p.lo AND b.minute <= p.hi GROUP BY b.grp, p.d
              UNION ALL
              SELECT h.grp AS grp, q.d AS d, SUM(h.total) AS t, SUM(h.good) AS gd
              FROM g CROSS JOIN JSON_ROWS($5 AS q(lo bigint, hi bigint, d bigint)) CROSS JOIN slo_hours h
              WHERE h.slo = $1 AND h.grp = g.grp AND h.hour >= q.lo AND h.hour <= q.hi GROUP BY h.grp, q.d";
         const PG: &str = "WITH g AS (SELECT DISTINCT grp FROM slo_hours WHERE slo = $1 AND hour >= $2 AND hour <= $3)
-             SELECT g.grp AS grp, p.d AS d, CAST(SUM(s.t) AS BIGINT) AS t, CAST(SUM(s.gd) AS BIGINT) AS gd
-             FROM g CROSS JOIN unnest($4::bigint[], $5::bigint[], $6::bigint[]) AS p (lo, hi, d)
+             SELECT g.grp AS grp, p.d AS d, CAST(SUM(p.s * s.t) AS BIGINT) AS t, CAST(SUM(p.s * s.gd) AS BIGINT) AS gd
+             FROM g CROSS JOIN unnest($4::bigint[], $5::bigint[], $6::bigint[], $10::bigint[]) AS p (lo, hi, d, s)
              CROSS JOIN LATERAL (SELECT SUM(b.total) AS t, SUM(b.good) AS gd FROM slo_buckets b
                  WHERE b.slo = $1 AND b.grp = g.grp AND b.minute >= p.lo AND b.minute <= p.hi) s
              WHERE s.t IS NOT NULL GROUP BY g.grp, p.d
@@ -282,7 +283,7 @@ impl Store {
                     let rows: Vec<serde_json::Value> = pieces
                         .iter()
                         .filter(|p| p.hourly == hourly)
-                        .map(|p| serde_json::json!({"lo": p.lo, "hi": p.hi, "d": p.end}))
+                        .map(|p| serde_json::json!({"lo": p.lo, "hi": p.hi, "d": p.end, "s": p.sign}))
                         .collect();
                     serde_json::Value::from(rows).to_string()
                 };
@@ -319,21 +320,30 @@ impl Store {
                     .bind(col(true, |p| p.lo))
                     .bind(col(true, |p| p.hi))
                     .bind(col(true, |p| p.end))
+                    .bind(col(false, |p| p.sign))
                     .fetch_all(&mut *tx)
                     .await?;
                 tx.commit().await?;
                 rows
             }
         };
-        let mut sums: BTreeMap<(String, i64), (u64, u64)> = BTreeMap::new();
+        let mut sums: BTreeMap<(String, i64), (i64, i64)> = BTreeMap::new();
         for (grp, d, t, gd) in rows {
             let e = sums.entry((grp, d)).or_default();
-            e.0 += super::to_u64(t);
-            e.1 += super::to_u64(gd);
+            e.0 += t;
+            e.1 += gd;
         }
+        let sums = sums
+            .into_iter()
+            .map(|(k, (t, g))| (k, (super::to_u64(t), super::to_u64(g))));
         let mut out: BTreeMap<String, Vec<Bucket>> = BTreeMap::new();
         for ((grp, minute), (total, good)) in sums {
-            out.entry(grp).or_default().push(Bucket { minute, total, good });
+            // Nothing counted in the segment (an edge hour's minutes all
+            // outside it): no bucket, as minute by minute (a stored bucket
+            // always holds at least one event).
+            if total > 0 {
+                out.entry(grp).or_default().push(Bucket { minute, total, good });
+            }
         }
         Ok(out)
     }
