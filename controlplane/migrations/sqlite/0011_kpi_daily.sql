@@ -31,8 +31,12 @@ CREATE TABLE kpi_check_hours (
 -- The edges of a window (less than an hour at each end) are counted from
 -- check_results through this index.
 CREATE INDEX check_results_observed ON check_results (observed_ms);
--- The disk-full forecast reads the disk samples of the last 6 hours only.
-CREATE INDEX check_results_disk ON check_results (observed_ms) WHERE kind = 'disk';
+-- The disk-full forecast reads the disk samples of the last 6 hours only,
+-- from this index alone (covering: without it, every sample is a random read
+-- of the table, 0.7 s instead of 0.1 s for 37,000 samples when the rows of the
+-- last hours are spread over the file). Costs a second copy of the disk
+-- checks' values_json.
+CREATE INDEX check_results_disk ON check_results (observed_ms, host_id, values_json) WHERE kind = 'disk';
 
 -- Backfill (floor division, also for negative times; integer division truncates).
 INSERT INTO kpi_check_days (bucket, host_id, status, n)
