@@ -131,7 +131,7 @@ impl ReadPlan {
             cuts.extend((first..=to.div_euclid(len)).map(|k| k * len));
         }
         let starts: Vec<i64> = cuts.into_iter().filter(|c| (from..=to).contains(c)).collect();
-        if starts.len() as i64 >= to - from + 1 {
+        if starts.len() as i64 > to - from {
             return plain;
         }
         ReadPlan {
@@ -170,7 +170,7 @@ impl ReadPlan {
             let before = s - hs * 60; // minutes of hour `hs` before the segment
             let after = he * 60 + 59 - e; // minutes of hour `he` after it
             if hs == he {
-                if e - s + 1 <= before + after {
+                if e - s < before + after {
                     out.push(minutes(s, e, e, 1));
                     continue;
                 }

@@ -737,7 +737,10 @@ async fn upsert_postgres(conn: &mut PgConnection, incs: &Increments, now_ms: i64
 
 /// The increments summed per (slo, group, hour), in key order (the hourly
 /// rows are upserted after the minute rows, in the same transaction).
-fn hourly(incs: &Increments) -> Vec<((&str, &str, i64), (i64, i64))> {
+/// (slo, group, hour) and (total, good).
+type HourRow<'a> = ((&'a str, &'a str, i64), (i64, i64));
+
+fn hourly(incs: &Increments) -> Vec<HourRow<'_>> {
     let mut sums: BTreeMap<(&str, &str, i64), (u64, u64)> = BTreeMap::new();
     for (k, &(t, g)) in incs {
         let e = sums
