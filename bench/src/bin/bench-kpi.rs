@@ -13,14 +13,18 @@
 //! - `jobs`: per host and day a `deploy.apply` (params `app`,
 //!   `commit_time`; 2 % failed, each followed by a `deploy.rollback`), a
 //!   locally scheduled `backup.run` (1 % failed) and an API `checks.run`;
-//! - `backup_status`: two backups per host with an RPO, verified.
+//! - `backup_status`: two backups per host with an RPO, verified;
+//! - the per-day and per-hour check counts (`kpi_check_days`,
+//!   `kpi_check_hours`) recounted from `check_results` as the migration's
+//!   backfill does (`recount_s`), since the fill bypasses the ingest path
+//!   that keeps them.
 //!
 //! Measured, over `--rounds` rounds: wall time per round (min, median, max)
 //! and the peak resident memory growth of this process during a round
 //! (`VmHWM` reset through `/proc/self/clear_refs`, minus `VmRSS` at the
 //! start); rows and database size. Printed as JSON, never asserted.
 //!
-//! `cargo run --release -p steward-bench --bin bench-kpi -- [--postgres]`
+//! `cargo run --release -p steward-bench --bin bench-kpi -- [--postgres] [--keep] [--reuse URL]`
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -50,6 +54,12 @@ struct Args {
     /// Use a fresh PostgreSQL database (`STEWARD_TEST_PG_URL`) instead of SQLite.
     #[arg(long)]
     postgres: bool,
+    /// Keep the database afterwards (its URL is printed as `kept`), to profile the queries by hand.
+    #[arg(long)]
+    keep: bool,
+    /// Measure on a database kept by an earlier `--keep` run (no fill, no migration).
+    #[arg(long)]
+    reuse: Option<String>,
 }
 
 const DAY_MS: i64 = 86_400_000;
@@ -161,6 +171,22 @@ async fn main() -> Result<()> {
     } else {
         TestBackend::Sqlite
     };
+    let settings = SamplerSettings {
+        interval: Duration::from_secs(60),
+        window_ms: args.days * DAY_MS,
+        keep_ms: 90 * DAY_MS,
+    };
+    if let Some(url) = &args.reuse {
+        // Not migrated: the database is as the run that kept it left it.
+        let store = steward_controlplane::store::Store::connect(url).await?;
+        let (rounds, values) = measure(&store, &settings, args.rounds).await?;
+        println!(
+            "{}",
+            json!({"bench": "kpi", "backend": store.backend_name(), "reused": true, "rounds": rounds, "values": values})
+        );
+        store.close().await;
+        return Ok(());
+    }
     let db = TestDatabase::create(backend).await;
     let store = db.store().await;
     let now_ms = steward_shared::now_ms();
@@ -206,6 +232,11 @@ async fn main() -> Result<()> {
     )
     .await?;
     let backups = run(&mut c, BACKUPS, &[P::I(args.hosts * 2), P::I(now_ms)]).await?;
+    // The per-day and per-hour check counts the ingest path keeps, filled
+    // as the migration's backfill fills them.
+    let recount = Instant::now();
+    store.recount_kpi_checks().await?;
+    let recount_secs = recount.elapsed().as_secs_f64();
     let size = match &mut c {
         Conn::Pg(c) => {
             // Planner statistics as autovacuum keeps them on a running server.
@@ -227,29 +258,7 @@ async fn main() -> Result<()> {
     }
     let fill_secs = started.elapsed().as_secs_f64();
 
-    let settings = SamplerSettings {
-        interval: Duration::from_secs(60),
-        window_ms: args.days * DAY_MS,
-        keep_ms: 90 * DAY_MS,
-    };
-    let mut secs = Vec::new();
-    let mut growth_kib = Vec::new();
-    let mut values = Vec::new();
-    for _ in 0..args.rounds.max(1) {
-        steward_bench::reset_peak_rss();
-        let rss0 = steward_bench::self_status_kib("VmRSS:");
-        let t = Instant::now();
-        values = sample_once(&store, &settings, steward_shared::now_ms()).await?;
-        secs.push(t.elapsed().as_secs_f64());
-        growth_kib.push(steward_bench::self_status_kib("VmHWM:").saturating_sub(rss0));
-    }
-    let mut sorted = secs.clone();
-    sorted.sort_by(f64::total_cmp);
-    let ms = |s: f64| (s * 1e4).round() / 10.0;
-    let values: serde_json::Map<String, serde_json::Value> = values
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), json!(v.map(|v| (v * 1000.0).round() / 1000.0))))
-        .collect();
+    let (rounds, values) = measure(&store, &settings, args.rounds).await?;
     println!(
         "{}",
         json!({
@@ -264,16 +273,71 @@ async fn main() -> Result<()> {
             "backups": backups,
             "db_mib": (size as f64 / 1048576.0).round(),
             "fill_s": (fill_secs * 10.0).round() / 10.0,
-            "rounds": secs.len(),
-            "round_ms_min": ms(sorted[0]),
-            "round_ms_median": ms(sorted[sorted.len() / 2]),
-            "round_ms_max": ms(sorted[sorted.len() - 1]),
-            "round_peak_rss_growth_mib_max": (*growth_kib.iter().max().unwrap_or(&0) as f64 / 1024.0 * 10.0).round() / 10.0,
-            "rss_mib": (steward_bench::self_status_kib("VmRSS:") as f64 / 1024.0).round(),
+            "recount_s": (recount_secs * 10.0).round() / 10.0,
+            "rounds": rounds,
             "values": values,
         })
     );
     store.close().await;
-    drop(db);
+    if args.keep {
+        eprintln!("kept: {}", db.into_url());
+    }
     Ok(())
+}
+
+/// `rounds` sampling rounds (time, memory), then where one round's time goes:
+/// `Store::kpi_data` over the window, the same over an empty window (what
+/// does not depend on the window), and the catalog's computations.
+async fn measure(
+    store: &steward_controlplane::store::Store,
+    settings: &SamplerSettings,
+    rounds: usize,
+) -> Result<(serde_json::Value, serde_json::Map<String, serde_json::Value>)> {
+    let mut secs = Vec::new();
+    let mut growth_kib = Vec::new();
+    let mut values = Vec::new();
+    for _ in 0..rounds.max(1) {
+        steward_bench::reset_peak_rss();
+        let rss0 = steward_bench::self_status_kib("VmRSS:");
+        let t = Instant::now();
+        values = sample_once(store, settings, steward_shared::now_ms()).await?;
+        secs.push(t.elapsed().as_secs_f64());
+        growth_kib.push(steward_bench::self_status_kib("VmHWM:").saturating_sub(rss0));
+    }
+    let mut sorted = secs.clone();
+    sorted.sort_by(f64::total_cmp);
+    let ms = |s: f64| (s * 1e4).round() / 10.0;
+    let now = steward_shared::now_ms();
+    let t = Instant::now();
+    let data = store.kpi_data(now, settings.window_ms).await?;
+    let data_secs = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    store.kpi_data(now, 0).await?;
+    let fixed_secs = t.elapsed().as_secs_f64();
+    let ctx = steward_controlplane::kpi::Ctx {
+        now_ms: now,
+        window_ms: settings.window_ms,
+        current_version: current_version(),
+    };
+    let t = Instant::now();
+    for k in steward_controlplane::kpi::CATALOG {
+        let _ = (k.compute)(&data, &ctx);
+    }
+    let compute_secs = t.elapsed().as_secs_f64();
+    let values: serde_json::Map<String, serde_json::Value> = values
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), json!(v.map(|v| (v * 1000.0).round() / 1000.0))))
+        .collect();
+    let rounds = json!({
+        "rounds": secs.len(),
+        "round_ms_min": ms(sorted[0]),
+        "round_ms_median": ms(sorted[sorted.len() / 2]),
+        "round_ms_max": ms(sorted[sorted.len() - 1]),
+        "round_peak_rss_growth_mib_max": (*growth_kib.iter().max().unwrap_or(&0) as f64 / 1024.0 * 10.0).round() / 10.0,
+        "rss_mib": (steward_bench::self_status_kib("VmRSS:") as f64 / 1024.0).round(),
+        "kpi_data_ms": ms(data_secs),
+        "kpi_data_empty_window_ms": ms(fixed_secs),
+        "compute_ms": ms(compute_secs),
+    });
+    Ok((rounds, values))
 }

@@ -10,8 +10,10 @@
 //! label (10 data centres); windows 7d, 28d, 30d and the calendar month. Then
 //! the buckets ingest would have written for `--hosts` hosts reporting
 //! every 30 s, over everything a status reads (the window, at least 3 days),
-//! inserted in batches into the real `slo_buckets` table (no ingest path:
-//! only the rows matter to the evaluation).
+//! written in batches through `Store::add_slo_events` (the counting path of
+//! ingest and job outcomes: `slo_buckets` and `slo_hours` upserted in one
+//! transaction; check results themselves are not stored, only the buckets
+//! matter to the evaluation).
 //!
 //! Measured, over `--rounds` rounds: wall time per round (min, median, max)
 //! and the peak resident memory growth of this process during a round
@@ -25,10 +27,11 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Parser;
 use serde_json::json;
-use sqlx::{Connection, QueryBuilder};
+use sqlx::Connection;
 use steward_controlplane::alert::config::AlertsConfig;
 use steward_controlplane::alert::evaluator::Evaluator;
 use steward_controlplane::audit::{AuditEntry, Outcome};
+use steward_controlplane::slo::sli::{BucketKey, Increments};
 use steward_controlplane::slo::spec::SloSpec;
 use steward_controlplane::slo::status::{first_minute, status_of};
 use steward_controlplane::store::testdb::{TestBackend, TestDatabase};
@@ -156,6 +159,9 @@ fn counts(seed: u64, total: u64) -> (i64, i64) {
 
 type Row = (String, String, i64, i64, i64);
 
+/// Bucket rows per `Store::add_slo_events` call during the fill.
+const FILL_BATCH: usize = 20_000;
+
 /// Every bucket row of one SLO from `from` to `to` (epoch minutes).
 fn rows_of(idx: usize, name: &str, shape: Shape, from: i64, to: i64, out: &mut Vec<Row>) {
     let seed = (idx as u64) << 40;
@@ -192,7 +198,8 @@ fn rows_of(idx: usize, name: &str, shape: Shape, from: i64, to: i64, out: &mut V
     }
 }
 
-/// Batched inserts into `slo_buckets` on a connection of its own.
+/// A connection of its own for what a running server's background work does
+/// after the fill (statistics, checkpoints).
 enum Filler {
     Pg(sqlx::PgConnection),
     Lite(sqlx::SqliteConnection),
@@ -207,57 +214,13 @@ impl Filler {
         })
     }
 
-    async fn insert(&mut self, rows: &[Row], now_ms: i64) -> Result<()> {
-        match self {
-            Filler::Pg(c) => {
-                for chunk in rows.chunks(50_000) {
-                    let slo: Vec<&str> = chunk.iter().map(|r| r.0.as_str()).collect();
-                    let grp: Vec<&str> = chunk.iter().map(|r| r.1.as_str()).collect();
-                    let minute: Vec<i64> = chunk.iter().map(|r| r.2).collect();
-                    let total: Vec<i64> = chunk.iter().map(|r| r.3).collect();
-                    let good: Vec<i64> = chunk.iter().map(|r| r.4).collect();
-                    sqlx::query(
-                        "INSERT INTO slo_buckets (slo, grp, minute, total, good, updated_ms)
-                         SELECT u.*, $6 FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[])
-                             AS u (slo, grp, minute, total, good)",
-                    )
-                    .bind(slo)
-                    .bind(grp)
-                    .bind(minute)
-                    .bind(total)
-                    .bind(good)
-                    .bind(now_ms)
-                    .execute(&mut *c)
-                    .await?;
-                }
-            }
-            Filler::Lite(c) => {
-                let mut tx = c.begin().await?;
-                for chunk in rows.chunks(5_000) {
-                    let mut q = QueryBuilder::<sqlx::Sqlite>::new(
-                        "INSERT INTO slo_buckets (slo, grp, minute, total, good, updated_ms) ",
-                    );
-                    q.push_values(chunk, |mut b, r| {
-                        b.push_bind(r.0.as_str())
-                            .push_bind(r.1.as_str())
-                            .push_bind(r.2)
-                            .push_bind(r.3)
-                            .push_bind(r.4)
-                            .push_bind(now_ms);
-                    });
-                    q.build().execute(&mut *tx).await?;
-                }
-                tx.commit().await?;
-            }
-        }
-        Ok(())
-    }
-
     async fn finish(self) -> Result<()> {
         match self {
             Filler::Pg(mut c) => {
                 // Planner statistics as autovacuum keeps them on a running server.
-                sqlx::query("VACUUM ANALYZE slo_buckets").execute(&mut c).await?;
+                sqlx::query("VACUUM ANALYZE slo_buckets, slo_hours")
+                    .execute(&mut c)
+                    .await?;
                 c.close().await?;
             }
             Filler::Lite(mut c) => {
@@ -300,7 +263,6 @@ async fn main() -> Result<()> {
 
     let started = Instant::now();
     let mut bucket_rows = 0;
-    let mut fill = Filler::open(db.url(), args.postgres).await?;
     for i in 0..args.slos {
         let (name, spec, shape) = definition(i, &args);
         let spec: SloSpec = serde_json::from_value(spec).context("SLO definition")?;
@@ -311,8 +273,24 @@ async fn main() -> Result<()> {
         let mut rows = Vec::new();
         rows_of(i, &name, shape, first_minute(&spec, now_ms), now_min, &mut rows);
         bucket_rows += rows.len();
-        fill.insert(&rows, now_ms).await?;
+        // Through the store's counting path (minute and hour rows upserted
+        // in one transaction per batch), as ingest writes them.
+        for chunk in rows.chunks(FILL_BATCH) {
+            let incs: Increments = chunk
+                .iter()
+                .map(|(slo, grp, minute, total, good)| {
+                    let key = BucketKey {
+                        slo: slo.clone(),
+                        grp: grp.clone(),
+                        minute: *minute,
+                    };
+                    (key, (*total as u64, *good as u64))
+                })
+                .collect();
+            store.add_slo_events(&incs, now_ms).await?;
+        }
     }
+    let fill = Filler::open(db.url(), args.postgres).await?;
     fill.finish().await?;
     let fill_secs = started.elapsed().as_secs_f64();
     let size = db_size(&db, db.url(), args.postgres).await?;

@@ -754,3 +754,97 @@ async fn kpi_threshold_alerts_fire_on_the_fixture_fleet() {
         store.close().await;
     }
 }
+
+/// The check-based KPIs read per-day and per-hour counts kept by ingest and
+/// pruning (`store/kpi_counts.rs`): for windows that start and end anywhere
+/// (whole days, whole hours, edge minutes, on a result's exact time), the
+/// counts equal those of the results themselves, resends are not counted
+/// twice, and pruning takes its rows out of the counts.
+#[tokio::test]
+async fn check_counts_stay_exact_through_ingest_resends_and_prune_on_each_backend() {
+    use CheckStatus::*;
+    const STEP: i64 = 7 * MIN + 13 * SEC;
+    const FIRST: i64 = 480;
+    const ALL: i64 = 960;
+    let statuses = [Ok, Ok, Warning, Ok, Critical, Unknown, Ok, Ok];
+    let at = |k: i64| NOW - 3 * DAY - 17 * SEC + k * STEP;
+    let hosts = ["h1", "h2", "h3"];
+    let batch = |seqs: std::ops::Range<i64>| -> Vec<IngestBatch> {
+        hosts
+            .iter()
+            .enumerate()
+            .map(|(hi, host)| IngestBatch {
+                host_id: (*host).into(),
+                results: seqs
+                    .clone()
+                    .map(|k| {
+                        let status = statuses[((k + hi as i64 * 3) % statuses.len() as i64) as usize];
+                        (k as u64 + 1, result("svc", "http", status, at(k), vec![]))
+                    })
+                    .collect(),
+                spool_dropped_total: 0,
+            })
+            .collect()
+    };
+    // What the results say, for the results k in `live`.
+    let expected = |live: std::ops::Range<i64>, from: i64, to: i64| -> Vec<CheckCount> {
+        let mut m: BTreeMap<(String, String), i64> = BTreeMap::new();
+        for (hi, host) in hosts.iter().enumerate() {
+            for k in live.clone().filter(|k| at(*k) >= from && at(*k) <= to) {
+                let status = statuses[((k + hi as i64 * 3) % statuses.len() as i64) as usize];
+                *m.entry((host.to_string(), status.as_str().to_string())).or_default() += 1;
+            }
+        }
+        m.into_iter()
+            .map(|((host_id, status), count)| CheckCount { host_id, status, count })
+            .collect()
+    };
+    // (to, window): whole days with hour and minute edges, on exact result
+    // times (both ends inclusive), inside one hour, one whole day, before any result.
+    let windows = [
+        (NOW, 7 * DAY),
+        (NOW - 17 * MIN - 3 * SEC, 2 * DAY + 5 * HOUR + 11 * MIN),
+        (at(700), at(700) - at(100)),
+        (at(601), at(601) - at(600)),
+        (NOW - 30 * HOUR - 1, 25 * HOUR),
+        (at(305), 20 * MIN),
+        (NOW - DAY, DAY),
+        (at(0) - 1, DAY),
+    ];
+    for backend in TestBackend::selected() {
+        eprintln!("--- backend: {}", backend.name());
+        let db = TestDatabase::create(backend).await;
+        let store = db.store().await;
+        store.ingest(&batch(0..FIRST), NOW - 2 * DAY).await.unwrap();
+        // the second ingest resends the last 40 results of the first
+        store.ingest(&batch(FIRST - 40..ALL), NOW - 2 * MIN).await.unwrap();
+        assert_eq!(store.kpi_count_mismatches().await.unwrap(), Vec::<String>::new());
+        for (to, window) in windows {
+            let got = store.kpi_data(to, window).await.unwrap().checks;
+            assert_eq!(got, expected(0..ALL, to - window, to), "window ({to}, {window})");
+        }
+        // the KPI values follow: pass ratio and availability over 3 days
+        let data = store.kpi_data(NOW, 3 * DAY).await.unwrap();
+        let by_hand = KpiData {
+            checks: expected(0..ALL, NOW - 3 * DAY, NOW),
+            ..KpiData::default()
+        };
+        for name in ["check_pass_ratio", "host_availability"] {
+            let want = value(&by_hand, name).value.expect(name);
+            assert_close(name, value(&data, name).value, want);
+        }
+
+        // pruning what was ingested 2 days ago takes it out of the counts too
+        assert_eq!(store.prune_results(NOW - DAY).await.unwrap(), FIRST as u64 * 3);
+        assert_eq!(store.kpi_count_mismatches().await.unwrap(), Vec::<String>::new());
+        for (to, window) in windows {
+            let got = store.kpi_data(to, window).await.unwrap().checks;
+            assert_eq!(
+                got,
+                expected(FIRST..ALL, to - window, to),
+                "after prune: ({to}, {window})"
+            );
+        }
+        store.close().await;
+    }
+}

@@ -261,6 +261,20 @@ pub fn evaluate(spec: &SloSpec, series: &[Bucket], now_ms: i64) -> Evaluation {
     }
 }
 
+/// The last minutes of the budget history's points for a window `from..=to`,
+/// ascending: `to`, `to − step`, … (at most [`HISTORY_POINTS`], none before `from`).
+pub fn history_ends(from: i64, to: i64) -> Vec<i64> {
+    let step = ((to - from + 1) / HISTORY_POINTS).max(1);
+    let mut ends = Vec::new();
+    let mut at = to;
+    while at >= from && ends.len() < HISTORY_POINTS as usize {
+        ends.push(at);
+        at -= step;
+    }
+    ends.reverse();
+    ends
+}
+
 /// Budget remaining from the window's start to each of [`HISTORY_POINTS`]
 /// instants up to now (for drawing the budget over time); reads only the window.
 pub fn budget_history(spec: &SloSpec, series: &[Bucket], now_ms: i64) -> Vec<(i64, f64)> {
@@ -268,17 +282,8 @@ pub fn budget_history(spec: &SloSpec, series: &[Bucket], now_ms: i64) -> Vec<(i6
     let (from, to, period) = window_bounds(window, now_ms);
     let budget = 1.0 - spec.target();
     let slice = spec.timeslice();
-    let span = to - from + 1;
-    let step = (span / HISTORY_POINTS).max(1);
     let mut points = Vec::new();
-    let mut at = to;
-    let mut ends = Vec::new();
-    while at >= from && ends.len() < HISTORY_POINTS as usize {
-        ends.push(at);
-        at -= step;
-    }
-    ends.reverse();
-    for end in ends {
+    for end in history_ends(from, to) {
         let (events, bad) = counts(series, from, end, slice);
         let remaining = match slice {
             None if events == 0 => 1.0,

@@ -60,70 +60,164 @@ pub fn first_minute(spec: &SloSpec, now_ms: i64) -> i64 {
 }
 
 /// How a status reads an SLO's buckets without changing any figure it
-/// shows: the minutes in `collapse_from..detail_from` are summed per step of
-/// the budget history (each sum dated at the last minute of its step), the
-/// others are read minute by minute.
+/// shows: `from..=to` is cut into segments at every edge of a range some
+/// figure sums over, and each segment is read as one bucket (its sum, dated at
+/// its last minute; [`Store::slo_series`] sums whole hours from the hourly
+/// table and the partial hours at a segment's edges from the minute table).
 ///
-/// Why it is exact (occurrences; timeslices are always read minute by
-/// minute, a slice is not a sum): every figure of [`eval::evaluate`] and
-/// [`eval::budget_history`] is a sum over the window, over the last `w`
-/// minutes (burn rates and tiers: all within `detail_from..=to`, which
-/// spans whole steps) or from the window's start to a history point
-/// (`to − j × step`, the boundaries of the summed steps). A sum dated at its
-/// step's last minute falls in exactly the ranges that hold the whole step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why it is exact: every figure of [`eval::evaluate`] and
+/// [`eval::budget_history`] is a sum over a range `a..=b` — the window
+/// (`window start..=to`), a burn or tier window (`to − w + 1..=to`) or the
+/// budget up to a history point (`window start..=end`) — and every such `a`
+/// and `b + 1` is a segment start, so a segment (dated at its last minute)
+/// falls in a range exactly when all its minutes do. Timeslices: the slice
+/// boundaries are cuts too, so a segment lies in one slice and each slice's
+/// part of a range sums to the same (total, good) as its minutes.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadPlan {
     /// First minute read ([`first_minute`]).
     pub from: i64,
     /// Last minute read (the current one).
     pub to: i64,
-    pub collapse_from: i64,
-    pub detail_from: i64,
-    /// The history step, in minutes.
-    pub step: i64,
+    /// Segment starts, ascending, the first one `from`; a segment runs to the
+    /// next start − 1 (the last one to `to`). `None`: minute by minute.
+    pub starts: Option<Vec<i64>>,
+}
+
+/// One range a segment read sums: minutes (or, `hourly`, hours) `lo..=hi`,
+/// counted in the segment ending at minute `end`, added (`sign` 1) or
+/// subtracted (−1: the minutes of a partial hour outside the segment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Piece {
+    pub lo: i64,
+    pub hi: i64,
+    pub end: i64,
+    pub hourly: bool,
+    pub sign: i64,
 }
 
 impl ReadPlan {
     /// Everything minute by minute.
     pub fn per_minute(spec: &SloSpec, now_ms: i64) -> ReadPlan {
-        let to = now_ms.div_euclid(60_000);
         ReadPlan {
             from: first_minute(spec, now_ms),
-            to,
-            collapse_from: to + 1,
-            detail_from: to + 1,
-            step: 1,
+            to: now_ms.div_euclid(60_000),
+            starts: None,
         }
     }
 
     /// The plan of `spec` at `now_ms`.
     pub fn of(spec: &SloSpec, now_ms: i64) -> ReadPlan {
         let plain = ReadPlan::per_minute(spec, now_ms);
-        if spec.timeslice().is_some() {
-            return plain;
-        }
+        let (from, to) = (plain.from, plain.to);
         let window = spec
             .window()
             .unwrap_or(super::spec::Window::Rolling { minutes: 43_200 });
-        let (wfrom, to, _) = eval::window_bounds(window, now_ms);
-        let step = ((to - wfrom + 1) / eval::HISTORY_POINTS).max(1);
-        let longest = eval::BURN_WINDOWS
+        let (wfrom, _, _) = eval::window_bounds(window, now_ms);
+        let mut cuts = std::collections::BTreeSet::from([from, wfrom]);
+        for w in eval::BURN_WINDOWS
             .iter()
             .map(|w| w.1)
             .chain(eval::scaled_tiers(window).iter().flat_map(|t| [t.3, t.4]))
-            .max()
-            .unwrap_or(LONGEST_BURN_MINUTES);
-        let detail_from = to - ((longest + step - 1) / step) * step + 1;
-        let collapse_from = wfrom.max(to - eval::HISTORY_POINTS * step + 1);
-        if collapse_from >= detail_from {
+        {
+            cuts.insert(to - w + 1);
+        }
+        cuts.extend(eval::history_ends(wfrom, to).into_iter().map(|e| e + 1));
+        if let Some((len, _)) = spec.timeslice() {
+            if len <= 1 {
+                return plain; // every minute is a slice
+            }
+            let first = from.div_euclid(len) + 1;
+            cuts.extend((first..=to.div_euclid(len)).map(|k| k * len));
+        }
+        let starts: Vec<i64> = cuts.into_iter().filter(|c| (from..=to).contains(c)).collect();
+        if starts.len() as i64 > to - from {
             return plain;
         }
         ReadPlan {
-            collapse_from,
-            detail_from,
-            step,
+            starts: Some(starts),
             ..plain
         }
+    }
+
+    /// The segments as `(first, last)` minutes (`None` when minute by minute).
+    pub fn segments(&self) -> Option<Vec<(i64, i64)>> {
+        let starts = self.starts.as_ref()?;
+        Some(
+            starts
+                .iter()
+                .enumerate()
+                .map(|(i, &s)| (s, starts.get(i + 1).map_or(self.to, |n| n - 1)))
+                .collect(),
+        )
+    }
+
+    /// What to read for the segments: per segment, the hours it touches
+    /// from the hourly table and, for each partial hour at its edges, the
+    /// fewer minutes: those inside the segment (added, the hour left out) or
+    /// those outside it (the hour added, they subtracted), at most 30 per edge.
+    pub fn pieces(&self) -> Vec<Piece> {
+        let mut out = Vec::new();
+        let minutes = |lo: i64, hi: i64, end: i64, sign: i64| Piece {
+            lo,
+            hi,
+            end,
+            hourly: false,
+            sign,
+        };
+        for (s, e) in self.segments().unwrap_or_default() {
+            let (hs, he) = (s.div_euclid(60), e.div_euclid(60));
+            let before = s - hs * 60; // minutes of hour `hs` before the segment
+            let after = he * 60 + 59 - e; // minutes of hour `he` after it
+            if hs == he {
+                if e - s < before + after {
+                    out.push(minutes(s, e, e, 1));
+                    continue;
+                }
+                if before > 0 {
+                    out.push(minutes(hs * 60, s - 1, e, -1));
+                }
+                if after > 0 {
+                    out.push(minutes(e + 1, he * 60 + 59, e, -1));
+                }
+                out.push(Piece {
+                    lo: hs,
+                    hi: hs,
+                    end: e,
+                    hourly: true,
+                    sign: 1,
+                });
+                continue;
+            }
+            let mut first = hs;
+            if before > 0 {
+                if 60 - before <= before {
+                    out.push(minutes(s, hs * 60 + 59, e, 1));
+                    first = hs + 1;
+                } else {
+                    out.push(minutes(hs * 60, s - 1, e, -1));
+                }
+            }
+            let mut last = he;
+            if after > 0 {
+                if 60 - after <= after {
+                    out.push(minutes(he * 60, e, e, 1));
+                    last = he - 1;
+                } else {
+                    out.push(minutes(e + 1, he * 60 + 59, e, -1));
+                }
+            }
+            if first <= last {
+                out.push(Piece {
+                    lo: first,
+                    hi: last,
+                    end: e,
+                    hourly: true,
+                    sign: 1,
+                });
+            }
+        }
+        out
     }
 }
 

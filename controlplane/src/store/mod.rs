@@ -33,6 +33,7 @@ pub mod identity;
 pub mod jobs;
 pub mod kpi;
 mod kpi_extra;
+mod kpi_counts;
 mod postgres;
 pub mod rbac;
 pub mod rollouts;

@@ -48,6 +48,16 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "api_stats",
         include_str!("../../migrations/postgres/0009_api_stats.sql"),
     ),
+    (
+        10,
+        "slo_hours",
+        include_str!("../../migrations/postgres/0010_slo_hours.sql"),
+    ),
+    (
+        11,
+        "kpi_daily",
+        include_str!("../../migrations/postgres/0011_kpi_daily.sql"),
+    ),
 ];
 
 /// The answer to `backup` on PostgreSQL.
@@ -224,13 +234,9 @@ impl PgStore {
             .bind(cols.observed_ms)
             .bind(cols.duration_us)
             .bind(now_ms);
-            if count {
-                // Only what this transaction inserted counts towards SLOs (resends do not).
-                for row in q.fetch_all(&mut *tx).await? {
-                    inserted.insert((row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)?));
-                }
-            } else {
-                q.execute(&mut *tx).await?;
+            // Only what this transaction inserted counts towards SLOs and the KPI counts (resends do not).
+            for row in q.fetch_all(&mut *tx).await? {
+                inserted.insert((row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)?));
             }
 
             let cols = Columns::of(rows, rows.latest.clone());
@@ -257,9 +263,10 @@ impl PgStore {
             .execute(&mut *tx)
             .await?;
         }
-        if !inserted.is_empty() {
+        if count && !inserted.is_empty() {
             super::slo::count_ingest_postgres(&mut tx, rows, &inserted, sli, now_ms).await?;
         }
+        super::kpi_counts::count_ingest(super::sql::Conn::Pg(&mut tx), rows, &inserted).await?;
         // Job reports of the same batches, and their audit entries (jobs issue).
         let applied = super::jobs::apply_in_ingest(super::sql::Conn::Pg(&mut tx), jobs, now_ms, sli).await?;
         tx.commit().await?;
@@ -267,15 +274,20 @@ impl PgStore {
     }
 
     pub(super) async fn prune_results_chunk(&self, older_than_ms: i64, chunk: i64) -> Result<u64, StoreError> {
-        let done = sqlx::query(
+        let mut tx = self.pool.begin().await?;
+        let deleted: Vec<(String, String, i64)> = sqlx::query_as(
             "DELETE FROM check_results WHERE (host_id, seq) IN
-                (SELECT host_id, seq FROM check_results WHERE ingested_ms < $1 LIMIT $2)",
+                (SELECT host_id, seq FROM check_results WHERE ingested_ms < $1 LIMIT $2)
+             RETURNING host_id, status, observed_ms",
         )
         .bind(older_than_ms)
         .bind(chunk)
-        .execute(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
-        Ok(done.rows_affected())
+        // The KPI counts lose the same rows in the same transaction.
+        super::kpi_counts::count_pruned(super::sql::Conn::Pg(&mut tx), &deleted).await?;
+        tx.commit().await?;
+        Ok(deleted.len() as u64)
     }
 
     pub(super) async fn result_seqs(&self, host_id: &str) -> Result<Vec<i64>, StoreError> {

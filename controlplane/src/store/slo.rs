@@ -104,6 +104,10 @@ impl Store {
                         .bind(name)
                         .execute(&mut *c)
                         .await?;
+                    sqlx::query("DELETE FROM slo_hours WHERE slo = ?1")
+                        .bind(name)
+                        .execute(&mut *c)
+                        .await?;
                 }
                 outcome
             }
@@ -129,6 +133,10 @@ impl Store {
                 }
                 if outcome == (PutOutcome::Updated { reset: true }) {
                     sqlx::query("DELETE FROM slo_buckets WHERE slo = $1")
+                        .bind(name)
+                        .execute(&mut *c)
+                        .await?;
+                    sqlx::query("DELETE FROM slo_hours WHERE slo = $1")
                         .bind(name)
                         .execute(&mut *c)
                         .await?;
@@ -230,82 +238,112 @@ impl Store {
     }
 
     /// The buckets a status reads, per group, sorted by minute: minute by
-    /// minute outside `plan.collapse_from..plan.detail_from`, summed per
-    /// `plan.step` inside it (in SQL, each sum dated at its step's last minute;
-    /// see [`crate::slo::status::ReadPlan`]).
+    /// minute without segments, else one bucket per segment of the plan (its
+    /// sum, dated at its last minute; see [`crate::slo::status::ReadPlan`]):
+    /// the hours it touches from `slo_hours`, plus or minus the minutes of
+    /// its partial edge hours from `slo_buckets` ([`crate::slo::status::Piece`]),
+    /// summed in SQL per group and segment.
     pub async fn slo_series(
         &self,
         name: &str,
         plan: &crate::slo::status::ReadPlan,
     ) -> Result<BTreeMap<String, Vec<Bucket>>, StoreError> {
-        const MINUTES: &str = "SELECT grp, minute, total, good FROM slo_buckets \
-             WHERE slo = $1 AND minute >= $2 AND minute <= $3 AND (minute < $4 OR minute >= $5)";
-        const STEPS: &str = "SELECT grp, $3 - (($3 - minute) / $6) * $6 AS m, CAST(SUM(total) AS BIGINT) AS t, \
-             CAST(SUM(good) AS BIGINT) AS g FROM slo_buckets \
-             WHERE slo = $1 AND minute >= $4 AND minute < $5 AND minute >= $2 AND minute <= $3 GROUP BY grp, m";
-        let p = plan;
-        let collapsed = p.collapse_from < p.detail_from;
-        let mut rows: Vec<(String, i64, i64, i64)> = match &self.backend {
+        if plan.starts.is_none() {
+            return self.slo_buckets(name, plan.from, plan.to).await;
+        }
+        // The groups come from the hours (every minute row has its hour row);
+        // each (group, piece) is then one range of a primary key (SQLite's
+        // CROSS JOIN fixes the loop order; PostgreSQL gets a LATERAL
+        // subquery per pair, the only plan that fits).
+        const LITE: &str = "WITH g AS (SELECT DISTINCT grp FROM slo_hours WHERE slo = $1 AND hour >= $2 AND hour <= $3)
+             SELECT b.grp AS grp, p.d AS d, SUM(p.s * b.total) AS t, SUM(p.s * b.good) AS gd
+             FROM g CROSS JOIN JSON_ROWS($4 AS p(lo bigint, hi bigint, d bigint, s bigint)) CROSS JOIN slo_buckets b
+             WHERE b.slo = $1 AND b.grp = g.grp AND b.minute >= p.lo AND b.minute <= p.hi GROUP BY b.grp, p.d
+             UNION ALL
+             SELECT h.grp AS grp, q.d AS d, SUM(h.total) AS t, SUM(h.good) AS gd
+             FROM g CROSS JOIN JSON_ROWS($5 AS q(lo bigint, hi bigint, d bigint)) CROSS JOIN slo_hours h
+             WHERE h.slo = $1 AND h.grp = g.grp AND h.hour >= q.lo AND h.hour <= q.hi GROUP BY h.grp, q.d";
+        const PG: &str = "WITH g AS (SELECT DISTINCT grp FROM slo_hours WHERE slo = $1 AND hour >= $2 AND hour <= $3)
+             SELECT g.grp AS grp, p.d AS d, CAST(SUM(p.s * s.t) AS BIGINT) AS t, CAST(SUM(p.s * s.gd) AS BIGINT) AS gd
+             FROM g CROSS JOIN unnest($4::bigint[], $5::bigint[], $6::bigint[], $10::bigint[]) AS p (lo, hi, d, s)
+             CROSS JOIN LATERAL (SELECT SUM(b.total) AS t, SUM(b.good) AS gd FROM slo_buckets b
+                 WHERE b.slo = $1 AND b.grp = g.grp AND b.minute >= p.lo AND b.minute <= p.hi) s
+             WHERE s.t IS NOT NULL GROUP BY g.grp, p.d
+             UNION ALL
+             SELECT g.grp AS grp, q.d AS d, CAST(SUM(s.t) AS BIGINT) AS t, CAST(SUM(s.gd) AS BIGINT) AS gd
+             FROM g CROSS JOIN unnest($7::bigint[], $8::bigint[], $9::bigint[]) AS q (lo, hi, d)
+             CROSS JOIN LATERAL (SELECT SUM(h.total) AS t, SUM(h.good) AS gd FROM slo_hours h
+                 WHERE h.slo = $1 AND h.grp = g.grp AND h.hour >= q.lo AND h.hour <= q.hi) s
+             WHERE s.t IS NOT NULL GROUP BY g.grp, q.d";
+        let pieces = plan.pieces();
+        let (first_hour, last_hour) = (plan.from.div_euclid(60), plan.to.div_euclid(60));
+        let rows: Vec<(String, i64, i64, i64)> = match &self.backend {
             Backend::Sqlite(b) => {
+                let json = |hourly: bool| {
+                    let rows: Vec<serde_json::Value> = pieces
+                        .iter()
+                        .filter(|p| p.hourly == hourly)
+                        .map(|p| serde_json::json!({"lo": p.lo, "hi": p.hi, "d": p.end, "s": p.sign}))
+                        .collect();
+                    serde_json::Value::from(rows).to_string()
+                };
+                let (minutes, hours) = (json(false), json(true));
+                let binds = [
+                    B::T(name),
+                    B::I(first_hour),
+                    B::I(last_hour),
+                    B::T(&minutes),
+                    B::T(&hours),
+                ];
                 let mut c = b.read.acquire().await?;
-                let mut rows: Vec<(String, i64, i64, i64)> =
-                    sqlx::query_as(sqlx::AssertSqlSafe(MINUTES.replace('$', "?")))
-                        .bind(name)
-                        .bind(p.from)
-                        .bind(p.to)
-                        .bind(p.collapse_from)
-                        .bind(p.detail_from)
-                        .fetch_all(&mut *c)
-                        .await?;
-                if collapsed {
-                    rows.extend(
-                        sqlx::query_as::<_, (String, i64, i64, i64)>(sqlx::AssertSqlSafe(STEPS.replace('$', "?")))
-                            .bind(name)
-                            .bind(p.from)
-                            .bind(p.to)
-                            .bind(p.collapse_from)
-                            .bind(p.detail_from)
-                            .bind(p.step)
-                            .fetch_all(&mut *c)
-                            .await?,
-                    );
+                let mut out = Vec::new();
+                for r in Conn::Lite(&mut c).fetch(LITE, &binds).await? {
+                    out.push((r.text("grp")?, r.int("d")?, r.int("t")?, r.int("gd")?));
                 }
-                rows
+                out
             }
             Backend::Postgres(b) => {
-                let mut c = b.pool.acquire().await?;
-                let mut rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(MINUTES)
+                let col = |hourly: bool, f: fn(&crate::slo::status::Piece) -> i64| -> Vec<i64> {
+                    pieces.iter().filter(|p| p.hourly == hourly).map(f).collect()
+                };
+                // A status is a few hundred index lookups: compiling it
+                // (JIT, chosen from the row estimates) costs more than running it.
+                let mut tx = b.pool.begin().await?;
+                sqlx::query("SET LOCAL jit = off").execute(&mut *tx).await?;
+                let rows = sqlx::query_as(PG)
                     .bind(name)
-                    .bind(p.from)
-                    .bind(p.to)
-                    .bind(p.collapse_from)
-                    .bind(p.detail_from)
-                    .fetch_all(&mut *c)
+                    .bind(first_hour)
+                    .bind(last_hour)
+                    .bind(col(false, |p| p.lo))
+                    .bind(col(false, |p| p.hi))
+                    .bind(col(false, |p| p.end))
+                    .bind(col(true, |p| p.lo))
+                    .bind(col(true, |p| p.hi))
+                    .bind(col(true, |p| p.end))
+                    .bind(col(false, |p| p.sign))
+                    .fetch_all(&mut *tx)
                     .await?;
-                if collapsed {
-                    rows.extend(
-                        sqlx::query_as::<_, (String, i64, i64, i64)>(STEPS)
-                            .bind(name)
-                            .bind(p.from)
-                            .bind(p.to)
-                            .bind(p.collapse_from)
-                            .bind(p.detail_from)
-                            .bind(p.step)
-                            .fetch_all(&mut *c)
-                            .await?,
-                    );
-                }
+                tx.commit().await?;
                 rows
             }
         };
-        rows.sort_unstable_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        let mut sums: BTreeMap<(String, i64), (i64, i64)> = BTreeMap::new();
+        for (grp, d, t, gd) in rows {
+            let e = sums.entry((grp, d)).or_default();
+            e.0 += t;
+            e.1 += gd;
+        }
+        let sums = sums
+            .into_iter()
+            .map(|(k, (t, g))| (k, (super::to_u64(t), super::to_u64(g))));
         let mut out: BTreeMap<String, Vec<Bucket>> = BTreeMap::new();
-        for (grp, minute, total, good) in rows {
-            out.entry(grp).or_default().push(Bucket {
-                minute,
-                total: super::to_u64(total),
-                good: super::to_u64(good),
-            });
+        for ((grp, minute), (total, good)) in sums {
+            // Nothing counted in the segment (an edge hour's minutes all
+            // outside it): no bucket, as minute by minute (a stored bucket
+            // always holds at least one event).
+            if total > 0 {
+                out.entry(grp).or_default().push(Bucket { minute, total, good });
+            }
         }
         Ok(out)
     }
@@ -351,23 +389,119 @@ impl Store {
         self.add_slo_events(&incs, now_ms).await
     }
 
-    /// Deletes buckets older than `before_minute`; returns how many.
+    /// Deletes buckets older than `before_minute`; returns how many. The
+    /// hours go with them in the same transaction: those wholly before it are
+    /// deleted, the one it cuts is summed again from the minutes left.
     pub async fn prune_slo_buckets(&self, before_minute: i64) -> Result<u64, StoreError> {
-        let n = match &self.backend {
-            Backend::Sqlite(b) => sqlx::query("DELETE FROM slo_buckets WHERE minute < ?1")
-                .bind(before_minute)
-                .execute(&b.write)
-                .await?
-                .rows_affected(),
-            Backend::Postgres(b) => sqlx::query("DELETE FROM slo_buckets WHERE minute < $1")
-                .bind(before_minute)
-                .execute(&b.pool)
-                .await?
-                .rows_affected(),
+        match &self.backend {
+            Backend::Sqlite(b) => {
+                let mut tx = b.write.begin_with("BEGIN IMMEDIATE").await?;
+                let n = prune(Conn::Lite(&mut tx), before_minute).await?;
+                tx.commit().await?;
+                Ok(n)
+            }
+            Backend::Postgres(b) => {
+                let mut tx = b.pool.begin().await?;
+                let n = prune(Conn::Pg(&mut tx), before_minute).await?;
+                tx.commit().await?;
+                Ok(n)
+            }
+        }
+    }
+
+    /// Sums `slo_buckets` into `slo_hours` again from scratch (what migration
+    /// 0010 does once; the benchmark's bulk fill uses it), in one transaction.
+    pub async fn rebuild_slo_hours(&self) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(b) => {
+                let mut tx = b.write.begin_with("BEGIN IMMEDIATE").await?;
+                rebuild(Conn::Lite(&mut tx)).await?;
+                tx.commit().await?;
+            }
+            Backend::Postgres(b) => {
+                let mut tx = b.pool.begin().await?;
+                rebuild(Conn::Pg(&mut tx)).await?;
+                tx.commit().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rows of `slo_hours` that differ from the sums of `slo_buckets` per
+    /// hour (both sides listed; empty when they agree).
+    #[cfg(test)]
+    pub(crate) async fn slo_hours_drift(&self) -> Result<Vec<(String, String, i64, i64, i64)>, StoreError> {
+        const Q: &str = "SELECT slo, grp, hour, total, good FROM slo_hours ORDER BY slo, grp, hour";
+        const M: &str = "SELECT slo, grp, minute, total, good FROM slo_buckets";
+        type R = (String, String, i64, i64, i64);
+        let (hours, minutes): (Vec<R>, Vec<R>) = match &self.backend {
+            Backend::Sqlite(b) => (
+                sqlx::query_as(Q).fetch_all(&b.read).await?,
+                sqlx::query_as(M).fetch_all(&b.read).await?,
+            ),
+            Backend::Postgres(b) => (
+                sqlx::query_as(Q).fetch_all(&b.pool).await?,
+                sqlx::query_as(M).fetch_all(&b.pool).await?,
+            ),
         };
-        Ok(n)
+        let mut sums: BTreeMap<(String, String, i64), (i64, i64)> = BTreeMap::new();
+        for (slo, grp, minute, t, g) in minutes {
+            let e = sums.entry((slo, grp, minute.div_euclid(60))).or_default();
+            e.0 += t;
+            e.1 += g;
+        }
+        let expected: Vec<R> = sums.into_iter().map(|((s, g, h), (t, gd))| (s, g, h, t, gd)).collect();
+        let mut drift: Vec<R> = hours.iter().filter(|r| !expected.contains(r)).cloned().collect();
+        drift.extend(expected.iter().filter(|r| !hours.contains(r)).cloned());
+        Ok(drift)
     }
 }
+
+async fn prune(mut c: Conn<'_>, before_minute: i64) -> Result<u64, StoreError> {
+    let hour = before_minute.div_euclid(60);
+    let cut = before_minute.rem_euclid(60) != 0;
+    let last = if cut { hour } else { hour - 1 };
+    // The (slo, group) pairs with minutes to delete come from the hours, so
+    // each delete is a range of the primary key (no index on minute).
+    let n = c
+        .exec(
+            "DELETE FROM slo_buckets WHERE (slo, grp) IN (SELECT DISTINCT slo, grp FROM slo_hours WHERE hour <= $2)
+             AND minute < $1",
+            &[B::I(before_minute), B::I(last)],
+        )
+        .await?;
+    if cut {
+        const LEFT: &str = "FROM slo_buckets b WHERE b.slo = slo_hours.slo AND b.grp = slo_hours.grp
+             AND b.minute >= $2 AND b.minute < $3";
+        let bounds = [B::I(hour), B::I(hour * 60), B::I(hour * 60 + 60)];
+        c.exec(
+            &format!("DELETE FROM slo_hours WHERE hour = $1 AND NOT EXISTS (SELECT 1 {LEFT})"),
+            &bounds,
+        )
+        .await?;
+        c.exec(
+            &format!(
+                "UPDATE slo_hours SET total = (SELECT SUM(b.total) {LEFT}), good = (SELECT SUM(b.good) {LEFT})
+                 WHERE hour = $1"
+            ),
+            &bounds,
+        )
+        .await?;
+    }
+    c.exec("DELETE FROM slo_hours WHERE hour < $1", &[B::I(hour)]).await?;
+    Ok(n)
+}
+
+async fn rebuild(mut c: Conn<'_>) -> Result<(), StoreError> {
+    c.exec("DELETE FROM slo_hours", &[]).await?;
+    c.exec(REBUILD_HOURS, &[]).await?;
+    Ok(())
+}
+
+/// Every hour's sums from the minutes (floor division, also below 0).
+const REBUILD_HOURS: &str = "INSERT INTO slo_hours (slo, grp, hour, total, good)
+     SELECT slo, grp, (minute - ((minute % 60) + 60) % 60) / 60 AS h, SUM(total), SUM(good)
+     FROM slo_buckets GROUP BY slo, grp, h";
 
 fn outcome_of(old: Option<&(String, String)>, json: &str, key: &str) -> PutOutcome {
     match old {
@@ -534,6 +668,22 @@ async fn upsert_sqlite(conn: &mut SqliteConnection, incs: &Increments, now_ms: i
         );
         q.build().execute(&mut *conn).await?;
     }
+    let hours = hourly(incs);
+    for chunk in hours.chunks(CHUNK) {
+        let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO slo_hours (slo, grp, hour, total, good) ");
+        q.push_values(chunk, |mut b, ((slo, grp, hour), (t, g))| {
+            b.push_bind(*slo)
+                .push_bind(*grp)
+                .push_bind(*hour)
+                .push_bind(*t)
+                .push_bind(*g);
+        });
+        q.push(
+            " ON CONFLICT (slo, grp, hour) DO UPDATE SET total = slo_hours.total + excluded.total,
+                good = slo_hours.good + excluded.good",
+        );
+        q.build().execute(&mut *conn).await?;
+    }
     Ok(())
 }
 
@@ -561,5 +711,45 @@ async fn upsert_postgres(conn: &mut PgConnection, incs: &Increments, now_ms: i64
         .execute(&mut *conn)
         .await?;
     }
+    let hours = hourly(incs);
+    for chunk in hours.chunks(CHUNK * 10) {
+        let slo: Vec<&str> = chunk.iter().map(|(k, _)| k.0).collect();
+        let grp: Vec<&str> = chunk.iter().map(|(k, _)| k.1).collect();
+        let hour: Vec<i64> = chunk.iter().map(|(k, _)| k.2).collect();
+        let total: Vec<i64> = chunk.iter().map(|(_, (t, _))| *t).collect();
+        let good: Vec<i64> = chunk.iter().map(|(_, (_, g))| *g).collect();
+        sqlx::query(
+            "INSERT INTO slo_hours (slo, grp, hour, total, good)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[])
+             ON CONFLICT (slo, grp, hour) DO UPDATE SET total = slo_hours.total + excluded.total,
+                good = slo_hours.good + excluded.good",
+        )
+        .bind(slo)
+        .bind(grp)
+        .bind(hour)
+        .bind(total)
+        .bind(good)
+        .execute(&mut *conn)
+        .await?;
+    }
     Ok(())
+}
+
+/// The increments summed per (slo, group, hour), in key order (the hourly
+/// rows are upserted after the minute rows, in the same transaction).
+/// (slo, group, hour) and (total, good).
+type HourRow<'a> = ((&'a str, &'a str, i64), (i64, i64));
+
+fn hourly(incs: &Increments) -> Vec<HourRow<'_>> {
+    let mut sums: BTreeMap<(&str, &str, i64), (u64, u64)> = BTreeMap::new();
+    for (k, &(t, g)) in incs {
+        let e = sums
+            .entry((k.slo.as_str(), k.grp.as_str(), k.minute.div_euclid(60)))
+            .or_default();
+        e.0 = e.0.saturating_add(t);
+        e.1 = e.1.saturating_add(g);
+    }
+    sums.into_iter()
+        .map(|(k, (t, g))| (k, (super::clamp_i64(t), super::clamp_i64(g))))
+        .collect()
 }

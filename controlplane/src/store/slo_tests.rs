@@ -159,6 +159,11 @@ async fn results_are_counted_once_per_slo_group_and_minute_on_every_backend() {
             .unwrap();
         let b = store.slo_buckets("deploys", MIN, MIN).await.unwrap();
         assert_eq!((b[""][0].total, b[""][0].good), (2, 1));
+        assert_eq!(
+            store.slo_hours_drift().await.unwrap(),
+            vec![],
+            "hourly sums after counting"
+        );
 
         // Changing what is counted resets the buckets; changing the objective does not.
         let mut tighter = avail.clone();
@@ -175,6 +180,11 @@ async fn results_are_counted_once_per_slo_group_and_minute_on_every_backend() {
             slo::PutOutcome::Updated { reset: true }
         );
         assert!(store.slo_buckets("avail", MIN - 10, MIN + 10).await.unwrap().is_empty());
+        assert_eq!(
+            store.slo_hours_drift().await.unwrap(),
+            vec![],
+            "hourly sums after a reset"
+        );
         assert_eq!(store.list_slos().await.unwrap().len(), 3);
         // Every definition change was audited.
         let actions: Vec<String> = store
@@ -192,6 +202,11 @@ async fn results_are_counted_once_per_slo_group_and_minute_on_every_backend() {
         );
 
         assert_eq!(store.prune_slo_buckets(MIN + 1).await.unwrap(), 2);
+        assert_eq!(
+            store.slo_hours_drift().await.unwrap(),
+            vec![],
+            "hourly sums after pruning"
+        );
         store.close().await;
     }
 }
@@ -353,77 +368,100 @@ async fn the_rollout_slo_gate_closes_on_fast_burn_and_opens_when_it_stops() {
     }
 }
 
-/// A status read through its [`ReadPlan`] (steps summed in SQL) shows
-/// exactly what the same buckets read minute by minute show: every window
-/// kind, grouped and not, with minutes before the window, and timeslices
-/// (always read minute by minute).
+/// A status read through its [`ReadPlan`] (segment sums: whole hours from
+/// `slo_hours`, the edges from `slo_buckets`) shows exactly what the same
+/// buckets read minute by minute show: every window kind, grouped and not,
+/// with minutes before the window, timeslices of 5, 7 and 60 minutes, at
+/// instants whose segment edges fall inside hours and on them, before and
+/// after pruning cuts an hour; the hourly table stays the minutes' sums.
 #[tokio::test]
 async fn statuses_read_through_the_plan_equal_those_read_minute_by_minute_on_every_backend() {
     use crate::slo::sli::{BucketKey, Increments};
     use crate::slo::status::{ReadPlan, first_minute, status, status_of};
-    // 2026-11-23 12:37:12.345 UTC: mid-month, not on an hour.
-    let now: i64 = 1_763_901_432_345;
-    let to = now.div_euclid(60_000);
+    // 2026-11-23 12:37:12.345 UTC: mid-month, not on an hour; then the last
+    // and the first minute of an hour.
+    let nows: [i64; 3] = [1_763_901_432_345, 1_763_902_799_000, 1_763_902_800_500];
     let defs = [
-        ("r30", "30d", true, false, true),
-        ("r28", "28d", false, false, true),
-        ("r7", "7d", true, false, true),
-        ("r90", "90d", false, false, true),
-        ("month", "1M", false, false, true),
-        ("h12", "12h", true, false, false),
-        ("slices", "30d", false, true, false),
+        ("r30", "30d", true, None),
+        ("r28", "28d", false, None),
+        ("r7", "7d", true, None),
+        ("r90", "90d", false, None),
+        ("month", "1M", false, None),
+        ("h12", "12h", true, None),
+        ("slices", "30d", false, Some("5m")),
+        ("slices7", "7d", true, Some("7m")),
+        ("slices60", "28d", false, Some("1h")),
     ];
     for backend in TestBackend::selected() {
         eprintln!("--- backend: {}", backend.name());
         let db = TestDatabase::create(backend).await;
         let store = db.store().await;
-        for (i, &(name, duration, grouped, slices, collapses)) in defs.iter().enumerate() {
-            let mut json = serde_json::json!({
-                "indicator": {"type": "checkAvailability", "check": "http"},
-                "objectives": [{"target": 0.99}],
-                "timeWindow": [{"duration": duration, "isRolling": duration != "1M"}]});
-            if grouped {
-                json["groupBy"] = "host".into();
-            }
-            if slices {
-                json["budgetingMethod"] = "Timeslices".into();
-                json["objectives"] =
-                    serde_json::json!([{"target": 0.9, "timeSliceTarget": 0.95, "timeSliceWindow": "5m"}]);
-            }
-            let s = spec(json);
-            assert_eq!(
-                ReadPlan::of(&s, now) != ReadPlan::per_minute(&s, now),
-                collapses,
-                "{name}"
-            );
-            store.put_slo(name, &s, entry(), 1).await.unwrap();
-            let from = first_minute(&s, now);
-            let mut incs = Increments::new();
-            let groups: &[&str] = if grouped { &["a", "b"] } else { &[""] };
-            for m in (from - 50..=to).filter(|m| m % 7 == 0 || *m > to - 30) {
-                for (g, grp) in groups.iter().enumerate() {
-                    let total = 1 + (m as u64 * 31 + (i + g) as u64) % 11;
-                    let bad = if m % 13 == 0 { total / 2 + 1 } else { 0 };
-                    let key = BucketKey {
-                        slo: name.to_string(),
-                        grp: grp.to_string(),
-                        minute: m,
-                    };
-                    incs.insert(key, (total, total - bad.min(total)));
+        let mut specs = Vec::new();
+        for (k, &now) in nows.iter().enumerate() {
+            let to = now.div_euclid(60_000);
+            for (i, &(base, duration, grouped, slice)) in defs.iter().enumerate() {
+                let name = format!("{base}-{k}");
+                let mut json = serde_json::json!({
+                    "indicator": {"type": "checkAvailability", "check": "http"},
+                    "objectives": [{"target": 0.99}],
+                    "timeWindow": [{"duration": duration, "isRolling": duration != "1M"}]});
+                if grouped {
+                    json["groupBy"] = "host".into();
                 }
-            }
-            store.add_slo_events(&incs, now).await.unwrap();
-            let stored = store.get_slo(name).await.unwrap().unwrap();
-            let expected = status_of(stored.clone(), &store.slo_buckets(name, from, to).await.unwrap(), now);
-            let got = status(&store, stored, now).await.unwrap();
-            assert!(expected.overall.events > 0, "{name}");
-            assert_eq!(got.overall, expected.overall, "{name}");
-            assert_eq!(got.budget_history, expected.budget_history, "{name}");
-            assert_eq!(got.groups.len(), expected.groups.len(), "{name}");
-            for (a, b) in got.groups.iter().zip(&expected.groups) {
-                assert_eq!((&a.group, &a.evaluation), (&b.group, &b.evaluation), "{name}");
+                if let Some(w) = slice {
+                    json["budgetingMethod"] = "Timeslices".into();
+                    json["objectives"] =
+                        serde_json::json!([{"target": 0.9, "timeSliceTarget": 0.95, "timeSliceWindow": w}]);
+                }
+                let s = spec(json);
+                assert!(ReadPlan::of(&s, now).starts.is_some(), "{name}");
+                store.put_slo(&name, &s, entry(), 1).await.unwrap();
+                let from = first_minute(&s, now);
+                let mut incs = Increments::new();
+                let groups: &[&str] = if grouped { &["a", "b"] } else { &[""] };
+                for m in (from - 50..=to + 2).filter(|m| m % 7 == 0 || *m > to - 30) {
+                    for (g, grp) in groups.iter().enumerate() {
+                        let total = 1 + (m as u64 * 31 + (i + g) as u64) % 11;
+                        let bad = if m % 13 == 0 { total / 2 + 1 } else { 0 };
+                        let key = BucketKey {
+                            slo: name.clone(),
+                            grp: grp.to_string(),
+                            minute: m,
+                        };
+                        incs.insert(key, (total, total - bad.min(total)));
+                    }
+                }
+                store.add_slo_events(&incs, now).await.unwrap();
+                specs.push((name, now));
             }
         }
+        assert_eq!(store.slo_hours_drift().await.unwrap(), vec![], "hourly sums");
+        let check = |store: Store, specs: Vec<(String, i64)>| async move {
+            for (name, now) in specs {
+                let stored = store.get_slo(&name).await.unwrap().unwrap();
+                let plan = ReadPlan::per_minute(&stored.spec, now);
+                let minutes = store.slo_buckets(&name, plan.from, plan.to).await.unwrap();
+                let expected = status_of(stored.clone(), &minutes, now);
+                let got = status(&store, stored, now).await.unwrap();
+                assert!(expected.overall.events > 0, "{name}");
+                assert_eq!(got.overall, expected.overall, "{name}");
+                assert_eq!(got.budget_history, expected.budget_history, "{name}");
+                assert_eq!(got.groups.len(), expected.groups.len(), "{name}");
+                for (a, b) in got.groups.iter().zip(&expected.groups) {
+                    assert_eq!((&a.group, &a.evaluation), (&b.group, &b.evaluation), "{name}");
+                }
+            }
+        };
+        check(store.clone(), specs.clone()).await;
+        // Pruning inside an hour that the shortest windows still read.
+        let cut = nows[0].div_euclid(60_000) - 4000 - 17;
+        assert!(store.prune_slo_buckets(cut).await.unwrap() > 0);
+        assert_eq!(
+            store.slo_hours_drift().await.unwrap(),
+            vec![],
+            "hourly sums after pruning"
+        );
+        check(store.clone(), specs).await;
         store.close().await;
     }
 }

@@ -48,6 +48,16 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "api_stats",
         include_str!("../../migrations/sqlite/0009_api_stats.sql"),
     ),
+    (
+        10,
+        "slo_hours",
+        include_str!("../../migrations/sqlite/0010_slo_hours.sql"),
+    ),
+    (
+        11,
+        "kpi_daily",
+        include_str!("../../migrations/sqlite/0011_kpi_daily.sql"),
+    ),
 ];
 
 /// How long a statement waits for another process's write lock.
@@ -269,15 +279,10 @@ impl SqliteStore {
                     .push_bind(r.duration_us)
                     .push_bind(now_ms);
             });
-            q.push(" ON CONFLICT (host_id, seq) DO NOTHING");
-            if count {
-                // Only what this transaction inserted counts towards SLOs (resends do not).
-                q.push(" RETURNING host_id, seq");
-                for row in q.build().fetch_all(&mut *tx).await? {
-                    inserted.insert((row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)?));
-                }
-            } else {
-                q.build().execute(&mut *tx).await?;
+            // Only what this transaction inserted counts towards SLOs and the KPI counts (resends do not).
+            q.push(" ON CONFLICT (host_id, seq) DO NOTHING RETURNING host_id, seq");
+            for row in q.build().fetch_all(&mut *tx).await? {
+                inserted.insert((row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)?));
             }
         }
         for chunk in rows.latest.chunks(CHUNK_ROWS) {
@@ -306,9 +311,10 @@ impl SqliteStore {
             );
             q.build().execute(&mut *tx).await?;
         }
-        if !inserted.is_empty() {
+        if count && !inserted.is_empty() {
             super::slo::count_ingest_sqlite(&mut tx, rows, &inserted, sli, now_ms).await?;
         }
+        super::kpi_counts::count_ingest(super::sql::Conn::Lite(&mut tx), rows, &inserted).await?;
         // Job reports of the same batches, and their audit entries (jobs issue).
         let applied = super::jobs::apply_in_ingest(super::sql::Conn::Lite(&mut tx), jobs, now_ms, sli).await?;
         tx.commit().await?;
@@ -316,15 +322,20 @@ impl SqliteStore {
     }
 
     pub(super) async fn prune_results_chunk(&self, older_than_ms: i64, chunk: i64) -> Result<u64, StoreError> {
-        let done = sqlx::query(
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        let deleted: Vec<(String, String, i64)> = sqlx::query_as(
             "DELETE FROM check_results WHERE rowid IN
-                (SELECT rowid FROM check_results WHERE ingested_ms < ?1 LIMIT ?2)",
+                (SELECT rowid FROM check_results WHERE ingested_ms < ?1 LIMIT ?2)
+             RETURNING host_id, status, observed_ms",
         )
         .bind(older_than_ms)
         .bind(chunk)
-        .execute(&self.write)
+        .fetch_all(&mut *tx)
         .await?;
-        Ok(done.rows_affected())
+        // The KPI counts lose the same rows in the same transaction.
+        super::kpi_counts::count_pruned(super::sql::Conn::Lite(&mut tx), &deleted).await?;
+        tx.commit().await?;
+        Ok(deleted.len() as u64)
     }
 
     pub(super) async fn result_seqs(&self, host_id: &str) -> Result<Vec<i64>, StoreError> {

@@ -733,6 +733,7 @@ async fn ended_attempts_count_towards_job_success_slos_once() {
         report(&store, "web", vec![local(3, "local-3", "cancelled")], &s, t).await;
         let b = store.slo_buckets("backups", minute, minute).await.unwrap();
         assert_eq!((b[""][0].total, b[""][0].good), (2, 1));
+        assert_eq!(store.slo_hours_drift().await.unwrap(), vec![], "hourly sums");
     })
     .await;
 }
