@@ -357,6 +357,16 @@ pub fn attempt_id(job_id: &str, attempt: u32) -> String {
     format!("{job_id}-a{attempt}")
 }
 
+/// The attempt number `attempt_id` names, when it is an attempt ID of
+/// `job_id` as [`attempt_id`] writes it (the inverse); None otherwise.
+pub fn attempt_of(job_id: &str, attempt_id: &str) -> Option<u32> {
+    let n = attempt_id.strip_prefix(job_id)?.strip_prefix("-a")?;
+    if n.is_empty() || n.starts_with('0') || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    n.parse().ok()
+}
+
 /// The state an ended attempt leaves the job in, from the agent's outcome
 /// word, and whether it may be retried.
 pub fn state_of_outcome(outcome: &str, reason: &str) -> (JobState, bool) {
@@ -435,5 +445,11 @@ mod tests {
         let b = new_job_id(1_700_000_000_001);
         assert!(a < b && a.len() == 20);
         assert_eq!(attempt_id(&a, 2), format!("{a}-a2"));
+        assert_eq!(attempt_of(&a, &attempt_id(&a, 2)), Some(2));
+        assert_eq!(attempt_of(&a, &attempt_id(&a, 4_000_000_000)), Some(4_000_000_000));
+        for bad in ["", "x-a1", "-a", "-a0", "-a01", "-a+1", "-a1x", "-a99999999999", "a1"] {
+            assert_eq!(attempt_of(&a, &format!("{a}{bad}")), None, "{bad:?}");
+        }
+        assert_eq!(attempt_of(&a, "bogus"), None);
     }
 }

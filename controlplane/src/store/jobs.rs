@@ -588,33 +588,37 @@ impl Store {
                 &[B::I(now_ms)],
             )
             .await?;
-        let mut endings = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let job = job_from(r)?;
-            let (outcome, reason) = if job.state == JobState::Running {
-                ("timed_out", "no result from the agent within the job's timeout")
-            } else {
-                ("cancelled", "cancelled before the agent accepted it")
-            };
-            endings.push(Ending {
-                attempt_id: job.attempt_id.clone().unwrap_or_default(),
-                lease: Some((job.lease_owner.clone(), job.lease_expires_ms)),
-                outcome,
-                reason,
-                result: None,
-                finished_ms: now_ms,
-                started_ms: job.started_ms.unwrap_or(now_ms),
-                who: actor::SYSTEM.to_string(),
-                job,
-            });
-        }
+        let jobs: Vec<Job> = rows.iter().map(job_from).collect::<Result<_, _>>()?;
+        let endings: Vec<Ending> = jobs
+            .iter()
+            .map(|job| {
+                let (outcome, reason) = if job.state == JobState::Running {
+                    ("timed_out", "no result from the agent within the job's timeout")
+                } else {
+                    ("cancelled", "cancelled before the agent accepted it")
+                };
+                Ending {
+                    job_id: &job.id,
+                    host_id: &job.host_id,
+                    attempt: job.attempt,
+                    attempt_id: job.attempt_id.as_deref().unwrap_or_default(),
+                    lease: Some((job.lease_owner.as_deref(), job.lease_expires_ms)),
+                    outcome,
+                    reason,
+                    result: None,
+                    finished_ms: now_ms,
+                    started_ms: job.started_ms.unwrap_or(now_ms),
+                    who: actor::SYSTEM.to_string(),
+                }
+            })
+            .collect();
         let mut applied = Applied::default();
         let mut audit = Vec::new();
-        for (e, result) in endings.iter().zip(finish_many(&mut c, &endings, settings).await?) {
-            if let Some((state, entries)) = result {
-                applied.finished.push((state, e.job.action.clone()));
-                applied.ended(&e.job.host_id, &e.job.action, e.outcome, now_ms);
-                audit.extend(entries);
+        for (e, ended) in endings.iter().zip(finish_many(&mut c, &endings, settings).await?) {
+            if let Some(ended) = ended {
+                applied.finished.push((ended.state, ended.action.clone()));
+                applied.ended(e.host_id, &ended.action, e.outcome, now_ms);
+                audit.extend(ended.audit);
             }
         }
         if audit.is_empty() {
@@ -781,120 +785,148 @@ fn claimed(job: Job, resend: bool) -> Claimed {
     }
 }
 
-/// One attempt to end: the job as read, what the write is fenced on, and
-/// how the attempt ended.
+/// One attempt to end: what the write is fenced on and how the attempt ended.
 struct Ending<'a> {
-    job: Job,
-    /// The lease token the agent journals (fenced on, with id and attempt).
-    attempt_id: String,
+    job_id: &'a str,
+    host_id: &'a str,
+    /// The attempt number (from the attempt ID, `<job>-a<n>`).
+    attempt: u32,
+    /// The lease token the agent journals (fenced on, with id, host and attempt).
+    attempt_id: &'a str,
     /// For sweeps: the lease owner and expiry seen (also fenced on).
-    lease: Option<(Option<String>, Option<i64>)>,
+    lease: Option<(Option<&'a str>, Option<i64>)>,
     outcome: &'a str,
     reason: &'a str,
     result: Option<&'a str>,
     finished_ms: i64,
+    /// The attempt's start, kept only where the job has none yet.
     started_ms: i64,
     /// The audit actor.
     who: String,
 }
 
-/// Ends the attempts of `endings` in one statement, each row fenced on its
-/// job ID, attempt and attempt ID (and, for sweeps, the lease seen): terminal,
-/// or queued again with a backoff while attempts remain, or `discarded` once
-/// retries are spent. At most one ending per job. Returns, per ending, the
-/// new state and its audit entries, or None where the fence refused the write.
+/// An attempt [`finish_many`] ended.
+struct Ended {
+    /// The job's new state (`queued` again when it is retried).
+    state: JobState,
+    action: String,
+    params: BTreeMap<String, String>,
+    audit: Vec<AuditEntry>,
+}
+
+/// Ends the attempts of `endings` in one statement, without reading the
+/// jobs first: each row is fenced on its job ID, host, attempt and attempt
+/// ID (and, for sweeps, the lease seen), and the statement itself decides,
+/// from the row's `cancel_requested`, `attempt` and `max_attempts` and the
+/// reported outcome, whether the job ends (terminal), is queued again with
+/// a backoff (computed here per row, with its jitter, and used only for a
+/// retry) while attempts remain, or ends `discarded` once retries are spent.
+/// At most one ending per (job, host, attempt ID). Returns, per ending, what
+/// it changed, or None where the fence refused the write.
 async fn finish_many(
     c: &mut Conn<'_>,
     endings: &[Ending<'_>],
     settings: &JobSettings,
-) -> Result<Vec<Option<(JobState, Vec<AuditEntry>)>>, StoreError> {
+) -> Result<Vec<Option<Ended>>, StoreError> {
     if endings.is_empty() {
         return Ok(Vec::new());
     }
-    struct Plan {
-        state: JobState,
-        retry: bool,
-        next_run: i64,
-    }
-    let plans: Vec<Plan> = endings
-        .iter()
-        .map(|e| {
-            let job = &e.job;
-            let (mut state, retryable) = state_of_outcome(e.outcome, e.reason);
-            let retry = retryable && !job.cancel_requested && job.attempt < job.max_attempts;
-            if retryable && !retry && !job.cancel_requested && job.max_attempts > 1 {
-                state = JobState::Discarded;
-            }
-            let next_run = if retry {
-                e.finished_ms.saturating_add(settings.retry_delay_ms(job.attempt))
-            } else {
-                job.next_run_ms
-            };
-            Plan { state, retry, next_run }
-        })
-        .collect();
     let rows: Vec<serde_json::Value> = endings
         .iter()
-        .zip(&plans)
-        .map(|(e, p)| {
-            let (owner, expires) = e.lease.clone().unwrap_or((None, None));
-            let new_state = if p.retry { JobState::Queued } else { p.state };
+        .map(|e| {
+            let (state, retryable) = state_of_outcome(e.outcome, e.reason);
+            let (owner, expires) = e.lease.unwrap_or((None, None));
+            let retry_at = if retryable {
+                e.finished_ms.saturating_add(settings.retry_delay_ms(e.attempt))
+            } else {
+                e.finished_ms
+            };
             serde_json::json!({
-                "v_id": e.job.id, "v_attempt": e.job.attempt, "v_attempt_id": e.attempt_id,
+                "v_id": e.job_id, "v_host": e.host_id, "v_attempt": e.attempt, "v_attempt_id": e.attempt_id,
                 "v_fenced": i64::from(e.lease.is_some()), "v_owner": owner, "v_expires": expires,
-                "v_state": new_state.as_str(), "v_outcome": e.outcome,
+                "v_state": state.as_str(), "v_retryable": i64::from(retryable), "v_outcome": e.outcome,
                 "v_reason": Some(e.reason).filter(|r| !r.is_empty()), "v_result": e.result,
-                "v_finished": (!p.retry).then_some(e.finished_ms), "v_started": e.started_ms,
-                "v_next_run": p.next_run, "v_updated": e.finished_ms,
+                "v_finished": e.finished_ms, "v_started": e.started_ms, "v_retry_at": retry_at,
             })
         })
         .collect();
     let rows = serde_json::Value::Array(rows).to_string();
+    // Retried: a retryable outcome, not cancelled, attempts left. Discarded:
+    // the same once attempts are spent, when retries were asked for.
+    const RETRY: &str = "v.v_retryable = 1 AND cancel_requested = 0 AND attempt < max_attempts";
     let done = c
         .fetch(
-            "UPDATE jobs SET state = v.v_state, outcome = v.v_outcome, reason = v.v_reason, result = v.v_result, \
-                 finished_ms = v.v_finished, started_ms = coalesce(started_ms, v.v_started), \
-                 next_run_ms = v.v_next_run, lease_owner = NULL, lease_expires_ms = NULL, updated_ms = v.v_updated \
-             FROM JSON_ROWS($1 AS v(v_id text, v_attempt bigint, v_attempt_id text, v_fenced bigint, v_owner text, \
-                 v_expires bigint, v_state text, v_outcome text, v_reason text, v_result text, v_finished bigint, \
-                 v_started bigint, v_next_run bigint, v_updated bigint)) \
-             WHERE id = v.v_id AND attempt = v.v_attempt AND attempt_id = v.v_attempt_id \
-               AND NOIDX(state) IN ('dispatched', 'running') \
-               AND (v.v_fenced = 0 OR (lease_owner IS NOT DISTINCT FROM v.v_owner \
-                                       AND lease_expires_ms IS NOT DISTINCT FROM v.v_expires)) \
-             RETURNING id",
+            &format!(
+                "UPDATE jobs SET \
+                     state = CASE WHEN {RETRY} THEN 'queued' \
+                         WHEN v.v_retryable = 1 AND cancel_requested = 0 AND max_attempts > 1 THEN 'discarded' \
+                         ELSE v.v_state END, \
+                     outcome = v.v_outcome, reason = v.v_reason, result = v.v_result, \
+                     finished_ms = CASE WHEN {RETRY} THEN NULL ELSE v.v_finished END, \
+                     started_ms = coalesce(started_ms, v.v_started), \
+                     next_run_ms = CASE WHEN {RETRY} THEN v.v_retry_at ELSE next_run_ms END, \
+                     lease_owner = NULL, lease_expires_ms = NULL, updated_ms = v.v_finished \
+                 FROM JSON_ROWS($1 AS v(v_id text, v_host text, v_attempt bigint, v_attempt_id text, \
+                     v_fenced bigint, v_owner text, v_expires bigint, v_state text, v_retryable bigint, \
+                     v_outcome text, v_reason text, v_result text, v_finished bigint, v_started bigint, \
+                     v_retry_at bigint)) \
+                 WHERE id = v.v_id AND host_id = v.v_host AND attempt = v.v_attempt \
+                   AND attempt_id = v.v_attempt_id AND NOIDX(state) IN ('dispatched', 'running') \
+                   AND (v.v_fenced = 0 OR (lease_owner IS NOT DISTINCT FROM v.v_owner \
+                                           AND lease_expires_ms IS NOT DISTINCT FROM v.v_expires)) \
+                 RETURNING id, host_id, attempt_id, action, params, state, attempt, max_attempts, next_run_ms"
+            ),
             &[B::T(&rows)],
         )
         .await?;
-    let done: HashSet<String> = done.iter().map(|r| r.text("id")).collect::<Result<_, _>>()?;
-    Ok(endings
-        .iter()
-        .zip(plans)
-        .map(|(e, p)| {
-            let job = &e.job;
-            if !done.contains(&job.id) {
-                return None;
-            }
-            let mut entries = vec![
-                AuditEntry::new(e.who.as_str(), "jobs.finish", Outcome::Success)
-                    .target(format!("job:{}", job.id))
-                    .details(serde_json::json!({
-                        "host": job.host_id, "attempt": job.attempt, "attempt_id": e.attempt_id,
-                        "outcome": e.outcome, "reason": e.reason, "state": p.state.as_str(),
-                    })),
-            ];
-            if p.retry {
-                entries.push(system("jobs.retry", &job.id).details(serde_json::json!({
-                    "attempt": job.attempt, "max_attempts": job.max_attempts, "next_run_ms": p.next_run,
-                })));
-            } else if p.state == JobState::Discarded {
-                entries.push(system("jobs.discard", &job.id).details(serde_json::json!({
-                    "attempts": job.attempt, "reason": e.reason,
-                })));
-            }
-            Some((if p.retry { JobState::Queued } else { p.state }, entries))
-        })
-        .collect())
+    // Each written row, by the fence it matched.
+    let mut written: HashMap<(String, String, String), &AnyRow> = HashMap::with_capacity(done.len());
+    for r in &done {
+        written.insert((r.text("id")?, r.text("host_id")?, r.text("attempt_id")?), r);
+    }
+    let mut out = Vec::with_capacity(endings.len());
+    for e in endings {
+        let key = (e.job_id.to_string(), e.host_id.to_string(), e.attempt_id.to_string());
+        let Some(row) = written.remove(&key) else {
+            out.push(None);
+            continue;
+        };
+        let state = row.text("state")?;
+        let state =
+            JobState::parse(&state).ok_or_else(|| StoreError::Invalid(format!("unknown job state {state:?}")))?;
+        let (outcome_state, _) = state_of_outcome(e.outcome, e.reason);
+        // What the attempt's end recorded: the outcome's state, or `discarded`.
+        let shown = if state == JobState::Discarded {
+            state
+        } else {
+            outcome_state
+        };
+        let (attempt, max_attempts) = (row.int("attempt")?, row.int("max_attempts")?);
+        let mut audit = vec![
+            AuditEntry::new(e.who.as_str(), "jobs.finish", Outcome::Success)
+                .target(format!("job:{}", e.job_id))
+                .details(serde_json::json!({
+                    "host": e.host_id, "attempt": attempt, "attempt_id": e.attempt_id,
+                    "outcome": e.outcome, "reason": e.reason, "state": shown.as_str(),
+                })),
+        ];
+        if state == JobState::Queued {
+            audit.push(system("jobs.retry", e.job_id).details(serde_json::json!({
+                "attempt": attempt, "max_attempts": max_attempts, "next_run_ms": row.int("next_run_ms")?,
+            })));
+        } else if state == JobState::Discarded {
+            audit.push(system("jobs.discard", e.job_id).details(serde_json::json!({
+                "attempts": attempt, "reason": e.reason,
+            })));
+        }
+        out.push(Some(Ended {
+            state,
+            action: row.text("action")?,
+            params: params_from(&row.text("params")?),
+            audit,
+        }));
+    }
+    Ok(out)
 }
 
 /// Applies the agents' job reports inside the ingest transaction `c`, in
@@ -925,8 +957,8 @@ async fn apply_all_reports(
     Ok(audit)
 }
 
-/// Ends the attempts that `finished` reports (host, report) end: one read
-/// of their jobs, one fenced write ([`finish_many`]).
+/// Ends the attempts that `finished` reports (host, report) end, in one
+/// fenced write ([`finish_many`]) without reading the jobs first.
 async fn finish_reports(
     c: &mut Conn<'_>,
     pending: &[(&str, &JobReport)],
@@ -938,17 +970,8 @@ async fn finish_reports(
     if pending.is_empty() {
         return Ok(());
     }
-    let mut ids: Vec<String> = pending.iter().map(|(_, r)| r.job_id.clone()).collect();
-    ids.sort();
-    ids.dedup();
-    let rows = c.fetch(&sel("WHERE id IN_LIST($1)"), &[B::List(&ids)]).await?;
-    let mut jobs: HashMap<String, Job> = HashMap::with_capacity(rows.len());
-    for row in &rows {
-        let job = job_from(row)?;
-        jobs.insert(job.id.clone(), job);
-    }
     let mut endings = Vec::with_capacity(pending.len());
-    let mut taken: HashSet<&str> = HashSet::new();
+    let mut seen: HashSet<(&str, &str, &str)> = HashSet::with_capacity(pending.len());
     for (host_id, r) in pending {
         let JobEventKind::Finished {
             outcome,
@@ -961,22 +984,21 @@ async fn finish_reports(
         else {
             continue;
         };
-        let Some(job) = jobs
-            .get(&r.job_id)
-            .filter(|j| j.host_id == *host_id && j.attempt_id.as_deref() == Some(r.attempt_id.as_str()))
-        else {
+        let Some(attempt) = crate::jobs::attempt_of(&r.job_id, &r.attempt_id) else {
             tracing::info!(job = %r.job_id, attempt = %r.attempt_id, "result for an unknown attempt ignored");
             continue;
         };
-        // A repeated result in the same round meets the state the first one left.
-        if job.state.is_terminal() || job.state == JobState::Queued || !taken.insert(job.id.as_str()) {
-            tracing::info!(job = %job.id, state = %job.state, "late result of an ended attempt ignored");
+        // A repeated result in the same round would meet the state the first one left.
+        if !seen.insert((host_id, &r.job_id, &r.attempt_id)) {
+            tracing::info!(job = %r.job_id, attempt = %r.attempt_id, "repeated result ignored");
             continue;
         }
         let finished_ms = if *finished_at_ms > 0 { *finished_at_ms } else { now_ms };
         endings.push(Ending {
-            job: job.clone(),
-            attempt_id: r.attempt_id.clone(),
+            job_id: &r.job_id,
+            host_id,
+            attempt,
+            attempt_id: &r.attempt_id,
             lease: None,
             outcome,
             reason,
@@ -985,23 +1007,26 @@ async fn finish_reports(
             started_ms: if *started_at_ms > 0 {
                 *started_at_ms
             } else {
-                job.started_ms.unwrap_or(finished_ms)
+                finished_ms
             },
             who: actor::host(host_id),
         });
     }
     let results = finish_many(c, &endings, settings).await?;
-    for (e, result) in endings.iter().zip(results) {
-        let Some((state, entries)) = result else { continue };
-        applied.finished.push((state, e.job.action.clone()));
-        applied.ended(&e.job.host_id, &e.job.action, e.outcome, e.finished_ms);
-        audit.extend(entries);
+    for (e, ended) in endings.iter().zip(results) {
+        let Some(ended) = ended else {
+            tracing::info!(job = %e.job_id, attempt = %e.attempt_id, "result of an unknown or ended attempt ignored");
+            continue;
+        };
+        applied.finished.push((ended.state, ended.action.clone()));
+        applied.ended(e.host_id, &ended.action, e.outcome, e.finished_ms);
+        audit.extend(ended.audit);
         update_backup_status(
             c,
-            &e.job.host_id,
-            &e.job.id,
-            &e.job.action,
-            &e.job.params,
+            e.host_id,
+            e.job_id,
+            &ended.action,
+            &ended.params,
             e.outcome,
             e.reason,
             e.result,

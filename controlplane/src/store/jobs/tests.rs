@@ -331,6 +331,129 @@ async fn a_host_at_its_cap_does_not_crowd_out_the_others() {
     .await;
 }
 
+/// The details of `job`'s audit entries of `action`.
+async fn details_of(store: &Store, job: &str, action: &str) -> Vec<serde_json::Value> {
+    let page = store.list_audit(&AuditFilter::default(), None, 1000).await.unwrap();
+    page.items
+        .into_iter()
+        .filter(|e| e.target.as_deref() == Some(&format!("job:{job}")) && e.action == action)
+        .map(|e| serde_json::from_str(&e.details).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_finishing_write_itself_decides_retry_and_terminal_states() {
+    on_each_backend(|store, _| async move {
+        let s = JobSettings {
+            retry_base_ms: 1000,
+            max_running_per_host: 10,
+            ..JobSettings::default()
+        };
+        let t = 1_700_000_000_000;
+        let mut a = new_job("web", "exec", &[("command", "a")], t);
+        a.max_attempts = 3;
+        let mut b = new_job("web", "exec", &[("command", "b")], t);
+        b.max_attempts = 3;
+        let jobs = enqueue(&store, vec![a, b], t).await;
+        let (a, b) = (&jobs[0], &jobs[1]);
+        let c = store.claim_jobs("cp", &hosts(&["web"]), t, 10, &s).await.unwrap();
+        assert_eq!(c.len(), 2);
+        assert!(
+            store
+                .accept_job("web", &a.id, &format!("{}-a1", a.id), t + 2, &s)
+                .await
+                .unwrap()
+        );
+        assert!(matches!(
+            store
+                .cancel_job(
+                    &a.id,
+                    AuditEntry::new("token:t", "jobs.cancel", Outcome::Success),
+                    t + 3
+                )
+                .await
+                .unwrap(),
+            CancelResult::Requested(_)
+        ));
+        // Attempt IDs that are not `<job>-a<n>` of the job change nothing.
+        let bad: Vec<JobReport> = [
+            format!("{}-a01", b.id),
+            format!("{}-a1x", b.id),
+            String::new(),
+            a.id.clone(),
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, at)| finished(i as u64 + 1, &b.id, at, "succeeded", "", ""))
+        .collect();
+        assert!(report(&store, "web", bad, &s, t + 4).await.finished.is_empty());
+        assert_eq!(store.get_job(&b.id).await.unwrap().unwrap().state, JobState::Dispatched);
+
+        // A retryable failure of a job whose cancellation was asked for ends it;
+        // the other, with attempts left, is queued again after a backoff.
+        let applied = report(
+            &store,
+            "web",
+            vec![
+                finished(10, &a.id, &format!("{}-a1", a.id), "failed", "exit 1", ""),
+                finished(11, &b.id, &format!("{}-a1", b.id), "timed_out", "slow", ""),
+            ],
+            &s,
+            t + 10,
+        )
+        .await;
+        assert_eq!(
+            applied.finished,
+            vec![
+                (JobState::Failed, "exec".to_string()),
+                (JobState::Queued, "exec".to_string())
+            ]
+        );
+        assert_eq!(applied.outcomes.len(), 2);
+        let ja = store.get_job(&a.id).await.unwrap().unwrap();
+        assert_eq!(
+            (ja.state, ja.finished_ms, ja.started_ms),
+            (JobState::Failed, Some(t + 10), Some(t + 2))
+        );
+        assert_eq!(ja.next_run_ms, t, "an ended job keeps its schedule");
+        let jb = store.get_job(&b.id).await.unwrap().unwrap();
+        assert_eq!(
+            (jb.state, jb.finished_ms, jb.started_ms),
+            (JobState::Queued, None, Some(t + 10))
+        );
+        assert!(
+            (t + 10 + 900..=t + 10 + 1100).contains(&jb.next_run_ms),
+            "{}",
+            jb.next_run_ms
+        );
+        assert_eq!(
+            (jb.outcome.as_deref(), jb.reason.as_deref()),
+            (Some("timed_out"), Some("slow"))
+        );
+        assert_eq!((jb.lease_owner, jb.lease_expires_ms), (None, None));
+        let fin = details_of(&store, &a.id, "jobs.finish").await;
+        assert_eq!(fin.len(), 1);
+        assert_eq!(
+            (fin[0]["state"].as_str(), fin[0]["attempt"].as_i64()),
+            (Some("failed"), Some(1))
+        );
+        assert!(details_of(&store, &a.id, "jobs.retry").await.is_empty());
+        let fin = details_of(&store, &b.id, "jobs.finish").await;
+        assert_eq!(
+            (fin[0]["state"].as_str(), fin[0]["host"].as_str()),
+            (Some("timed_out"), Some("web"))
+        );
+        let retry = details_of(&store, &b.id, "jobs.retry").await;
+        assert_eq!(retry.len(), 1);
+        assert_eq!(retry[0]["next_run_ms"].as_i64(), Some(jb.next_run_ms));
+        assert_eq!(
+            (retry[0]["attempt"].as_i64(), retry[0]["max_attempts"].as_i64()),
+            (Some(1), Some(3))
+        );
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn failures_retry_with_backoff_then_are_discarded() {
     on_each_backend(|store, _| async move {
