@@ -409,24 +409,6 @@ impl Store {
         }
     }
 
-    /// Sums `slo_buckets` into `slo_hours` again from scratch (what migration
-    /// 0010 does once; the benchmark's bulk fill uses it), in one transaction.
-    pub async fn rebuild_slo_hours(&self) -> Result<(), StoreError> {
-        match &self.backend {
-            Backend::Sqlite(b) => {
-                let mut tx = b.write.begin_with("BEGIN IMMEDIATE").await?;
-                rebuild(Conn::Lite(&mut tx)).await?;
-                tx.commit().await?;
-            }
-            Backend::Postgres(b) => {
-                let mut tx = b.pool.begin().await?;
-                rebuild(Conn::Pg(&mut tx)).await?;
-                tx.commit().await?;
-            }
-        }
-        Ok(())
-    }
-
     /// Rows of `slo_hours` that differ from the sums of `slo_buckets` per
     /// hour (both sides listed; empty when they agree).
     #[cfg(test)]
@@ -491,17 +473,6 @@ async fn prune(mut c: Conn<'_>, before_minute: i64) -> Result<u64, StoreError> {
     c.exec("DELETE FROM slo_hours WHERE hour < $1", &[B::I(hour)]).await?;
     Ok(n)
 }
-
-async fn rebuild(mut c: Conn<'_>) -> Result<(), StoreError> {
-    c.exec("DELETE FROM slo_hours", &[]).await?;
-    c.exec(REBUILD_HOURS, &[]).await?;
-    Ok(())
-}
-
-/// Every hour's sums from the minutes (floor division, also below 0).
-const REBUILD_HOURS: &str = "INSERT INTO slo_hours (slo, grp, hour, total, good)
-     SELECT slo, grp, (minute - ((minute % 60) + 60) % 60) / 60 AS h, SUM(total), SUM(good)
-     FROM slo_buckets GROUP BY slo, grp, h";
 
 fn outcome_of(old: Option<&(String, String)>, json: &str, key: &str) -> PutOutcome {
     match old {
