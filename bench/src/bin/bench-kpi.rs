@@ -320,10 +320,19 @@ async fn measure(
         current_version: current_version(),
     };
     let t = Instant::now();
+    let mut per_kpi = Vec::new();
     for k in steward_controlplane::kpi::CATALOG {
+        let tk = Instant::now();
         let _ = (k.compute)(&data, &ctx);
+        per_kpi.push((tk.elapsed().as_secs_f64(), k.name));
     }
     let compute_secs = t.elapsed().as_secs_f64();
+    per_kpi.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let slowest: serde_json::Map<String, serde_json::Value> = per_kpi
+        .iter()
+        .take(5)
+        .map(|(s, n)| (n.to_string(), json!(ms(*s))))
+        .collect();
     let values: serde_json::Map<String, serde_json::Value> = values
         .into_iter()
         .map(|(k, v)| (k.to_string(), json!(v.map(|v| (v * 1000.0).round() / 1000.0))))
@@ -338,6 +347,7 @@ async fn measure(
         "kpi_data_ms": ms(data_secs),
         "kpi_data_empty_window_ms": ms(fixed_secs),
         "compute_ms": ms(compute_secs),
+        "compute_ms_slowest": slowest,
     });
     Ok((rounds, values))
 }

@@ -94,10 +94,8 @@ impl Evaluator {
 
     /// Every SLO's status at `now_ms` (published on `/metrics` when set up).
     async fn slo_statuses(&self, now_ms: i64) -> Result<Vec<crate::slo::status::SloStatus>, StoreError> {
-        let mut statuses = Vec::new();
-        for slo in self.store.list_slos().await? {
-            statuses.push(crate::slo::status::status(&self.store, slo, now_ms).await?);
-        }
+        let slos = self.store.list_slos().await?;
+        let statuses = crate::slo::status::statuses(&self.store, slos, now_ms).await?;
         if let Some(m) = &self.metrics {
             m.set_slos(&statuses);
         }

@@ -120,14 +120,13 @@ pub async fn list(state: ApiState, _who: Principal, query: String) -> Result<Res
     let now = steward_shared::now_ms();
     let slos = state.store.list_slos().await.map_err(Problem::from_store)?;
     let mut rest = slos.into_iter().filter(|s| s.name.as_str() > after).peekable();
-    let mut items = Vec::new();
-    while items.len() < limit {
-        let Some(slo) = rest.next() else { break };
-        let st = status::status(&state.store, slo, now)
-            .await
-            .map_err(Problem::from_store)?;
-        items.push(st.summary());
-    }
+    let page: Vec<_> = rest.by_ref().take(limit).collect();
+    let items: Vec<_> = status::statuses(&state.store, page, now)
+        .await
+        .map_err(Problem::from_store)?
+        .iter()
+        .map(|st| st.summary())
+        .collect();
     let next_cursor = rest.peek().and(items.last().map(|s| s.name.clone()));
     Ok(json(StatusCode::OK, &ListView { items, next_cursor }))
 }

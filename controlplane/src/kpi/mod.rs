@@ -680,7 +680,8 @@ fn deployment_failure(by: &DeployJobs<'_>, dep: &JobRow) -> Option<Option<i64>> 
         .get(&(dep.host_id.as_str(), app(dep)))
         .map(Vec::as_slice)
         .unwrap_or_default();
-    let same = |j: &&&JobRow| j.id != dep.id;
+    // Another job than `dep` (by address: `jobs` holds references into the same rows).
+    let same = |j: &&&JobRow| !std::ptr::eq(**j, dep);
     // The next deploy.apply on this host and app (its creation bounds a later rollback).
     let next_apply = jobs
         .iter()

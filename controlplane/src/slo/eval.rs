@@ -262,13 +262,25 @@ pub fn evaluate(spec: &SloSpec, series: &[Bucket], now_ms: i64) -> Evaluation {
 }
 
 /// The last minutes of the budget history's points for a window `from..=to`,
-/// ascending: `to`, `to − step`, … (at most [`HISTORY_POINTS`], none before `from`).
+/// ascending: `to`, then `to − step`, `to − 2·step`, … (at most
+/// [`HISTORY_POINTS`], none before `from`). With a step of an hour or more
+/// (windows of two days and longer) each earlier point is moved back to the
+/// end of its hour: the points fall on whole hours, which a status reads as
+/// hourly sums only (no minutes at their edges, see
+/// [`crate::slo::status::ReadPlan`]), and they stay distinct and in the window.
 pub fn history_ends(from: i64, to: i64) -> Vec<i64> {
     let step = ((to - from + 1) / HISTORY_POINTS).max(1);
+    let snap = |at: i64| {
+        if step >= 60 && at != to {
+            (at + 1).div_euclid(60) * 60 - 1
+        } else {
+            at
+        }
+    };
     let mut ends = Vec::new();
     let mut at = to;
-    while at >= from && ends.len() < HISTORY_POINTS as usize {
-        ends.push(at);
+    while snap(at) >= from && ends.len() < HISTORY_POINTS as usize {
+        ends.push(snap(at));
         at -= step;
     }
     ends.reverse();

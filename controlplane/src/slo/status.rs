@@ -241,6 +241,23 @@ pub async fn status(store: &Store, slo: StoredSlo, now_ms: i64) -> Result<SloSta
     Ok(status_of(slo, &buckets, now_ms))
 }
 
+/// How many SLOs [`statuses`] evaluates at once: each status is a read of
+/// its own (a connection of the read pool), so the database and the
+/// evaluation use every core; bounded well below the pools' sizes so the
+/// API, ingest and dispatch still find connections.
+pub const PARALLEL_STATUSES: usize = 4;
+
+/// The statuses of `slos` at `now_ms`, in their order, at most
+/// [`PARALLEL_STATUSES`] evaluated at once; the first error ends it.
+pub async fn statuses(store: &Store, slos: Vec<StoredSlo>, now_ms: i64) -> Result<Vec<SloStatus>, StoreError> {
+    use futures_util::{StreamExt, TryStreamExt};
+    futures_util::stream::iter(slos)
+        .map(|slo| status(store, slo, now_ms))
+        .buffered(PARALLEL_STATUSES)
+        .try_collect()
+        .await
+}
+
 /// Evaluates an SLO over already loaded buckets (per group).
 pub fn status_of(slo: StoredSlo, buckets: &BTreeMap<String, Vec<Bucket>>, now_ms: i64) -> SloStatus {
     let all = merge(buckets);

@@ -212,3 +212,33 @@ fn timeslice_burn_is_time_based() {
     let hour = e.burn_rates.iter().find(|b| b.window == "1h").unwrap();
     assert!(close(hour.burn_rate, (5.0 / 60.0) / 0.01));
 }
+
+#[test]
+fn budget_history_points_fall_on_whole_hours_and_reach_back_to_the_window_start() {
+    // Rolling windows from 2 to 30 days, at a minute in the middle of an hour.
+    for minutes in [2 * 1440, 3 * 1440 + 7, 7 * 1440, 28 * 1440, 30 * 1440, 31 * 1440] {
+        let to = 29_000_000 + 37;
+        let from = to - minutes + 1;
+        let ends = eval::history_ends(from, to);
+        assert_eq!(ends.len(), eval::HISTORY_POINTS as usize, "{minutes}");
+        assert_eq!(*ends.last().unwrap(), to, "the last point is now");
+        assert!(
+            ends.windows(2).all(|w| w[0] < w[1]),
+            "ascending and distinct: {minutes}"
+        );
+        assert!(ends[0] >= from, "in the window: {minutes}");
+        // The first point is within two steps of the window's start.
+        assert!(
+            ends[0] - from < 2 * (minutes / eval::HISTORY_POINTS),
+            "{minutes}: {}",
+            ends[0] - from
+        );
+        for e in &ends[..ends.len() - 1] {
+            assert_eq!(e.rem_euclid(60), 59, "{minutes}: {e} ends an hour");
+        }
+    }
+    // Shorter windows keep minute points (a step under an hour).
+    let ends = eval::history_ends(1_000, 1_000 + 1439);
+    assert_eq!(ends.len(), eval::HISTORY_POINTS as usize);
+    assert!(ends.iter().all(|e| (e - 1_000 + 1) % 30 == 0), "{ends:?}");
+}

@@ -10,7 +10,7 @@
 //!   limited by nothing may be shown them.
 use sqlx::{Postgres, Sqlite, Transaction};
 
-use super::sql::{AnyRow, B, Conn};
+use super::sql::{B, Conn};
 use super::{Backend, Store, StoreError, map_from_json, values_from_json};
 use crate::kpi::{BackupRow, CertRow, DiskSample, HostRow, JobRow, KpiData};
 
@@ -66,33 +66,120 @@ const HOSTS: &str = "SELECT id, labels, agent_version, CAST(CASE WHEN connected 
 const CERTS: &str = "SELECT host_id, name, values_json FROM check_latest WHERE kind IN ('tls', 'certificate_file')";
 const DISKS: &str = "SELECT host_id, values_json, observed_ms FROM check_results \
                      WHERE kind = 'disk' AND observed_ms >= $1 AND observed_ms <= $2";
-const JOBS: &str = "SELECT id, host_id, action, state, outcome, params, source, created_ms, updated_ms, started_ms, \
-                    finished_ms FROM jobs WHERE updated_ms >= $1 OR created_ms >= $1 OR finished_ms >= $1";
+/// The jobs of the window as one JSON array of
+/// `[id, host, action, state, outcome, params, source, created, updated, started, finished]`
+/// arrays: tens of thousands of jobs arrive as one value, not row by row
+/// (per row, the drivers' decoding cost several times the query; SQLite's
+/// driver also hands every row to another thread).
+const JOBS_LITE: &str = "SELECT json_group_array(json_array(id, host_id, action, state, outcome, params, source, \
+                         created_ms, updated_ms, started_ms, finished_ms)) AS rows \
+                         FROM jobs WHERE updated_ms >= $1 OR created_ms >= $1 OR finished_ms >= $1";
+const JOBS_PG: &str = "SELECT COALESCE(json_agg(json_build_array(id, host_id, action, state, outcome, params, source, \
+                       created_ms, updated_ms, started_ms, finished_ms))::text, '[]') AS rows \
+                       FROM jobs WHERE updated_ms >= $1 OR created_ms >= $1 OR finished_ms >= $1";
 const BACKUPS: &str =
     "SELECT host_id, name, last_snapshot_ms, rpo_secs, last_verify_ms, last_verify_ok FROM backup_status";
 
-fn job_row(r: &AnyRow) -> Result<JobRow, StoreError> {
-    Ok(JobRow {
-        id: r.text("id")?,
-        host_id: r.text("host_id")?,
-        action: r.text("action")?,
-        state: r.text("state")?,
-        outcome: r.opt_text("outcome")?,
-        params: serde_json::from_str(&r.text("params")?).unwrap_or_default(),
-        source: r.text("source")?,
-        created_ms: r.int("created_ms")?,
-        updated_ms: r.int("updated_ms")?,
-        started_ms: r.opt_int("started_ms")?,
-        finished_ms: r.opt_int("finished_ms")?,
-    })
+/// One job of [`JOBS_LITE`] / [`JOBS_PG`].
+type JobTuple = (
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    String,
+    String,
+    i64,
+    i64,
+    Option<i64>,
+    Option<i64>,
+);
+
+fn job_row(t: JobTuple) -> JobRow {
+    let (id, host_id, action, state, outcome, params, source, created_ms, updated_ms, started_ms, finished_ms) = t;
+    JobRow {
+        id,
+        host_id,
+        action,
+        state,
+        outcome,
+        params: serde_json::from_str(&params).unwrap_or_default(),
+        source,
+        created_ms,
+        updated_ms,
+        started_ms,
+        finished_ms,
+    }
 }
 
 impl Store {
     /// The rows of every KPI for the window `[now - window, now]` (disk
     /// samples: the last [`crate::kpi::DISK_LOOKBACK_MS`]), for all hosts:
     /// the caller restricts them to what its caller may see.
+    ///
+    /// Read in three parts at once, each on a read connection of its own (the
+    /// jobs; the check counts and disk samples; the rest), so the database
+    /// and the row decoding use every core. As before, the statements are
+    /// not one snapshot: each sees what was committed when it ran.
     pub async fn kpi_data(&self, now_ms: i64, window_ms: i64) -> Result<KpiData, StoreError> {
         let from = now_ms.saturating_sub(window_ms);
+        let (jobs, (checks, disks), mut data) = tokio::try_join!(
+            self.kpi_jobs(from),
+            self.kpi_checks_and_disks(from, now_ms),
+            self.kpi_fleet(from, now_ms),
+        )?;
+        data.jobs = jobs;
+        data.checks = checks;
+        data.disks = disks;
+        Ok(data)
+    }
+
+    async fn kpi_jobs(&self, from: i64) -> Result<Vec<JobRow>, StoreError> {
+        let mut c = Read::acquire(self).await?;
+        let sql = match c {
+            Read::Lite(_) => JOBS_LITE,
+            Read::Pg(_) => JOBS_PG,
+        };
+        let rows = c.conn().fetch(sql, &[B::I(from)]).await?;
+        let Some(row) = rows.first() else {
+            return Ok(Vec::new());
+        };
+        let jobs: Vec<JobTuple> = serde_json::from_str(&row.text("rows")?)
+            .map_err(|e| StoreError::Invalid(format!("the jobs of the KPI window do not decode: {e}")))?;
+        Ok(jobs.into_iter().map(job_row).collect())
+    }
+
+    async fn kpi_checks_and_disks(
+        &self,
+        from: i64,
+        now_ms: i64,
+    ) -> Result<(Vec<crate::kpi::CheckCount>, Vec<DiskSample>), StoreError> {
+        let mut c = Read::acquire(self).await?;
+        let mut conn = c.conn();
+        let checks = super::kpi_counts::check_counts(&mut conn, from, now_ms).await?;
+        let disk_from = now_ms.saturating_sub(crate::kpi::DISK_LOOKBACK_MS);
+        let mut disks = Vec::new();
+        for r in conn.fetch(DISKS, &[B::I(disk_from), B::I(now_ms)]).await? {
+            let host_id = r.text("host_id")?;
+            let at_ms = r.int("observed_ms")?;
+            for v in values_from_json(&r.text("values_json")?) {
+                if let Some(mount) = v.name.strip_prefix("free_bytes:")
+                    && v.value.is_finite()
+                {
+                    disks.push(DiskSample {
+                        host_id: host_id.clone(),
+                        mount: mount.to_string(),
+                        at_ms,
+                        free_bytes: v.value,
+                    });
+                }
+            }
+        }
+        Ok((checks, disks))
+    }
+
+    /// Hosts, certificates, backups, rollouts and the API counts.
+    async fn kpi_fleet(&self, from: i64, now_ms: i64) -> Result<KpiData, StoreError> {
         let mut c = Read::acquire(self).await?;
         let mut conn = c.conn();
         let mut data = KpiData::default();
@@ -105,7 +192,6 @@ impl Store {
                 last_seen_ms: r.int("last_seen_ms")?,
             });
         }
-        data.checks = super::kpi_counts::check_counts(&mut conn, from, now_ms).await?;
         for r in conn.fetch(CERTS, &[]).await? {
             let values = values_from_json(&r.text("values_json")?);
             if let Some(v) = values.iter().find(|v| v.name == "days_left" && v.value.is_finite()) {
@@ -115,26 +201,6 @@ impl Store {
                     days_left: v.value,
                 });
             }
-        }
-        let disk_from = now_ms.saturating_sub(crate::kpi::DISK_LOOKBACK_MS);
-        for r in conn.fetch(DISKS, &[B::I(disk_from), B::I(now_ms)]).await? {
-            let host_id = r.text("host_id")?;
-            let at_ms = r.int("observed_ms")?;
-            for v in values_from_json(&r.text("values_json")?) {
-                if let Some(mount) = v.name.strip_prefix("free_bytes:")
-                    && v.value.is_finite()
-                {
-                    data.disks.push(DiskSample {
-                        host_id: host_id.clone(),
-                        mount: mount.to_string(),
-                        at_ms,
-                        free_bytes: v.value,
-                    });
-                }
-            }
-        }
-        for r in conn.fetch(JOBS, &[B::I(from)]).await? {
-            data.jobs.push(job_row(&r)?);
         }
         for r in conn.fetch(BACKUPS, &[]).await? {
             data.backups.push(BackupRow {

@@ -255,13 +255,19 @@ impl Store {
         // each (group, piece) is then one range of a primary key (SQLite's
         // CROSS JOIN fixes the loop order; PostgreSQL gets a LATERAL
         // subquery per pair, the only plan that fits).
-        const LITE: &str = "WITH g AS (SELECT DISTINCT grp FROM slo_hours WHERE slo = $1 AND hour >= $2 AND hour <= $3)
+        // The pieces are decoded from their JSON once (MATERIALIZED), not
+        // once per group: unmaterialized, SQLite flattens `json_each` into
+        // the loop and re-extracts every piece for every group.
+        const LITE: &str =
+            "WITH g AS (SELECT DISTINCT grp FROM slo_hours WHERE slo = $1 AND hour >= $2 AND hour <= $3),
+                  p AS MATERIALIZED (SELECT * FROM JSON_ROWS($4 AS p(lo bigint, hi bigint, d bigint, s bigint))),
+                  q AS MATERIALIZED (SELECT * FROM JSON_ROWS($5 AS q(lo bigint, hi bigint, d bigint)))
              SELECT b.grp AS grp, p.d AS d, SUM(p.s * b.total) AS t, SUM(p.s * b.good) AS gd
-             FROM g CROSS JOIN JSON_ROWS($4 AS p(lo bigint, hi bigint, d bigint, s bigint)) CROSS JOIN slo_buckets b
+             FROM g CROSS JOIN p CROSS JOIN slo_buckets b
              WHERE b.slo = $1 AND b.grp = g.grp AND b.minute >= p.lo AND b.minute <= p.hi GROUP BY b.grp, p.d
              UNION ALL
              SELECT h.grp AS grp, q.d AS d, SUM(h.total) AS t, SUM(h.good) AS gd
-             FROM g CROSS JOIN JSON_ROWS($5 AS q(lo bigint, hi bigint, d bigint)) CROSS JOIN slo_hours h
+             FROM g CROSS JOIN q CROSS JOIN slo_hours h
              WHERE h.slo = $1 AND h.grp = g.grp AND h.hour >= q.lo AND h.hour <= q.hi GROUP BY h.grp, q.d";
         const PG: &str = "WITH g AS (SELECT DISTINCT grp FROM slo_hours WHERE slo = $1 AND hour >= $2 AND hour <= $3)
              SELECT g.grp AS grp, p.d AS d, CAST(SUM(p.s * s.t) AS BIGINT) AS t, CAST(SUM(p.s * s.gd) AS BIGINT) AS gd
