@@ -287,7 +287,10 @@ pub struct SignedHead {
 
 /// Lowercase hex of a hash.
 pub fn hex_hash(h: &Hash) -> String {
-    hex::encode(h)
+    let mut out = [0u8; 64];
+    // Neither can fail: the buffer is twice the hash's length, hex is ASCII.
+    let _ = hex::encode_to_slice(h, &mut out);
+    std::str::from_utf8(&out).map(str::to_owned).unwrap_or_default()
 }
 
 /// A hash from 64 hex digits.
@@ -926,6 +929,7 @@ mod unit {
         assert_ne!(h, entry_hash(1, &[1; 32], &bytes));
         assert_ne!(h, entry_hash(1, &ZERO_HASH, &encode_entry(&fields(2))));
         assert_eq!(parse_hash(&hex_hash(&h)), Some(h));
+        assert_eq!(hex_hash(&h), hex::encode(h), "64 lowercase hex digits");
         assert_eq!(parse_hash("zz"), None);
     }
 

@@ -120,7 +120,7 @@ impl AuditEntry {
     /// digits, `.`, `_`, `-` (checked by [`AuditEntry::validate`]).
     pub fn new(actor: impl Into<String>, action: impl Into<String>, outcome: Outcome) -> AuditEntry {
         AuditEntry {
-            actor: clean(&actor.into()),
+            actor: clean(actor.into()),
             action: action.into(),
             target: None,
             outcome,
@@ -131,13 +131,13 @@ impl AuditEntry {
 
     /// What the action was applied to, e.g. `token:abc123`, `host:web-01`.
     pub fn target(mut self, target: impl Into<String>) -> AuditEntry {
-        self.target = Some(clean(&target.into()));
+        self.target = Some(clean(target.into()));
         self
     }
 
     /// The request that caused it (`X-Request-Id`).
     pub fn request_id(mut self, request_id: Option<&str>) -> AuditEntry {
-        self.request_id = request_id.map(clean);
+        self.request_id = request_id.map(|r| clean(r.to_string()));
         self
     }
 
@@ -181,9 +181,14 @@ pub struct InvalidEntry(pub String);
 
 /// Text as stored: NUL (refused by PostgreSQL) becomes U+FFFD, and overlong
 /// values are cut.
-fn clean(s: &str) -> String {
-    let s = s.replace('\0', "\u{FFFD}");
-    if s.chars().count() <= MAX_FIELD_CHARS {
+fn clean(s: String) -> String {
+    let s = if s.contains('\0') {
+        s.replace('\0', "\u{FFFD}")
+    } else {
+        s
+    };
+    // No more bytes than the limit: no more characters either.
+    if s.len() <= MAX_FIELD_CHARS || s.chars().count() <= MAX_FIELD_CHARS {
         s
     } else {
         s.chars().take(MAX_FIELD_CHARS).chain(std::iter::once('…')).collect()

@@ -456,6 +456,7 @@ struct NewRow<'a> {
 /// Numbers, timestamps, encodes and chains `entries` after `head`.
 fn chain_rows(mut head: Head, entries: &[AuditEntry], now_ms: i64) -> Result<Vec<NewRow<'_>>, StoreError> {
     let mut rows = Vec::with_capacity(entries.len());
+    let mut prev_hex = chain::hex_hash(&head.hash);
     for entry in entries {
         entry.validate().map_err(|e| StoreError::Invalid(e.to_string()))?;
         let seq = head.seq + 1;
@@ -471,13 +472,14 @@ fn chain_rows(mut head: Head, entries: &[AuditEntry], now_ms: i64) -> Result<Vec
             details: &entry.details,
         });
         let hash = chain::entry_hash(seq, &head.hash, &bytes);
+        let hash_hex = chain::hex_hash(&hash);
         rows.push(NewRow {
             seq: i64::try_from(seq).map_err(|_| StoreError::Invalid("audit sequence out of range".into()))?,
             time_ms,
             entry,
             bytes,
-            prev_hash: chain::hex_hash(&head.hash),
-            hash: chain::hex_hash(&hash),
+            prev_hash: std::mem::replace(&mut prev_hex, hash_hex.clone()),
+            hash: hash_hex,
         });
         head = Head { seq, time_ms, hash };
     }

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use sqlx::{Postgres, Sqlite, Transaction};
 
 use super::audit::{append_postgres, append_sqlite};
-use super::sql::{AnyRow, B, Conn};
+use super::sql::{AnyRow, B, Col, Conn};
 use super::{Backend, IngestRows, Store, StoreError};
 use crate::audit::{AuditEntry, Outcome, actor};
 use crate::jobs::{
@@ -433,23 +433,48 @@ impl Store {
             }
         }
 
-        // New attempts, in one statement: the due jobs of hosts with a free
-        // slot (a plain read of at most 4 × room candidates, hosts at their
-        // cap left out so their backlog cannot crowd the others out), ranked
-        // per host and kept within each host's free slots, the first `room`
-        // of them locked (skipping rows another control plane holds) and
-        // claimed.
+        // New attempts. When no host can reach its cap with `room` more
+        // (a cap of 10, at most 3 with an agent, room 5), the claim is the
+        // plain queue one: the first `room` due jobs, locked (skipping rows
+        // another control plane holds) and claimed, in one statement whose
+        // guard counts the busiest host's attempts. When the guard fails (or
+        // nothing was due), one statement reads the due candidates of hosts
+        // with a free slot (at most 4 × room, hosts at their cap left out so
+        // their backlog cannot crowd the others out), ranks them per host
+        // and keeps them within each host's free slots, then locks and claims
+        // the first `room` of them.
         let room = limit.saturating_sub(out.len());
         if room > 0 {
             let cap = i64::from(settings.max_running_per_host);
             let room = i64::try_from(room).unwrap_or(i64::MAX);
-            let rows = c
+            let plain = c
                 .fetch(
                     &format!(
-                        "UPDATE jobs SET state = 'dispatched', attempt = attempt + 1, \
-                             attempt_id = id || '-a' || (attempt + 1), lease_owner = $1, lease_expires_ms = $2, \
-                             dispatched_ms = $3, started_ms = NULL, finished_ms = NULL, updated_ms = $3, \
-                             output_bytes = 0, output_truncated = 0, progress = NULL \
+                        "UPDATE jobs SET {CLAIM_SET} \
+                         WHERE id IN (SELECT id FROM jobs \
+                             WHERE state = 'queued' AND next_run_ms <= $3 AND host_id IN_LIST($4) \
+                               AND (SELECT coalesce(max(n), 0) FROM (SELECT count(*) AS n FROM jobs \
+                                       WHERE state IN ('dispatched', 'running') AND host_id IN_LIST($4) \
+                                       GROUP BY host_id) b) + $5 <= $6 \
+                             ORDER BY next_run_ms, id LIMIT $5 SKIP_LOCKED) \
+                         RETURNING {CLAIM_COLUMNS}"
+                    ),
+                    &[
+                        B::T(owner),
+                        B::I(lease),
+                        B::I(now_ms),
+                        B::List(hosts),
+                        B::I(room),
+                        B::I(cap),
+                    ],
+                )
+                .await?;
+            let rows = if !plain.is_empty() {
+                plain
+            } else {
+                c.fetch(
+                    &format!(
+                        "UPDATE jobs SET {CLAIM_SET} \
                          WHERE id IN (SELECT id FROM jobs WHERE id IN ( \
                              WITH busy AS (SELECT host_id, count(*) AS n FROM jobs \
                                      WHERE state IN ('dispatched', 'running') AND host_id IN_LIST($4) \
@@ -464,7 +489,7 @@ impl Store {
                              WHERE ranked.rn + coalesce(busy.n, 0) <= $5 \
                              ORDER BY ranked.next_run_ms, ranked.id LIMIT $7) \
                            AND state = 'queued' ORDER BY id SKIP_LOCKED) \
-                         RETURNING {JOB_COLUMNS}"
+                         RETURNING {CLAIM_COLUMNS}"
                     ),
                     &[
                         B::T(owner),
@@ -476,15 +501,16 @@ impl Store {
                         B::I(room),
                     ],
                 )
-                .await?;
-            let mut jobs: Vec<Job> = rows.iter().map(job_from).collect::<Result<_, _>>()?;
+                .await?
+            };
+            let mut fresh: Vec<(Claimed, i64, i64)> = rows.iter().map(claim_from).collect::<Result<_, _>>()?;
             // In claim order (due first; the claim leaves next_run_ms alone).
-            jobs.sort_by(|a, b| (a.next_run_ms, &a.id).cmp(&(b.next_run_ms, &b.id)));
-            for job in jobs {
-                audit.push(system("jobs.dispatch", &job.id).details(serde_json::json!({
-                    "host": job.host_id, "attempt": job.attempt, "attempt_id": job.attempt_id, "owner": owner,
+            fresh.sort_by(|(a, _, a_due), (b, _, b_due)| (a_due, &a.job_id).cmp(&(b_due, &b.job_id)));
+            for (job, attempt, _) in fresh {
+                audit.push(system("jobs.dispatch", &job.job_id).details(serde_json::json!({
+                    "host": job.host_id, "attempt": attempt, "attempt_id": job.attempt_id, "owner": owner,
                 })));
-                out.push(claimed(job, false));
+                out.push(job);
             }
         }
         if out.is_empty() {
@@ -768,6 +794,31 @@ pub(super) async fn apply_in_ingest(
     Ok(applied)
 }
 
+/// What a claim of new attempts writes.
+const CLAIM_SET: &str = "state = 'dispatched', attempt = attempt + 1, attempt_id = id || '-a' || (attempt + 1), \
+     lease_owner = $1, lease_expires_ms = $2, dispatched_ms = $3, started_ms = NULL, finished_ms = NULL, \
+     updated_ms = $3, output_bytes = 0, output_truncated = 0, progress = NULL";
+
+/// What a claim of new attempts reads back ([`claim_from`]).
+const CLAIM_COLUMNS: &str = "id, host_id, action, params, attempt, attempt_id, timeout_secs, next_run_ms, created_ms";
+
+/// A new attempt from a row of [`CLAIM_COLUMNS`], with its attempt number
+/// and the job's due time (the claim order).
+fn claim_from(row: &AnyRow) -> Result<(Claimed, i64, i64), StoreError> {
+    let next_run_ms = row.int("next_run_ms")?;
+    let claimed = Claimed {
+        job_id: row.text("id")?,
+        attempt_id: row.opt_text("attempt_id")?.unwrap_or_default(),
+        host_id: row.text("host_id")?,
+        action: row.text("action")?,
+        params: params_from(&row.text("params")?),
+        timeout_secs: u(row.int("timeout_secs")?),
+        ready_ms: next_run_ms.max(row.int("created_ms")?),
+        resend: false,
+    };
+    Ok((claimed, row.int("attempt")?, next_run_ms))
+}
+
 fn claimed(job: Job, resend: bool) -> Claimed {
     Claimed {
         attempt_id: job.attempt_id.clone().unwrap_or_default(),
@@ -831,26 +882,68 @@ async fn finish_many(
     if endings.is_empty() {
         return Ok(Vec::new());
     }
-    let rows: Vec<serde_json::Value> = endings
-        .iter()
-        .map(|e| {
-            let (state, retryable) = state_of_outcome(e.outcome, e.reason);
-            let (owner, expires) = e.lease.unwrap_or((None, None));
-            let retry_at = if retryable {
-                e.finished_ms.saturating_add(settings.retry_delay_ms(e.attempt))
-            } else {
-                e.finished_ms
-            };
-            serde_json::json!({
-                "v_id": e.job_id, "v_host": e.host_id, "v_attempt": e.attempt, "v_attempt_id": e.attempt_id,
-                "v_fenced": i64::from(e.lease.is_some()), "v_owner": owner, "v_expires": expires,
-                "v_state": state.as_str(), "v_retryable": i64::from(retryable), "v_outcome": e.outcome,
-                "v_reason": Some(e.reason).filter(|r| !r.is_empty()), "v_result": e.result,
-                "v_finished": e.finished_ms, "v_started": e.started_ms, "v_retry_at": retry_at,
-            })
-        })
-        .collect();
-    let rows = serde_json::Value::Array(rows).to_string();
+    // The endings as columns (one array each on PostgreSQL).
+    let n = endings.len();
+    let (mut id, mut host, mut attempt, mut attempt_id) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut fenced, mut owner, mut expires, mut state) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut retryable, mut outcome, mut reason, mut result) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut finished, mut started, mut retry_at) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    for e in endings {
+        let (s, retry) = state_of_outcome(e.outcome, e.reason);
+        let (o, x) = e.lease.unwrap_or((None, None));
+        id.push(Some(e.job_id));
+        host.push(Some(e.host_id));
+        attempt.push(Some(i64::from(e.attempt)));
+        attempt_id.push(Some(e.attempt_id));
+        fenced.push(Some(i64::from(e.lease.is_some())));
+        owner.push(o);
+        expires.push(x);
+        state.push(Some(s.as_str()));
+        retryable.push(Some(i64::from(retry)));
+        outcome.push(Some(e.outcome));
+        reason.push(Some(e.reason).filter(|r| !r.is_empty()));
+        result.push(e.result);
+        finished.push(Some(e.finished_ms));
+        started.push(Some(e.started_ms));
+        retry_at.push(Some(if retry {
+            e.finished_ms.saturating_add(settings.retry_delay_ms(e.attempt))
+        } else {
+            e.finished_ms
+        }));
+    }
+    let rows = [
+        ("v_id", Col::Text(id)),
+        ("v_host", Col::Text(host)),
+        ("v_attempt", Col::Int(attempt)),
+        ("v_attempt_id", Col::Text(attempt_id)),
+        ("v_fenced", Col::Int(fenced)),
+        ("v_owner", Col::Text(owner)),
+        ("v_expires", Col::Int(expires)),
+        ("v_state", Col::Text(state)),
+        ("v_retryable", Col::Int(retryable)),
+        ("v_outcome", Col::Text(outcome)),
+        ("v_reason", Col::Text(reason)),
+        ("v_result", Col::Text(result)),
+        ("v_finished", Col::Int(finished)),
+        ("v_started", Col::Int(started)),
+        ("v_retry_at", Col::Int(retry_at)),
+    ];
     // Retried: a retryable outcome, not cancelled, attempts left. Discarded:
     // the same once attempts are spent, when retries were asked for.
     const RETRY: &str = "v.v_retryable = 1 AND cancel_requested = 0 AND attempt < max_attempts";
@@ -866,7 +959,7 @@ async fn finish_many(
                      started_ms = coalesce(started_ms, v.v_started), \
                      next_run_ms = CASE WHEN {RETRY} THEN v.v_retry_at ELSE next_run_ms END, \
                      lease_owner = NULL, lease_expires_ms = NULL, updated_ms = v.v_finished \
-                 FROM JSON_ROWS($1 AS v(v_id text, v_host text, v_attempt bigint, v_attempt_id text, \
+                 FROM ROWS($1 AS v(v_id text, v_host text, v_attempt bigint, v_attempt_id text, \
                      v_fenced bigint, v_owner text, v_expires bigint, v_state text, v_retryable bigint, \
                      v_outcome text, v_reason text, v_result text, v_finished bigint, v_started bigint, \
                      v_retry_at bigint)) \
@@ -876,7 +969,7 @@ async fn finish_many(
                                            AND lease_expires_ms IS NOT DISTINCT FROM v.v_expires)) \
                  RETURNING id, host_id, attempt_id, action, params, state, attempt, max_attempts, next_run_ms"
             ),
-            &[B::T(&rows)],
+            &[B::Rows(&rows)],
         )
         .await?;
     // Each written row, by the fence it matched.

@@ -58,6 +58,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "kpi_daily",
         include_str!("../../migrations/postgres/0011_kpi_daily.sql"),
     ),
+    (
+        12,
+        "audit_time_brin",
+        include_str!("../../migrations/postgres/0012_audit_time_brin.sql"),
+    ),
 ];
 
 /// The answer to `backup` on PostgreSQL.

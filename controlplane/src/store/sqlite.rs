@@ -58,6 +58,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "kpi_daily",
         include_str!("../../migrations/sqlite/0011_kpi_daily.sql"),
     ),
+    (
+        12,
+        "audit_time_brin",
+        include_str!("../../migrations/sqlite/0012_audit_time_brin.sql"),
+    ),
 ];
 
 /// How long a statement waits for another process's write lock.

@@ -327,6 +327,47 @@ async fn a_host_at_its_cap_does_not_crowd_out_the_others() {
             vec![jobs[1].id.clone(), jobs[2].id.clone(), jobs[13].id.clone()],
             "in due order, within each host's free slots"
         );
+        // A cap no host can reach with this claim (busy has 3 with an agent;
+        // 3 + 5 <= 20): the plain claim of the first five due jobs.
+        let s20 = JobSettings {
+            max_running_per_host: 20,
+            ..JobSettings::default()
+        };
+        let c = store
+            .claim_jobs("cp", &hosts(&["busy", "idle"]), t + 203, 5, &s20)
+            .await
+            .unwrap();
+        assert_eq!(
+            c.iter().map(|c| c.job_id.clone()).collect::<Vec<_>>(),
+            jobs[3..8].iter().map(|j| j.id.clone()).collect::<Vec<_>>(),
+            "in due order"
+        );
+        for claimed in &c {
+            assert_eq!(claimed.attempt_id, format!("{}-a1", claimed.job_id));
+            assert_eq!((claimed.host_id.as_str(), claimed.resend), ("busy", false));
+            assert_eq!(
+                claimed.ready_ms,
+                jobs.iter().find(|j| j.id == claimed.job_id).unwrap().next_run_ms
+            );
+            let dispatched = details_of(&store, &claimed.job_id, "jobs.dispatch").await;
+            assert_eq!(dispatched.len(), 1);
+            assert_eq!(dispatched[0]["attempt"], 1);
+            let job = store.get_job(&claimed.job_id).await.unwrap().unwrap();
+            assert_eq!(
+                (job.state, job.lease_owner.as_deref()),
+                (JobState::Dispatched, Some("cp"))
+            );
+        }
+        // Room for 30 with 8 already out (8 + 30 > 20): the ranked claim
+        // again, within the 12 free slots; four jobs are left, all four.
+        let c = store
+            .claim_jobs("cp", &hosts(&["busy", "idle"]), t + 204, 30, &s20)
+            .await
+            .unwrap();
+        assert_eq!(
+            c.iter().map(|c| c.job_id.clone()).collect::<Vec<_>>(),
+            jobs[8..12].iter().map(|j| j.id.clone()).collect::<Vec<_>>()
+        );
     })
     .await;
 }
