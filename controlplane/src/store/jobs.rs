@@ -438,7 +438,8 @@ impl Store {
         // plain queue one: the first `room` due jobs, locked (skipping rows
         // another control plane holds) and claimed, in one statement whose
         // guard counts the busiest host's attempts. When the guard fails (or
-        // nothing was due), one statement reads the due candidates of hosts
+        // nothing was due, or the room alone is above the cap, as with the
+        // default cap of 1 and more than one free slot), one statement reads the due candidates of hosts
         // with a free slot (at most 4 × room, hosts at their cap left out so
         // their backlog cannot crowd the others out), ranks them per host
         // and keeps them within each host's free slots, then locks and claims
@@ -447,8 +448,11 @@ impl Store {
         if room > 0 {
             let cap = i64::from(settings.max_running_per_host);
             let room = i64::try_from(room).unwrap_or(i64::MAX);
-            let plain = c
-                .fetch(
+            // A room above the cap fails the guard whatever runs: not tried.
+            let plain = if room > cap {
+                Vec::new()
+            } else {
+                c.fetch(
                     &format!(
                         "UPDATE jobs SET {CLAIM_SET} \
                          WHERE id IN (SELECT id FROM jobs \
@@ -468,7 +472,8 @@ impl Store {
                         B::I(cap),
                     ],
                 )
-                .await?;
+                .await?
+            };
             let rows = if !plain.is_empty() {
                 plain
             } else {
