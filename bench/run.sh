@@ -24,7 +24,7 @@ target/release/bench-dispatch --agents 100,1000 --jobs "${DISPATCH_JOBS:-500}" -
 echo "# job queue: enqueue -> claim -> complete through the store, SQLite"
 target/release/bench-queue --jobs "${QUEUE_JOBS:-5000}"
 echo "# job queue, PostgreSQL, and a bare SKIP LOCKED loop on the same server"
-target/release/bench-queue --jobs "${QUEUE_JOBS:-5000}" --postgres
+target/release/bench-queue --jobs "${QUEUE_JOBS:-5000}" --postgres --repeat "${QUEUE_REPEAT:-5}"
 echo "# control-plane memory per connected agent and rollout overhead, ${ROLLOUT_AGENTS:-10000} simulated agents, SQLite"
 target/release/bench-rollout --agents "${ROLLOUT_AGENTS:-10000}" --hosts "${ROLLOUT_HOSTS:-1000,10000}"
 echo "# the same on PostgreSQL"
