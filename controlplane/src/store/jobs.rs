@@ -429,7 +429,7 @@ impl Store {
                     "host": job.host_id, "attempt": job.attempt, "attempt_id": job.attempt_id,
                     "owner": owner, "resend": true,
                 })));
-                out.push(claimed(job, true));
+                out.push(resent(job));
             }
         }
 
@@ -439,8 +439,8 @@ impl Store {
         // another control plane holds) and claimed, in one statement whose
         // guard counts the busiest host's attempts. When the guard fails (or
         // nothing was due, or the room alone is above the cap, as with the
-        // default cap of 1 and more than one free slot), one statement reads the due candidates of hosts
-        // with a free slot (at most 4 × room, hosts at their cap left out so
+        // default cap of 1 and more than one free slot), one statement reads
+        // the due candidates of hosts with a free slot (at most 4 × room, hosts at their cap left out so
         // their backlog cannot crowd the others out), ranks them per host
         // and keeps them within each host's free slots, then locks and claims
         // the first `room` of them.
@@ -824,20 +824,17 @@ fn claim_from(row: &AnyRow) -> Result<(Claimed, i64, i64), StoreError> {
     Ok((claimed, row.int("attempt")?, next_run_ms))
 }
 
-fn claimed(job: Job, resend: bool) -> Claimed {
+/// An unaccepted attempt sent again (the same attempt ID).
+fn resent(job: Job) -> Claimed {
     Claimed {
-        attempt_id: job.attempt_id.clone().unwrap_or_default(),
-        ready_ms: if resend {
-            job.updated_ms
-        } else {
-            job.next_run_ms.max(job.created_ms)
-        },
+        attempt_id: job.attempt_id.unwrap_or_default(),
+        ready_ms: job.updated_ms,
         job_id: job.id,
         host_id: job.host_id,
         action: job.action,
         params: job.params,
         timeout_secs: job.timeout_secs,
-        resend,
+        resend: true,
     }
 }
 
@@ -887,67 +884,79 @@ async fn finish_many(
     if endings.is_empty() {
         return Ok(Vec::new());
     }
-    // The endings as columns (one array each on PostgreSQL).
-    let n = endings.len();
-    let (mut id, mut host, mut attempt, mut attempt_id) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut fenced, mut owner, mut expires, mut state) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut retryable, mut outcome, mut reason, mut result) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut finished, mut started, mut retry_at) =
-        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-    for e in endings {
-        let (s, retry) = state_of_outcome(e.outcome, e.reason);
-        let (o, x) = e.lease.unwrap_or((None, None));
-        id.push(Some(e.job_id));
-        host.push(Some(e.host_id));
-        attempt.push(Some(i64::from(e.attempt)));
-        attempt_id.push(Some(e.attempt_id));
-        fenced.push(Some(i64::from(e.lease.is_some())));
-        owner.push(o);
-        expires.push(x);
-        state.push(Some(s.as_str()));
-        retryable.push(Some(i64::from(retry)));
-        outcome.push(Some(e.outcome));
-        reason.push(Some(e.reason).filter(|r| !r.is_empty()));
-        result.push(e.result);
-        finished.push(Some(e.finished_ms));
-        started.push(Some(e.started_ms));
-        retry_at.push(Some(if retry {
-            e.finished_ms.saturating_add(settings.retry_delay_ms(e.attempt))
-        } else {
-            e.finished_ms
-        }));
-    }
+    // The endings as columns (one array each on PostgreSQL); per ending its
+    // state, whether it may be retried, and when a retry would run.
+    let decided: Vec<(JobState, bool, i64)> = endings
+        .iter()
+        .map(|e| {
+            let (state, retryable) = state_of_outcome(e.outcome, e.reason);
+            let retry_at = if retryable {
+                e.finished_ms.saturating_add(settings.retry_delay_ms(e.attempt))
+            } else {
+                e.finished_ms
+            };
+            (state, retryable, retry_at)
+        })
+        .collect();
     let rows = [
-        ("v_id", Col::Text(id)),
-        ("v_host", Col::Text(host)),
-        ("v_attempt", Col::Int(attempt)),
-        ("v_attempt_id", Col::Text(attempt_id)),
-        ("v_fenced", Col::Int(fenced)),
-        ("v_owner", Col::Text(owner)),
-        ("v_expires", Col::Int(expires)),
-        ("v_state", Col::Text(state)),
-        ("v_retryable", Col::Int(retryable)),
-        ("v_outcome", Col::Text(outcome)),
-        ("v_reason", Col::Text(reason)),
-        ("v_result", Col::Text(result)),
-        ("v_finished", Col::Int(finished)),
-        ("v_started", Col::Int(started)),
-        ("v_retry_at", Col::Int(retry_at)),
+        ("v_id", Col::Text(endings.iter().map(|e| Some(e.job_id)).collect())),
+        ("v_host", Col::Text(endings.iter().map(|e| Some(e.host_id)).collect())),
+        (
+            "v_attempt",
+            Col::Int(endings.iter().map(|e| Some(i64::from(e.attempt))).collect()),
+        ),
+        (
+            "v_attempt_id",
+            Col::Text(endings.iter().map(|e| Some(e.attempt_id)).collect()),
+        ),
+        (
+            "v_fenced",
+            Col::Int(endings.iter().map(|e| Some(i64::from(e.lease.is_some()))).collect()),
+        ),
+        (
+            "v_owner",
+            Col::Text(endings.iter().map(|e| e.lease.and_then(|(owner, _)| owner)).collect()),
+        ),
+        (
+            "v_expires",
+            Col::Int(
+                endings
+                    .iter()
+                    .map(|e| e.lease.and_then(|(_, expires)| expires))
+                    .collect(),
+            ),
+        ),
+        (
+            "v_state",
+            Col::Text(decided.iter().map(|d| Some(d.0.as_str())).collect()),
+        ),
+        (
+            "v_retryable",
+            Col::Int(decided.iter().map(|d| Some(i64::from(d.1))).collect()),
+        ),
+        (
+            "v_outcome",
+            Col::Text(endings.iter().map(|e| Some(e.outcome)).collect()),
+        ),
+        (
+            "v_reason",
+            Col::Text(
+                endings
+                    .iter()
+                    .map(|e| Some(e.reason).filter(|r| !r.is_empty()))
+                    .collect(),
+            ),
+        ),
+        ("v_result", Col::Text(endings.iter().map(|e| e.result).collect())),
+        (
+            "v_finished",
+            Col::Int(endings.iter().map(|e| Some(e.finished_ms)).collect()),
+        ),
+        (
+            "v_started",
+            Col::Int(endings.iter().map(|e| Some(e.started_ms)).collect()),
+        ),
+        ("v_retry_at", Col::Int(decided.iter().map(|d| Some(d.2)).collect())),
     ];
     // Retried: a retryable outcome, not cancelled, attempts left. Discarded:
     // the same once attempts are spent, when retries were asked for.

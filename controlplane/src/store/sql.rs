@@ -124,7 +124,7 @@ impl AnyRow {
 
 /// Expands every `{name}($N AS alias(col type, ...))` (`name`: `JSON_ROWS`
 /// or `ROWS`) with `expand(N, alias, columns)`.
-fn json_rows(sql: &str, name: &str, expand: impl Fn(&str, &str, &[(&str, &str)]) -> String) -> String {
+fn table_rows(sql: &str, name: &str, expand: impl Fn(&str, &str, &[(&str, &str)]) -> String) -> String {
     let mut out = String::with_capacity(sql.len() + 64);
     let mut rest = sql;
     let open_with = format!("{name}($");
@@ -172,8 +172,8 @@ pub(super) fn lite(sql: &str) -> String {
             .collect();
         format!("(SELECT {} FROM json_each(${n})) AS {alias}", cols.join(", "))
     };
-    let sql = json_rows(sql, "JSON_ROWS", json_each);
-    let sql = json_rows(&sql, "ROWS", json_each);
+    let sql = table_rows(sql, "JSON_ROWS", json_each);
+    let sql = table_rows(&sql, "ROWS", json_each);
     let sql = noidx(&sql, "+");
     let mut out = String::with_capacity(sql.len() + 32);
     let mut rest = sql.as_str();
@@ -220,11 +220,11 @@ fn placeholders(sql: &str) -> String {
 
 /// The PostgreSQL text of a statement.
 pub(super) fn pg(sql: &str) -> String {
-    let sql = json_rows(sql, "JSON_ROWS", |n, alias, cols| {
+    let sql = table_rows(sql, "JSON_ROWS", |n, alias, cols| {
         let cols: Vec<String> = cols.iter().map(|(c, t)| format!("{c} {t}")).collect();
         format!("jsonb_to_recordset(${n}::jsonb) AS {alias}({})", cols.join(", "))
     });
-    let sql = json_rows(&sql, "ROWS", |n, alias, cols| {
+    let sql = table_rows(&sql, "ROWS", |n, alias, cols| {
         let first: usize = n.parse().unwrap_or(1);
         let arrays: Vec<String> = cols
             .iter()
@@ -266,6 +266,12 @@ fn lite_args(binds: &[B<'_>]) -> Result<SqliteArguments, StoreError> {
 }
 
 fn pg_args(binds: &[B<'_>]) -> Result<PgArguments, StoreError> {
+    // `ROWS($N …)` becomes $N, $N+1, …: a bind after it would take a column's place.
+    if binds.iter().rev().skip(1).any(|b| matches!(b, B::Rows(_))) {
+        return Err(StoreError::Invalid(
+            "a ROWS table must be the statement's last bind".into(),
+        ));
+    }
     let mut a = PgArguments::default();
     for b in binds {
         let r = match *b {
@@ -374,6 +380,11 @@ mod tests {
             ("v_id", Col::Text(vec![Some("a"), None])),
             ("v_a", Col::Int(vec![Some(1), None])),
         ];
+        assert!(
+            pg_args(&[B::Rows(&cols), B::I(1)]).is_err(),
+            "ROWS must be the last bind"
+        );
+        assert!(pg_args(&[B::I(1), B::Rows(&cols)]).is_ok());
         assert_eq!(rows_json(&cols), r#"[{"v_a":1,"v_id":"a"},{"v_a":null,"v_id":null}]"#);
     }
 }
