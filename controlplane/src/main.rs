@@ -72,7 +72,8 @@ enum CaCommand {
         #[arg(long, default_value = "365d")]
         validity: Duration,
     },
-    /// Issue an agent certificate whose identity is HOST.
+    /// Issue an agent certificate whose identity is HOST (recorded in the
+    /// database; for a revoked host this re-enrolls it).
     IssueAgent {
         /// The host's identity (a-z, 0-9, '-', '_', '.').
         #[arg(long)]
@@ -245,7 +246,11 @@ fn dispatch(mut cli: Cli) -> anyhow::Result<()> {
                 }
                 CaCommand::IssueAgent { host, out, validity } => {
                     let out = out.unwrap_or_else(|| PathBuf::from(format!("agent-{host}")));
-                    let files = pki_cli::issue_agent(dir, &host, &out, validity.as_std())?;
+                    // Recorded in the database first: the gateway refuses unrecorded certificates.
+                    let files = runtime()?.block_on(async {
+                        let store = open_store(&cfg).await?;
+                        anyhow::Ok(pki_cli::issue_agent(dir, &host, &out, validity.as_std(), &store).await?)
+                    })?;
                     let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
                     println!("agent certificate for {host} written to {}", names.join(", "));
                 }

@@ -1,9 +1,17 @@
 //! `steward-controlplane ca ...`: create the control plane's CA and issue
 //! server and agent certificates from it. Private keys are written 0600.
+//!
+//! Invariant: every agent certificate issued here is recorded in the store
+//! (`agent_certs`) before its files are written; the gateway refuses a
+//! certificate whose serial is not recorded.
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use steward_shared::pki::{self, Ca, PkiError};
+
+use crate::audit::{AuditEntry, Outcome, actor};
+use crate::store::identity::IssuedCert;
+use crate::store::{Store, StoreError};
 
 /// Errors of the CA commands.
 #[derive(Debug, thiserror::Error)]
@@ -15,6 +23,8 @@ pub enum CaError {
     Exists(String),
     #[error("no CA in {dir}: run `steward-controlplane ca init` first ({source})")]
     NoCa { dir: String, source: PkiError },
+    #[error("the certificate could not be recorded in the database: {0}")]
+    Store(#[from] StoreError),
 }
 
 pub const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 86_400);
@@ -56,16 +66,83 @@ pub fn issue_server(
     Ok(())
 }
 
+/// An agent certificate signed by the CA and recorded in the store.
+pub struct RecordedAgentCert {
+    pub host_id: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub serial: String,
+}
+
+/// Signs a certificate (and key) for each of `hosts` and records them in
+/// `store` in one transaction (audited once as `certs.issue`). For a revoked
+/// host this is a re-enrollment: its earlier certificates stay refused.
+pub async fn issue_agents_recorded(
+    ca: &Ca,
+    store: &Store,
+    hosts: &[String],
+    lifetime: Duration,
+    source: &str,
+) -> Result<Vec<RecordedAgentCert>, CaError> {
+    let mut issued = Vec::with_capacity(hosts.len());
+    let mut not_after = Vec::with_capacity(hosts.len());
+    for host_id in hosts {
+        let cert = ca.issue_agent(host_id, lifetime)?;
+        let der = pki::certs_from_pem(&cert.cert_pem)?.remove(0);
+        let identity = pki::identity_from_cert(&der)?;
+        not_after.push(identity.not_after.saturating_mul(1000));
+        issued.push(RecordedAgentCert {
+            host_id: host_id.clone(),
+            cert_pem: cert.cert_pem,
+            key_pem: cert.key_pem,
+            serial: identity.serial,
+        });
+    }
+    let records: Vec<IssuedCert<'_>> = issued
+        .iter()
+        .zip(&not_after)
+        .map(|(c, n)| IssuedCert {
+            host_id: &c.host_id,
+            serial: &c.serial,
+            not_after_ms: *n,
+            source,
+        })
+        .collect();
+    let details = match issued.as_slice() {
+        [one] => serde_json::json!({ "serial": &one.serial, "not_after_ms": not_after[0] }),
+        many => serde_json::json!({ "certificates": many.len() }),
+    };
+    let target = match hosts {
+        [one] => format!("host:{one}"),
+        _ => "hosts".to_string(),
+    };
+    store
+        .record_issued_certs(
+            &records,
+            &AuditEntry::new(actor::local(), "certs.issue", Outcome::Success)
+                .target(target)
+                .details(details),
+            steward_shared::now_ms(),
+        )
+        .await?;
+    Ok(issued)
+}
+
 /// Issues an agent certificate for `host_id` into `out_dir` as `agent.pem`,
-/// `agent.key` (0600) and `ca.pem`: the files `agent.toml` expects by default.
-pub fn issue_agent(
+/// `agent.key` (0600) and `ca.pem`: the files `agent.toml` expects by
+/// default. The certificate is recorded in `store` first.
+pub async fn issue_agent(
     data_dir: &Path,
     host_id: &str,
     out_dir: &Path,
     lifetime: Duration,
+    store: &Store,
 ) -> Result<Vec<PathBuf>, CaError> {
     let ca = load(data_dir)?;
-    let issued = ca.issue_agent(host_id, lifetime)?;
+    pki::validate_host_id(host_id)?;
+    let issued = issue_agents_recorded(&ca, store, &[host_id.to_string()], lifetime, "cli")
+        .await?
+        .remove(0);
     let (cert, key, ca_path) = (
         out_dir.join("agent.pem"),
         out_dir.join("agent.key"),
@@ -82,9 +159,13 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
-    #[test]
-    fn init_issue_and_refuse_to_overwrite() {
+    #[tokio::test]
+    async fn init_issue_and_refuse_to_overwrite() {
         let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&format!("sqlite://{}", dir.path().join("s.db").display()))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
         let fp = init(dir.path()).unwrap();
         assert_eq!(fp.len(), 64);
         let mode = std::fs::metadata(dir.path().join("ca.key"))
@@ -95,17 +176,23 @@ mod tests {
         assert_eq!(mode, 0o600);
         assert!(matches!(init(dir.path()), Err(CaError::Exists(_))));
         let out = dir.path().join("agent-web");
-        issue_agent(dir.path(), "web", &out, AGENT_LIFETIME).unwrap();
+        issue_agent(dir.path(), "web", &out, AGENT_LIFETIME, &store)
+            .await
+            .unwrap();
         let pem = std::fs::read_to_string(out.join("agent.pem")).unwrap();
         let der = pki::certs_from_pem(&pem).unwrap().remove(0);
-        assert_eq!(pki::identity_from_cert(&der).unwrap().host_id, "web");
+        let identity = pki::identity_from_cert(&der).unwrap();
+        assert_eq!(identity.host_id, "web");
+        // Recorded: the gateway accepts it (an unrecorded serial is refused).
+        assert!(!store.is_cert_revoked("web", &identity.serial).await.unwrap());
+        assert!(store.is_cert_revoked("web", "0badc0ffee").await.unwrap());
         assert!(matches!(
-            issue_agent(dir.path(), "Bad Name", &out, AGENT_LIFETIME),
+            issue_agent(dir.path(), "Bad Name", &out, AGENT_LIFETIME, &store).await,
             Err(CaError::Pki(_))
         ));
         let empty = tempfile::tempdir().unwrap();
         assert!(matches!(
-            issue_agent(empty.path(), "web", &out, AGENT_LIFETIME),
+            issue_agent(empty.path(), "web", &out, AGENT_LIFETIME, &store).await,
             Err(CaError::NoCa { .. })
         ));
     }

@@ -250,6 +250,7 @@ async fn enroll_local_agent(
         uses: 1,
         expires_ms: now + 600_000,
         created_by: "quickstart".into(),
+        hosts: None,
     };
     store
         .create_enrollment_token(

@@ -330,6 +330,17 @@ async fn revocation_sweep(store: Store, registry: Arc<Registry>, shutdown: Cance
             }
             Err(error) => tracing::warn!(%error, "revocation sweep failed"),
         }
+        // Certificates revoked on their own: a re-enrolled host's earlier ones.
+        match store.revoked_certs(steward_shared::now_ms()).await {
+            Ok(certs) => {
+                for (host, serial) in certs {
+                    if registry.kick_serial(&host, &serial) {
+                        tracing::warn!(%host, %serial, "closed a stream opened with a revoked certificate");
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "revocation sweep failed"),
+        }
     }
 }
 

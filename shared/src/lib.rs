@@ -6,11 +6,13 @@
 //! - [`selector`] — Kubernetes-style label selectors with a position-reporting parser.
 //! - [`units`] — human durations (`30s`, `5m`) and sizes (`64MiB`).
 //! - [`config`] — TOML config loading whose errors name file, line and key.
+//! - [`hostpattern`] — exact host IDs and `*` globs over them.
 //! - [`pki`] — CA creation, certificate issuance and identity extraction.
 #![forbid(unsafe_code)]
 
 pub mod codec;
 pub mod config;
+pub mod hostpattern;
 pub mod pki;
 pub mod selector;
 pub mod status;

@@ -69,12 +69,16 @@ async fn main() -> Result<()> {
         &cp_dir.join("server.key"),
         Duration::from_secs(86_400),
     )?;
-    steward_controlplane::pki_cli::issue_agent(&cp_dir, "bench-agent", &agent_dir, Duration::from_secs(86_400))?;
     let mut cfg = ControlPlaneConfig::parse(
         "<bench>",
         "[grpc]\nlisten = \"127.0.0.1:0\"\n[rest]\nlisten = \"127.0.0.1:0\"\n",
     )?;
     cfg.data_dir = cp_dir.clone();
+    let store = steward_controlplane::store::Store::connect(&cfg.database_url()).await?;
+    store.migrate().await?;
+    steward_controlplane::pki_cli::issue_agent(&cp_dir, "bench-agent", &agent_dir, Duration::from_secs(86_400), &store)
+        .await?;
+    store.close().await;
     let shutdown = CancellationToken::new();
     let running = steward_controlplane::server::start(&cfg, shutdown.clone()).await?;
     let port = running.endpoints.grpc_addr.port();

@@ -260,7 +260,13 @@ async fn main() -> Result<()> {
         server_name: Some("localhost".into()),
     };
     let started = Instant::now();
-    let fleet = Fleet::start(cfg, IdentitySource::Ca(server.ca.clone()), target, None).await?;
+    // The simulated agents' certificates are recorded in the server's database.
+    let store = Store::connect(server._db.url()).await?;
+    let identities = IdentitySource::Ca {
+        ca: server.ca.clone(),
+        store: store.clone(),
+    };
+    let fleet = Fleet::start(cfg, identities, target, None).await?;
     fleet
         .wait_connected(args.agents, Duration::from_secs(120 + args.agents as u64 / 20))
         .await

@@ -26,9 +26,14 @@ struct Args {
     /// Name the server certificate is checked against (default: the URL's host).
     #[arg(long, value_name = "NAME")]
     server_name: Option<String>,
-    /// Directory holding the control plane's CA (ca.pem, ca.key): certificates are issued in-process.
+    /// Directory holding the control plane's CA (ca.pem, ca.key): certificates are issued in-process
+    /// and recorded in the control plane's database (see --database-url).
     #[arg(long, value_name = "DIR", conflicts_with = "enroll_token")]
     ca_dir: Option<PathBuf>,
+    /// The control plane's database, where --ca-dir certificates are recorded
+    /// (default: the SQLite file DIR/steward.db of --ca-dir).
+    #[arg(long, env = "STEWARD_DATABASE_URL", value_name = "URL", hide_env_values = true)]
+    database_url: Option<String>,
     /// Enroll every agent with this enrollment token (it needs at least --agents uses).
     #[arg(long, env = "STEWARD_ENROLL_TOKEN", value_name = "TOKEN", hide_env_values = true)]
     enroll_token: Option<String>,
@@ -91,9 +96,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
         anyhow::bail!("--labels needs --rest-url and an API token (STEWARD_TOKEN)");
     }
     let identities = match (&args.ca_dir, &args.enroll_token, &args.ca_cert) {
-        (Some(dir), _, _) => IdentitySource::Ca(std::sync::Arc::new(
-            steward_shared::pki::Ca::load_dir(dir).map_err(|e| anyhow::anyhow!("CA in {}: {e}", dir.display()))?,
-        )),
+        (Some(dir), _, _) => {
+            let ca =
+                steward_shared::pki::Ca::load_dir(dir).map_err(|e| anyhow::anyhow!("CA in {}: {e}", dir.display()))?;
+            let url = args
+                .database_url
+                .clone()
+                .unwrap_or_else(|| format!("sqlite://{}", dir.join("steward.db").display()));
+            let store = steward_controlplane::store::Store::connect(&url)
+                .await
+                .map_err(|e| anyhow::anyhow!("the control plane's database: {e}"))?;
+            IdentitySource::Ca {
+                ca: std::sync::Arc::new(ca),
+                store,
+            }
+        }
         (None, Some(token), Some(ca)) => IdentitySource::Enroll {
             token: token.clone(),
             ca_pem: std::fs::read_to_string(ca).map_err(|e| anyhow::anyhow!("{}: {e}", ca.display()))?,

@@ -84,7 +84,10 @@ impl LocalControlPlane {
 
     /// Agent certificates issued by this control plane's CA.
     pub fn identities(&self) -> IdentitySource {
-        IdentitySource::Ca(self.ca.clone())
+        IdentitySource::Ca {
+            ca: self.ca.clone(),
+            store: self.store().clone(),
+        }
     }
 
     /// The store the control plane uses.

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use rand::Rng;
+use steward_controlplane::store::Store;
 use steward_shared::pki::{self, Ca};
 use steward_shared::proto::{
     self, AgentMessage, ControlMessage, EnrollRequest, agent_gateway_client::AgentGatewayClient, agent_message,
@@ -82,8 +83,9 @@ impl SimConfig {
 #[derive(Clone)]
 pub enum IdentitySource {
     /// Certificates issued in-process by the control plane's CA (its `ca.pem`
-    /// and `ca.key`, e.g. from the control plane's data directory).
-    Ca(Arc<Ca>),
+    /// and `ca.key`, e.g. from the control plane's data directory), recorded
+    /// in the control plane's database (the gateway refuses unrecorded ones).
+    Ca { ca: Arc<Ca>, store: Store },
     /// The real enrollment flow: each agent sends a CSR with this enrollment
     /// token (it needs at least N uses); `ca_pem` is the CA that signed the
     /// control plane's server certificate.
@@ -220,7 +222,7 @@ impl Fleet {
         let hosts: Vec<String> = (0..cfg.agents).map(|i| cfg.host_id(i)).collect();
         let ids = obtain_identities(&cfg, &identities, &target, &domain, &hosts).await?;
         let ca_pem = match &identities {
-            IdentitySource::Ca(ca) => ca.cert_pem().to_string(),
+            IdentitySource::Ca { ca, .. } => ca.cert_pem().to_string(),
             IdentitySource::Enroll { ca_pem, .. } => ca_pem.clone(),
         };
         let gate = Arc::new(Semaphore::new(cfg.connect_concurrency.max(1)));
@@ -285,15 +287,22 @@ async fn obtain_identities(
     hosts: &[String],
 ) -> Result<Vec<(String, String, String)>> {
     match source {
-        IdentitySource::Ca(ca) => hosts
-            .iter()
-            .map(|h| {
-                let id = ca
-                    .issue_agent(h, Duration::from_secs(30 * 86400))
-                    .with_context(|| format!("issuing a certificate for {h}"))?;
-                Ok((h.clone(), id.cert_pem, id.key_pem))
-            })
-            .collect(),
+        IdentitySource::Ca { ca, store } => {
+            let mut out = Vec::with_capacity(hosts.len());
+            for chunk in hosts.chunks(1_000) {
+                let issued = steward_controlplane::pki_cli::issue_agents_recorded(
+                    ca,
+                    store,
+                    chunk,
+                    Duration::from_secs(30 * 86400),
+                    "simulator",
+                )
+                .await
+                .with_context(|| format!("issuing certificates for {} hosts", chunk.len()))?;
+                out.extend(issued.into_iter().map(|c| (c.host_id, c.cert_pem, c.key_pem)));
+            }
+            Ok(out)
+        }
         IdentitySource::Enroll { token, ca_pem } => {
             let tls = ClientTlsConfig::new()
                 .ca_certificate(Certificate::from_pem(ca_pem))
@@ -753,24 +762,8 @@ pub async fn apply_labels(rest_url: &str, token: &str, labels: &[(String, BTreeM
     Ok(())
 }
 
-/// `*`-only glob match.
 fn glob(pattern: &str, s: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return pattern == s;
-    }
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !s.starts_with(first) || s.len() < first.len() + last.len() || !s.ends_with(last) {
-        return false;
-    }
-    let mut rest = &s[first.len()..s.len() - last.len()];
-    for mid in &parts[1..parts.len() - 1] {
-        match rest.find(mid) {
-            Some(i) => rest = &rest[i + mid.len()..],
-            None => return false,
-        }
-    }
-    true
+    steward_shared::hostpattern::matches(pattern, s)
 }
 
 #[cfg(test)]

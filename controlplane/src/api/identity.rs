@@ -122,6 +122,7 @@ pub async fn create_enrollment_token(
         uses,
         expires_ms: expires_at_ms,
         created_by: format!("token:{}", who.token_id),
+        hosts: None,
     };
     state
         .store

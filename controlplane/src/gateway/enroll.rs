@@ -95,8 +95,16 @@ impl Enroller {
         }
     }
 
-    /// Renewal for the stream's own identity; returns (certificate, CA).
-    pub async fn renew(&self, host_id: &str, csr_der: &[u8]) -> Result<(String, String), Status> {
+    /// Renewal for the stream's own identity (`presented_serial` is the
+    /// certificate the stream connected with); returns (certificate, CA).
+    /// Refused, inside the recording transaction, when the host or the
+    /// presented certificate has been revoked since the stream began.
+    pub async fn renew(
+        &self,
+        host_id: &str,
+        presented_serial: &str,
+        csr_der: &[u8],
+    ) -> Result<(String, String), Status> {
         let (_, cert_pem, serial, not_after_ms) = self.sign(csr_der, Some(host_id))?;
         let issued = IssuedCert {
             host_id,
@@ -104,9 +112,11 @@ impl Enroller {
             not_after_ms,
             source: "renew",
         };
-        self.store
-            .record_agent_cert(
+        let recorded = self
+            .store
+            .renew_agent_cert(
                 &issued,
+                presented_serial,
                 &AuditEntry::new(actor::host(host_id), "certs.renew", Outcome::Success)
                     .target(format!("host:{host_id}"))
                     .details(serde_json::json!({ "serial": &serial, "not_after_ms": not_after_ms })),
@@ -117,6 +127,11 @@ impl Enroller {
                 tracing::error!(%error, "renewed certificate not recorded");
                 Status::unavailable("the control plane cannot store data right now")
             })?;
+        if let Err(refusal) = recorded {
+            // The signed certificate is dropped unrecorded: it could never connect.
+            tracing::warn!(host = %host_id, %refusal, "renewal refused");
+            return Err(Status::permission_denied(refusal.to_string()));
+        }
         tracing::info!(host = %host_id, serial = %serial, "agent certificate renewed");
         Ok((cert_pem, self.ca.cert_pem().to_string()))
     }

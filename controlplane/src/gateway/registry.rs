@@ -35,9 +35,13 @@ impl Outbound {
     }
 }
 
+/// (generation, cancel, serial of the certificate the session presented).
+type Session = (u64, CancellationToken, Box<str>);
+
 #[derive(Default)]
 pub struct Registry {
-    inner: Mutex<HashMap<String, (u64, CancellationToken)>>,
+    /// By host: (generation, cancel, serial of the certificate the session presented).
+    inner: Mutex<HashMap<String, Session>>,
     /// Outbound streams of the current sessions, by host (set by [`Registry::attach`]).
     outbound: Mutex<HashMap<String, (u64, Outbound)>>,
     next_generation: std::sync::atomic::AtomicU64,
@@ -51,16 +55,17 @@ pub struct SessionHandle {
 }
 
 impl Registry {
-    /// Registers a new session for `host_id`, closing the previous one if any.
-    pub fn register(&self, host_id: &str) -> SessionHandle {
+    /// Registers a new session for `host_id` (connected with the certificate
+    /// `serial`), closing the previous one if any.
+    pub fn register(&self, host_id: &str, serial: &str) -> SessionHandle {
         let generation = self.next_generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let cancel = CancellationToken::new();
         let old = self
             .inner
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(host_id.to_string(), (generation, cancel.clone()));
-        if let Some((_, old_cancel)) = old {
+            .insert(host_id.to_string(), (generation, cancel.clone(), serial.into()));
+        if let Some((_, old_cancel, _)) = old {
             old_cancel.cancel();
         }
         SessionHandle {
@@ -75,7 +80,7 @@ impl Registry {
     pub fn unregister(&self, handle: &SessionHandle) -> bool {
         let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         match map.get(&handle.host_id) {
-            Some((generation, _)) if *generation == handle.generation => {
+            Some((generation, _, _)) if *generation == handle.generation => {
                 map.remove(&handle.host_id);
                 let mut out = self.outbound.lock().unwrap_or_else(|p| p.into_inner());
                 if out.get(&handle.host_id).is_some_and(|(g, _)| *g == handle.generation) {
@@ -91,11 +96,23 @@ impl Registry {
     pub fn kick(&self, host_id: &str) -> bool {
         let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         match map.get(host_id) {
-            Some((_, cancel)) => {
+            Some((_, cancel, _)) => {
                 cancel.cancel();
                 true
             }
             None => false,
+        }
+    }
+
+    /// Closes the live session of `host_id` if it presented the certificate `serial`.
+    pub fn kick_serial(&self, host_id: &str, serial: &str) -> bool {
+        let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(host_id) {
+            Some((_, cancel, s)) if &**s == serial => {
+                cancel.cancel();
+                true
+            }
+            _ => false,
         }
     }
 
@@ -106,7 +123,7 @@ impl Registry {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&handle.host_id)
-            .is_some_and(|(g, _)| *g == handle.generation);
+            .is_some_and(|(g, _, _)| *g == handle.generation);
         if current {
             self.outbound
                 .lock()
@@ -149,8 +166,8 @@ mod tests {
     #[test]
     fn a_new_session_supersedes_the_old_one() {
         let r = Registry::default();
-        let a = r.register("web");
-        let b = r.register("web");
+        let a = r.register("web", "01");
+        let b = r.register("web", "02");
         assert!(a.cancel.is_cancelled());
         assert!(!b.cancel.is_cancelled());
         let (tx, _rx) = Outbound::channel(1);
@@ -161,8 +178,11 @@ mod tests {
         assert!(!r.unregister(&a), "the superseded session does not disconnect the host");
         assert!(r.outbound("web").is_some());
         assert_eq!(r.connected(), 1);
-        assert!(r.kick("web"));
+        assert!(!r.kick_serial("web", "01"), "the superseded certificate has no session");
+        assert!(!b.cancel.is_cancelled());
+        assert!(r.kick_serial("web", "02"));
         assert!(b.cancel.is_cancelled());
+        assert!(r.kick("web"));
         assert!(r.unregister(&b));
         assert_eq!(r.connected(), 0);
         assert!(r.outbound("web").is_none());

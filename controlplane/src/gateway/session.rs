@@ -108,7 +108,7 @@ pub async fn run(
             return;
         }
     };
-    let handle = deps.registry.register(&host_id);
+    let handle = deps.registry.register(&host_id, &identity.serial);
     deps.metrics.agent_connected();
     tracing::info!(version = %info.agent_version, acked, agent_acked = hello.last_acked_seq, "agent connected");
 
@@ -120,6 +120,10 @@ pub async fn run(
     };
     let mut ended = out.send(Ok(msg(control_message::Msg::Welcome(welcome)))).await.is_err();
     let mut last_acked = acked;
+    let mut renewed = false;
+    // The stream lives no longer than the certificate it was opened with.
+    let expiry = tokio::time::sleep(until_not_after(identity.not_after));
+    tokio::pin!(expiry);
     // Job assignments reach this stream from now on; due jobs go out at once.
     deps.registry.attach(&handle, out.clone());
     deps.jobs.kick();
@@ -132,6 +136,11 @@ pub async fn run(
             }
             _ = deps.shutdown.cancelled() => {
                 let _ = out.send(Err(Status::unavailable("the control plane is shutting down"))).await;
+                break;
+            }
+            _ = &mut expiry => {
+                tracing::info!("certificate expired: closing the stream");
+                let _ = out.send(Err(Status::unauthenticated("the certificate of this stream has expired: reconnect with a renewed one"))).await;
                 break;
             }
             next = inbound.message() => next,
@@ -215,14 +224,20 @@ pub async fn run(
                 break;
             }
             Some(agent_message::Msg::Renew(renew)) => {
+                // One renewal per stream: the stream ends at its certificate's
+                // expiry at the latest, and the agent reconnects with the new one.
                 let reply = match &deps.enroller {
-                    Some(enroller) => Box::pin(enroller.renew(&host_id, &renew.csr_der)).await,
+                    _ if renewed => Err(Status::resource_exhausted(
+                        "this stream has renewed its certificate already: reconnect with the new one",
+                    )),
+                    Some(enroller) => Box::pin(enroller.renew(&host_id, &identity.serial, &renew.csr_der)).await,
                     None => Err(Status::unavailable(
                         "this control plane has no CA key to sign certificates with",
                     )),
                 };
                 match reply {
                     Ok((cert_pem, ca_pem)) => {
+                        renewed = true;
                         let m = msg(control_message::Msg::Renew(proto::RenewResponse { cert_pem, ca_pem }));
                         ended = out.send(Ok(m)).await.is_err();
                     }
@@ -267,6 +282,12 @@ pub async fn run(
     }
     deps.metrics.agent_disconnected();
     tracing::info!(acked = last_acked, "agent disconnected");
+}
+
+/// How long from now until `not_after` (seconds since the epoch), zero when past.
+fn until_not_after(not_after: i64) -> Duration {
+    let left_ms = not_after.saturating_mul(1000).saturating_sub(steward_shared::now_ms());
+    Duration::from_millis(left_ms.max(0) as u64)
 }
 
 fn msg(m: control_message::Msg) -> ControlMessage {

@@ -7,12 +7,19 @@
 //!   labels and recording the issued certificate happen in one transaction:
 //!   a refused enrollment changes nothing.
 //! - A token's secret is stored only as its SHA-256 and compared in constant time.
-//! - A revoked host's certificates issued before the revocation are refused;
-//!   re-enrollment clears the host's revocation, never the old certificates'.
+//! - Every agent certificate the CA signs is recorded here (enrollment,
+//!   renewal, `ca issue-agent`); a certificate whose serial is not recorded
+//!   is refused.
+//! - Every certificate of a revoked host is refused. Re-enrollment (only with
+//!   a token that names the host exactly) clears the host's revocation and
+//!   revokes every earlier certificate of the host: only the new one is valid.
+//! - A renewal is refused, inside its transaction, when the host is revoked
+//!   or the certificate of the stream asking for it is no longer valid.
 use std::collections::BTreeMap;
 
-use sqlx::Row;
 use subtle::ConstantTimeEq;
+
+use steward_shared::hostpattern;
 
 use super::audit::{append_postgres, append_sqlite};
 use super::{Backend, Store, StoreError};
@@ -27,6 +34,8 @@ pub struct NewEnrollmentToken {
     pub uses: i64,
     pub expires_ms: i64,
     pub created_by: String,
+    /// Host IDs (exact or `*` patterns) it may enroll; `None`: any new host.
+    pub hosts: Option<Vec<String>>,
 }
 
 /// Why an enrollment was refused (shown to the agent; never which secret was wrong).
@@ -40,6 +49,55 @@ pub enum EnrollRefusal {
     UsedUp,
     #[error("host {0:?} is already enrolled: revoke it first, or enroll under another --host-id")]
     HostExists(String),
+    #[error("this enrollment token does not allow host ID {0:?}")]
+    HostNotAllowed(String),
+    #[error("host {0:?} was enrolled before: re-enrolling it needs a token that names it (--hosts {0})")]
+    ReenrollNotNamed(String),
+}
+
+/// Why a renewal was refused (nothing was recorded).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RenewRefusal {
+    #[error("this host has been revoked: re-enroll it")]
+    HostRevoked,
+    #[error("the certificate of this stream is no longer valid: re-enroll the host")]
+    CertRevoked,
+}
+
+/// The host an enrollment is for, as the store has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostStanding {
+    /// No host of that ID yet.
+    New,
+    /// Enrolled and not revoked.
+    Active,
+    /// Enrolled before and revoked since.
+    Revoked,
+}
+
+impl HostStanding {
+    fn from_row(row: Option<Option<i64>>) -> HostStanding {
+        match row {
+            None => HostStanding::New,
+            Some(None) => HostStanding::Active,
+            Some(Some(_)) => HostStanding::Revoked,
+        }
+    }
+}
+
+/// A recorded certificate, as the revocation decision sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertStanding {
+    /// The serial was never recorded for this host.
+    Unknown,
+    Valid,
+    Revoked,
+}
+
+/// The revocation decision: a certificate may connect only when it is
+/// recorded for its host, not revoked itself, and its host is not revoked.
+pub fn cert_refused(host_revoked: bool, cert: CertStanding) -> bool {
+    host_revoked || cert != CertStanding::Valid
 }
 
 /// The certificate being issued, recorded with the enrollment.
@@ -56,15 +114,15 @@ fn labels_json(labels: &BTreeMap<String, String>) -> String {
     serde_json::to_string(labels).unwrap_or_else(|_| "{}".into())
 }
 
-struct TokenRow {
-    secret_hash: String,
-    labels: String,
-    uses_left: i64,
-    expires_ms: i64,
-    revoked: bool,
-}
-
-fn judge(row: Option<TokenRow>, secret_hash: &str, now_ms: i64) -> Result<String, EnrollRefusal> {
+/// Decides an enrollment of `host_id` with the token in `row` (pure; the
+/// caller holds the token and host rows locked). Returns the token's labels.
+pub fn judge(
+    row: Option<TokenRow>,
+    secret_hash: &str,
+    now_ms: i64,
+    host_id: &str,
+    host: HostStanding,
+) -> Result<String, EnrollRefusal> {
     let Some(row) = row else {
         // Same work as a real comparison, so timing does not reveal unknown ids.
         let _ = secret_hash.as_bytes().ct_eq(secret_hash.as_bytes());
@@ -80,7 +138,88 @@ fn judge(row: Option<TokenRow>, secret_hash: &str, now_ms: i64) -> Result<String
     if row.uses_left <= 0 {
         return Err(EnrollRefusal::UsedUp);
     }
+    let hosts = row.hosts();
+    if let Some(allowed) = &hosts
+        && !allowed.iter().any(|p| hostpattern::matches(p, host_id))
+    {
+        return Err(EnrollRefusal::HostNotAllowed(host_id.to_string()));
+    }
+    match host {
+        HostStanding::New => {}
+        HostStanding::Active => return Err(EnrollRefusal::HostExists(host_id.to_string())),
+        HostStanding::Revoked => {
+            // Taking over an existing host ID needs a token minted for it.
+            let named = hosts.iter().flatten().any(|p| hostpattern::is_exact(p) && p == host_id);
+            if !named {
+                return Err(EnrollRefusal::ReenrollNotNamed(host_id.to_string()));
+            }
+        }
+    }
     Ok(row.labels)
+}
+
+/// An enrollment token as stored (the secret only as its hash).
+#[derive(Debug, Clone)]
+pub struct TokenRow {
+    pub secret_hash: String,
+    pub labels: String,
+    pub uses_left: i64,
+    pub expires_ms: i64,
+    pub revoked: bool,
+    /// JSON array of host patterns, or `None`.
+    pub hosts_json: Option<String>,
+}
+
+type TokenTuple = (String, String, i64, i64, Option<i64>, Option<String>);
+
+impl TokenRow {
+    fn from_tuple(r: TokenTuple) -> TokenRow {
+        TokenRow {
+            secret_hash: r.0,
+            labels: r.1,
+            uses_left: r.2,
+            expires_ms: r.3,
+            revoked: r.4.is_some(),
+            hosts_json: r.5,
+        }
+    }
+
+    fn hosts(&self) -> Option<Vec<String>> {
+        // An unreadable list allows nothing (fail closed).
+        self.hosts_json
+            .as_deref()
+            .map(|j| serde_json::from_str(j).unwrap_or_default())
+    }
+}
+
+/// An enrollment token as listed (never its secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrollmentTokenInfo {
+    pub id: String,
+    pub labels: BTreeMap<String, String>,
+    pub hosts: Option<Vec<String>>,
+    pub max_uses: i64,
+    pub uses_left: i64,
+    pub expires_ms: i64,
+    pub created_ms: i64,
+    pub created_by: String,
+    pub revoked_ms: Option<i64>,
+}
+
+type TokenInfoRow = (String, String, Option<String>, i64, i64, i64, i64, String, Option<i64>);
+
+fn token_info(r: TokenInfoRow) -> EnrollmentTokenInfo {
+    EnrollmentTokenInfo {
+        id: r.0,
+        labels: serde_json::from_str(&r.1).unwrap_or_default(),
+        hosts: r.2.map(|j| serde_json::from_str(&j).unwrap_or_default()),
+        max_uses: r.3,
+        uses_left: r.4,
+        expires_ms: r.5,
+        created_ms: r.6,
+        created_by: r.7,
+        revoked_ms: r.8,
+    }
 }
 
 impl Store {
@@ -92,13 +231,17 @@ impl Store {
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let labels = labels_json(&t.labels);
+        let hosts = t
+            .hosts
+            .as_ref()
+            .map(|h| serde_json::to_string(h).unwrap_or_else(|_| "[]".into()));
         let audit = std::slice::from_ref(audit);
         match &self.backend {
             Backend::Sqlite(b) => {
                 let mut tx = b.write.begin_with("BEGIN IMMEDIATE").await?;
                 sqlx::query(
-                    "INSERT INTO enrollment_tokens (id, secret_hash, labels, max_uses, uses_left, expires_ms, created_ms, created_by)
-                     VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7)",
+                    "INSERT INTO enrollment_tokens (id, secret_hash, labels, max_uses, uses_left, expires_ms, created_ms, created_by, hosts)
+                     VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7, ?8)",
                 )
                 .bind(&t.id)
                 .bind(&t.secret_hash)
@@ -107,6 +250,7 @@ impl Store {
                 .bind(t.expires_ms)
                 .bind(now_ms)
                 .bind(&t.created_by)
+                .bind(&hosts)
                 .execute(&mut *tx)
                 .await?;
                 append_sqlite(&mut tx, audit, now_ms).await?;
@@ -115,8 +259,8 @@ impl Store {
             Backend::Postgres(b) => {
                 let mut tx = b.pool.begin().await?;
                 sqlx::query(
-                    "INSERT INTO enrollment_tokens (id, secret_hash, labels, max_uses, uses_left, expires_ms, created_ms, created_by)
-                     VALUES ($1, $2, $3, $4, $4, $5, $6, $7)",
+                    "INSERT INTO enrollment_tokens (id, secret_hash, labels, max_uses, uses_left, expires_ms, created_ms, created_by, hosts)
+                     VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8)",
                 )
                 .bind(&t.id)
                 .bind(&t.secret_hash)
@@ -125,6 +269,7 @@ impl Store {
                 .bind(t.expires_ms)
                 .bind(now_ms)
                 .bind(&t.created_by)
+                .bind(&hosts)
                 .execute(&mut *tx)
                 .await?;
                 append_postgres(&mut tx, audit, now_ms).await?;
@@ -134,9 +279,79 @@ impl Store {
         Ok(())
     }
 
+    /// Every enrollment token, newest first (never a secret).
+    pub async fn list_enrollment_tokens(&self) -> Result<Vec<EnrollmentTokenInfo>, StoreError> {
+        const SQL: &str = "SELECT id, labels, hosts, max_uses, uses_left, expires_ms, created_ms, created_by, revoked_ms FROM enrollment_tokens ORDER BY created_ms DESC, id";
+        let rows: Vec<TokenInfoRow> = match &self.backend {
+            Backend::Sqlite(b) => sqlx::query_as(SQL).fetch_all(&b.read).await?,
+            Backend::Postgres(b) => sqlx::query_as(SQL).fetch_all(&b.pool).await?,
+        };
+        Ok(rows.into_iter().map(token_info).collect())
+    }
+
+    /// One enrollment token (never its secret).
+    pub async fn get_enrollment_token(&self, id: &str) -> Result<Option<EnrollmentTokenInfo>, StoreError> {
+        let row: Option<TokenInfoRow> = match &self.backend {
+            Backend::Sqlite(b) => {
+                sqlx::query_as("SELECT id, labels, hosts, max_uses, uses_left, expires_ms, created_ms, created_by, revoked_ms FROM enrollment_tokens WHERE id = ?1")
+                    .bind(id)
+                    .fetch_optional(&b.read)
+                    .await?
+            }
+            Backend::Postgres(b) => {
+                sqlx::query_as("SELECT id, labels, hosts, max_uses, uses_left, expires_ms, created_ms, created_by, revoked_ms FROM enrollment_tokens WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&b.pool)
+                    .await?
+            }
+        };
+        Ok(row.map(token_info))
+    }
+
+    /// Revokes an enrollment token: no host can enroll with it from now on.
+    /// Returns false when there is no such token or it was revoked already.
+    pub async fn revoke_enrollment_token(&self, id: &str, audit: &AuditEntry, now_ms: i64) -> Result<bool, StoreError> {
+        let audit = std::slice::from_ref(audit);
+        let n = match &self.backend {
+            Backend::Sqlite(b) => {
+                let mut tx = b.write.begin_with("BEGIN IMMEDIATE").await?;
+                let n =
+                    sqlx::query("UPDATE enrollment_tokens SET revoked_ms = ?2 WHERE id = ?1 AND revoked_ms IS NULL")
+                        .bind(id)
+                        .bind(now_ms)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                if n > 0 {
+                    append_sqlite(&mut tx, audit, now_ms).await?;
+                }
+                tx.commit().await?;
+                n
+            }
+            Backend::Postgres(b) => {
+                let mut tx = b.pool.begin().await?;
+                let n =
+                    sqlx::query("UPDATE enrollment_tokens SET revoked_ms = $2 WHERE id = $1 AND revoked_ms IS NULL")
+                        .bind(id)
+                        .bind(now_ms)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                if n > 0 {
+                    append_postgres(&mut tx, audit, now_ms).await?;
+                }
+                tx.commit().await?;
+                n
+            }
+        };
+        Ok(n > 0)
+    }
+
     /// Redeems one use of an enrollment token for `cert.host_id` and records
-    /// the certificate, in one transaction. The outer error is a storage
-    /// failure; the inner one a refusal (nothing was changed).
+    /// the certificate, in one transaction. A re-enrollment (a revoked host,
+    /// with a token naming it) revokes every earlier certificate of the host.
+    /// The outer error is a storage failure; the inner one a refusal (nothing
+    /// was changed).
     pub async fn redeem_enrollment(
         &self,
         token_id: &str,
@@ -150,32 +365,33 @@ impl Store {
         let labels = match &self.backend {
             Backend::Sqlite(b) => {
                 let mut tx = b.write.begin_with("BEGIN IMMEDIATE").await?;
-                let row = sqlx::query(
-                    "SELECT secret_hash, labels, uses_left, expires_ms, revoked_ms FROM enrollment_tokens WHERE id = ?1",
-                )
-                .bind(token_id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .map(|r| TokenRow {
-                    secret_hash: r.get(0),
-                    labels: r.get(1),
-                    uses_left: r.get(2),
-                    expires_ms: r.get(3),
-                    revoked: r.get::<Option<i64>, _>(4).is_some(),
-                });
-                let labels = match judge(row, secret_hash, now_ms) {
-                    Ok(l) => l,
-                    Err(refusal) => return Ok(Err(refusal)),
-                };
-                let existing: Option<(Option<i64>,)> = sqlx::query_as("SELECT revoked_ms FROM hosts WHERE id = ?1")
+                let row: Option<TokenTuple> =
+                    sqlx::query_as("SELECT secret_hash, labels, uses_left, expires_ms, revoked_ms, hosts FROM enrollment_tokens WHERE id = ?1")
+                        .bind(token_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                let host: Option<(Option<i64>,)> = sqlx::query_as("SELECT revoked_ms FROM hosts WHERE id = ?1")
                     .bind(cert.host_id)
                     .fetch_optional(&mut *tx)
                     .await?;
-                if matches!(existing, Some((None,))) {
-                    return Ok(Err(EnrollRefusal::HostExists(cert.host_id.to_string())));
-                }
+                let standing = HostStanding::from_row(host.map(|h| h.0));
+                let labels = match judge(
+                    row.map(TokenRow::from_tuple),
+                    secret_hash,
+                    now_ms,
+                    cert.host_id,
+                    standing,
+                ) {
+                    Ok(l) => l,
+                    Err(refusal) => return Ok(Err(refusal)),
+                };
                 sqlx::query("UPDATE enrollment_tokens SET uses_left = uses_left - 1 WHERE id = ?1")
                     .bind(token_id)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("UPDATE agent_certs SET revoked_ms = ?2 WHERE host_id = ?1 AND revoked_ms IS NULL")
+                    .bind(cert.host_id)
+                    .bind(now_ms)
                     .execute(&mut *tx)
                     .await?;
                 sqlx::query(
@@ -203,34 +419,34 @@ impl Store {
             }
             Backend::Postgres(b) => {
                 let mut tx = b.pool.begin().await?;
-                let row = sqlx::query(
-                    "SELECT secret_hash, labels, uses_left, expires_ms, revoked_ms FROM enrollment_tokens
-                     WHERE id = $1 FOR UPDATE",
+                let row: Option<TokenTuple> = sqlx::query_as("SELECT secret_hash, labels, uses_left, expires_ms, revoked_ms, hosts FROM enrollment_tokens WHERE id = $1 FOR UPDATE",
                 )
                 .bind(token_id)
                 .fetch_optional(&mut *tx)
-                .await?
-                .map(|r| TokenRow {
-                    secret_hash: r.get(0),
-                    labels: r.get(1),
-                    uses_left: r.get(2),
-                    expires_ms: r.get(3),
-                    revoked: r.get::<Option<i64>, _>(4).is_some(),
-                });
-                let labels = match judge(row, secret_hash, now_ms) {
-                    Ok(l) => l,
-                    Err(refusal) => return Ok(Err(refusal)),
-                };
-                let existing: Option<(Option<i64>,)> =
+                .await?;
+                let host: Option<(Option<i64>,)> =
                     sqlx::query_as("SELECT revoked_ms FROM hosts WHERE id = $1 FOR UPDATE")
                         .bind(cert.host_id)
                         .fetch_optional(&mut *tx)
                         .await?;
-                if matches!(existing, Some((None,))) {
-                    return Ok(Err(EnrollRefusal::HostExists(cert.host_id.to_string())));
-                }
+                let standing = HostStanding::from_row(host.map(|h| h.0));
+                let labels = match judge(
+                    row.map(TokenRow::from_tuple),
+                    secret_hash,
+                    now_ms,
+                    cert.host_id,
+                    standing,
+                ) {
+                    Ok(l) => l,
+                    Err(refusal) => return Ok(Err(refusal)),
+                };
                 sqlx::query("UPDATE enrollment_tokens SET uses_left = uses_left - 1 WHERE id = $1")
                     .bind(token_id)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("UPDATE agent_certs SET revoked_ms = $2 WHERE host_id = $1 AND revoked_ms IS NULL")
+                    .bind(cert.host_id)
+                    .bind(now_ms)
                     .execute(&mut *tx)
                     .await?;
                 sqlx::query(
@@ -260,20 +476,36 @@ impl Store {
         Ok(Ok(serde_json::from_str(&labels).unwrap_or_default()))
     }
 
-    /// Records a certificate issued outside enrollment (renewal over the stream).
-    pub async fn record_agent_cert(
+    /// Records a renewal for the stream whose certificate is `presented_serial`,
+    /// in one transaction that first checks, with the host row locked, that
+    /// neither the host nor that certificate is revoked. A refused renewal
+    /// records nothing (and its certificate, unrecorded, is refused anyway).
+    pub async fn renew_agent_cert(
         &self,
         cert: &IssuedCert<'_>,
+        presented_serial: &str,
         audit: &AuditEntry,
         now_ms: i64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Result<(), RenewRefusal>, StoreError> {
         let audit = std::slice::from_ref(audit);
         match &self.backend {
             Backend::Sqlite(b) => {
                 let mut tx = b.write.begin_with("BEGIN IMMEDIATE").await?;
+                let host: Option<(Option<i64>,)> = sqlx::query_as("SELECT revoked_ms FROM hosts WHERE id = ?1")
+                    .bind(cert.host_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let presented: Option<(Option<i64>,)> =
+                    sqlx::query_as("SELECT revoked_ms FROM agent_certs WHERE serial = ?1 AND host_id = ?2")
+                        .bind(presented_serial)
+                        .bind(cert.host_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if let Err(refusal) = renewal_allowed(host.map(|h| h.0), presented.map(|c| c.0)) {
+                    return Ok(Err(refusal));
+                }
                 sqlx::query(
-                    "INSERT INTO agent_certs (serial, host_id, not_after_ms, issued_ms, source) VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT (serial) DO NOTHING",
+                    "INSERT INTO agent_certs (serial, host_id, not_after_ms, issued_ms, source) VALUES (?1, ?2, ?3, ?4, ?5)",
                 )
                 .bind(cert.serial)
                 .bind(cert.host_id)
@@ -287,9 +519,24 @@ impl Store {
             }
             Backend::Postgres(b) => {
                 let mut tx = b.pool.begin().await?;
+                // Locks the host row: a revocation waits for this renewal, or
+                // this renewal sees the revocation.
+                let host: Option<(Option<i64>,)> =
+                    sqlx::query_as("SELECT revoked_ms FROM hosts WHERE id = $1 FOR UPDATE")
+                        .bind(cert.host_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                let presented: Option<(Option<i64>,)> =
+                    sqlx::query_as("SELECT revoked_ms FROM agent_certs WHERE serial = $1 AND host_id = $2")
+                        .bind(presented_serial)
+                        .bind(cert.host_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if let Err(refusal) = renewal_allowed(host.map(|h| h.0), presented.map(|c| c.0)) {
+                    return Ok(Err(refusal));
+                }
                 sqlx::query(
-                    "INSERT INTO agent_certs (serial, host_id, not_after_ms, issued_ms, source) VALUES ($1, $2, $3, $4, $5)
-                     ON CONFLICT (serial) DO NOTHING",
+                    "INSERT INTO agent_certs (serial, host_id, not_after_ms, issued_ms, source) VALUES ($1, $2, $3, $4, $5)",
                 )
                 .bind(cert.serial)
                 .bind(cert.host_id)
@@ -302,11 +549,97 @@ impl Store {
                 tx.commit().await?;
             }
         }
+        Ok(Ok(()))
+    }
+
+    /// Records certificates signed outside the stream (`ca issue-agent`, the
+    /// fleet simulator), in one transaction with one audit entry. For a
+    /// revoked host this is a re-enrollment by the CA's operator: the host's
+    /// revocation is cleared and every earlier certificate of it is revoked,
+    /// so only the new one is valid.
+    pub async fn record_issued_certs(
+        &self,
+        certs: &[IssuedCert<'_>],
+        audit: &AuditEntry,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let audit = std::slice::from_ref(audit);
+        for cert in certs {
+            super::check_host_id(cert.host_id)?;
+        }
+        match &self.backend {
+            Backend::Sqlite(b) => {
+                let mut tx = b.write.begin_with("BEGIN IMMEDIATE").await?;
+                for cert in certs {
+                    let host: Option<(Option<i64>,)> = sqlx::query_as("SELECT revoked_ms FROM hosts WHERE id = ?1")
+                        .bind(cert.host_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    if HostStanding::from_row(host.map(|h| h.0)) == HostStanding::Revoked {
+                        sqlx::query("UPDATE agent_certs SET revoked_ms = ?2 WHERE host_id = ?1 AND revoked_ms IS NULL")
+                            .bind(cert.host_id)
+                            .bind(now_ms)
+                            .execute(&mut *tx)
+                            .await?;
+                        sqlx::query("UPDATE hosts SET revoked_ms = NULL WHERE id = ?1")
+                            .bind(cert.host_id)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    sqlx::query(
+                        "INSERT INTO agent_certs (serial, host_id, not_after_ms, issued_ms, source) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )
+                    .bind(cert.serial)
+                    .bind(cert.host_id)
+                    .bind(cert.not_after_ms)
+                    .bind(now_ms)
+                    .bind(cert.source)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                append_sqlite(&mut tx, audit, now_ms).await?;
+                tx.commit().await?;
+            }
+            Backend::Postgres(b) => {
+                let mut tx = b.pool.begin().await?;
+                for cert in certs {
+                    let host: Option<(Option<i64>,)> =
+                        sqlx::query_as("SELECT revoked_ms FROM hosts WHERE id = $1 FOR UPDATE")
+                            .bind(cert.host_id)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    if HostStanding::from_row(host.map(|h| h.0)) == HostStanding::Revoked {
+                        sqlx::query("UPDATE agent_certs SET revoked_ms = $2 WHERE host_id = $1 AND revoked_ms IS NULL")
+                            .bind(cert.host_id)
+                            .bind(now_ms)
+                            .execute(&mut *tx)
+                            .await?;
+                        sqlx::query("UPDATE hosts SET revoked_ms = NULL WHERE id = $1")
+                            .bind(cert.host_id)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    sqlx::query(
+                        "INSERT INTO agent_certs (serial, host_id, not_after_ms, issued_ms, source) VALUES ($1, $2, $3, $4, $5)",
+                    )
+                    .bind(cert.serial)
+                    .bind(cert.host_id)
+                    .bind(cert.not_after_ms)
+                    .bind(now_ms)
+                    .bind(cert.source)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                append_postgres(&mut tx, audit, now_ms).await?;
+                tx.commit().await?;
+            }
+        }
         Ok(())
     }
 
-    /// Revokes a host: every certificate issued to it so far is refused from
-    /// now on. Returns false when the host does not exist. Spooled data is kept.
+    /// Revokes a host: every certificate issued to it is refused from now on
+    /// (until a re-enrollment issues a new one). Returns false when the host
+    /// does not exist. Spooled data is kept.
     pub async fn revoke_host(&self, host_id: &str, audit: &AuditEntry, now_ms: i64) -> Result<bool, StoreError> {
         let audit = std::slice::from_ref(audit);
         let changed = match &self.backend {
@@ -352,44 +685,44 @@ impl Store {
         Ok(changed > 0)
     }
 
-    /// Whether a certificate (by serial) of `host_id` may no longer connect:
-    /// the certificate itself is revoked, or the host is revoked and the
-    /// certificate is not one issued after that (re-enrollment).
+    /// Whether a certificate (by serial) of `host_id` may no longer connect
+    /// (see [`cert_refused`]): refused unless recorded for the host, not
+    /// revoked, and the host not revoked.
     pub async fn is_cert_revoked(&self, host_id: &str, serial: &str) -> Result<bool, StoreError> {
-        let (host_revoked, cert): (Option<i64>, Option<(i64, Option<i64>)>) = match &self.backend {
+        type Revoked = Option<(Option<i64>,)>;
+        let (host, cert): (Revoked, Revoked) = match &self.backend {
             Backend::Sqlite(b) => {
-                let host: Option<(Option<i64>,)> = sqlx::query_as("SELECT revoked_ms FROM hosts WHERE id = ?1")
+                let host = sqlx::query_as("SELECT revoked_ms FROM hosts WHERE id = ?1")
                     .bind(host_id)
                     .fetch_optional(&b.read)
                     .await?;
-                let cert: Option<(i64, Option<i64>)> =
-                    sqlx::query_as("SELECT issued_ms, revoked_ms FROM agent_certs WHERE serial = ?1 AND host_id = ?2")
-                        .bind(serial)
-                        .bind(host_id)
-                        .fetch_optional(&b.read)
-                        .await?;
-                (host.and_then(|h| h.0), cert)
+                let cert = sqlx::query_as("SELECT revoked_ms FROM agent_certs WHERE serial = ?1 AND host_id = ?2")
+                    .bind(serial)
+                    .bind(host_id)
+                    .fetch_optional(&b.read)
+                    .await?;
+                (host, cert)
             }
             Backend::Postgres(b) => {
-                let host: Option<(Option<i64>,)> = sqlx::query_as("SELECT revoked_ms FROM hosts WHERE id = $1")
+                let host = sqlx::query_as("SELECT revoked_ms FROM hosts WHERE id = $1")
                     .bind(host_id)
                     .fetch_optional(&b.pool)
                     .await?;
-                let cert: Option<(i64, Option<i64>)> =
-                    sqlx::query_as("SELECT issued_ms, revoked_ms FROM agent_certs WHERE serial = $1 AND host_id = $2")
-                        .bind(serial)
-                        .bind(host_id)
-                        .fetch_optional(&b.pool)
-                        .await?;
-                (host.and_then(|h| h.0), cert)
+                let cert = sqlx::query_as("SELECT revoked_ms FROM agent_certs WHERE serial = $1 AND host_id = $2")
+                    .bind(serial)
+                    .bind(host_id)
+                    .fetch_optional(&b.pool)
+                    .await?;
+                (host, cert)
             }
         };
-        Ok(match (host_revoked, cert) {
-            (_, Some((_, Some(_)))) => true,
-            (Some(revoked_at), Some((issued, None))) => issued <= revoked_at,
-            (Some(_), None) => true,
-            (None, _) => false,
-        })
+        let host_revoked = matches!(host, Some((Some(_),)));
+        let cert = match cert {
+            None => CertStanding::Unknown,
+            Some((None,)) => CertStanding::Valid,
+            Some((Some(_),)) => CertStanding::Revoked,
+        };
+        Ok(cert_refused(host_revoked, cert))
     }
 
     /// Hosts currently revoked (for closing live streams on every replica).
@@ -407,5 +740,40 @@ impl Store {
             }
         };
         Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    /// Serials revoked and not yet expired, by host (a re-enrolled host's
+    /// earlier certificates among them): live streams that present one are
+    /// closed by the revocation sweep.
+    pub async fn revoked_certs(&self, now_ms: i64) -> Result<Vec<(String, String)>, StoreError> {
+        let rows: Vec<(String, String)> = match &self.backend {
+            Backend::Sqlite(b) => {
+                sqlx::query_as(
+                    "SELECT host_id, serial FROM agent_certs WHERE revoked_ms IS NOT NULL AND not_after_ms > ?1",
+                )
+                .bind(now_ms)
+                .fetch_all(&b.read)
+                .await?
+            }
+            Backend::Postgres(b) => {
+                sqlx::query_as(
+                    "SELECT host_id, serial FROM agent_certs WHERE revoked_ms IS NOT NULL AND not_after_ms > $1",
+                )
+                .bind(now_ms)
+                .fetch_all(&b.pool)
+                .await?
+            }
+        };
+        Ok(rows)
+    }
+}
+
+/// Whether a stream may renew (pure): its host is known and not revoked, and
+/// the certificate it presented is recorded and not revoked.
+pub fn renewal_allowed(host: Option<Option<i64>>, presented: Option<Option<i64>>) -> Result<(), RenewRefusal> {
+    match (host, presented) {
+        (Some(Some(_)), _) => Err(RenewRefusal::HostRevoked),
+        (_, None) | (_, Some(Some(_))) => Err(RenewRefusal::CertRevoked),
+        (_, Some(None)) => Ok(()),
     }
 }

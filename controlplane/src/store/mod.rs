@@ -30,6 +30,8 @@ mod alert_tests;
 pub mod audit;
 mod backup;
 pub mod identity;
+#[cfg(test)]
+mod identity_tests;
 pub mod jobs;
 pub mod kpi;
 mod kpi_counts;

@@ -63,6 +63,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "audit_time_brin",
         include_str!("../../migrations/postgres/0012_audit_time_brin.sql"),
     ),
+    (
+        13,
+        "identity_binding",
+        include_str!("../../migrations/postgres/0013_identity_binding.sql"),
+    ),
 ];
 
 /// The answer to `backup` on PostgreSQL.

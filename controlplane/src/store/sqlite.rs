@@ -63,6 +63,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "audit_time_brin",
         include_str!("../../migrations/sqlite/0012_audit_time_brin.sql"),
     ),
+    (
+        13,
+        "identity_binding",
+        include_str!("../../migrations/sqlite/0013_identity_binding.sql"),
+    ),
 ];
 
 /// How long a statement waits for another process's write lock.
