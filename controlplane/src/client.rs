@@ -152,7 +152,16 @@ pub enum EnrollTokensCommand {
         /// How many hosts may enroll with it.
         #[arg(long, default_value_t = 1)]
         uses: i64,
+        /// The host IDs it may enroll, exact or `*` patterns, e.g.
+        /// `web-01,web-*` (default: any new host). Re-enrolling an existing,
+        /// revoked host needs a token that names it exactly.
+        #[arg(long, value_delimiter = ',', value_name = "ID,...")]
+        hosts: Vec<String>,
     },
+    /// List enrollment tokens (never their secrets) and what is left of them.
+    List,
+    /// Revoke an enrollment token by ID: no host can enroll with it any more.
+    Revoke { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -643,12 +652,96 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> Result<(), ClientError> {
             }
         }
         Command::EnrollTokens {
-            command: EnrollTokensCommand::Create { labels, ttl, uses },
+            command: EnrollTokensCommand::List,
+        } => {
+            let list = client.list_all(&["enrollment-tokens"], &[], None).await?;
+            match cli.output {
+                Output::Json => write_json(out, &list)?,
+                Output::Table => {
+                    let text = |t: &Json, k: &str| t.get(k).and_then(Json::as_str).unwrap_or("").to_string();
+                    let num = |t: &Json, k: &str| t.get(k).and_then(Json::as_i64).unwrap_or(0);
+                    let rows: Vec<Vec<String>> = list
+                        .get("items")
+                        .and_then(Json::as_array)
+                        .into_iter()
+                        .flatten()
+                        .map(|t| {
+                            let labels = t
+                                .get("labels")
+                                .and_then(Json::as_object)
+                                .map(|m| {
+                                    m.iter()
+                                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                                        .collect::<Vec<_>>()
+                                        .join(",")
+                                })
+                                .unwrap_or_default();
+                            let hosts = t
+                                .get("hosts")
+                                .and_then(Json::as_array)
+                                .map(|h| h.iter().filter_map(Json::as_str).collect::<Vec<_>>().join(","))
+                                .unwrap_or_else(|| "any new".into());
+                            vec![
+                                text(t, "id"),
+                                text(t, "state"),
+                                format!("{}/{}", num(t, "uses_left"), num(t, "max_uses")),
+                                if labels.is_empty() { "-".into() } else { labels },
+                                hosts,
+                                human_duration_ms(num(t, "expires_at_ms").saturating_sub(now)),
+                                text(t, "created_by"),
+                            ]
+                        })
+                        .collect();
+                    out.write_all(
+                        table::table(
+                            &[
+                                "ID",
+                                "STATE",
+                                "USES LEFT",
+                                "LABELS",
+                                "HOSTS",
+                                "EXPIRES IN",
+                                "CREATED BY",
+                            ],
+                            &rows,
+                        )
+                        .as_bytes(),
+                    )?;
+                }
+            }
+        }
+        Command::EnrollTokens {
+            command: EnrollTokensCommand::Revoke { id },
+        } => {
+            let url = client.url(&["enrollment-tokens", &id], &[]);
+            let revoked = client
+                .send(http::Method::DELETE, url, None)
+                .await?
+                .map_err(|f| meaning(f, None))?;
+            match cli.output {
+                Output::Json => write_json(out, &revoked)?,
+                Output::Table => writeln!(
+                    out,
+                    "enrollment token {id} revoked: no host can enroll with it any more"
+                )?,
+            }
+        }
+        Command::EnrollTokens {
+            command:
+                EnrollTokensCommand::Create {
+                    labels,
+                    ttl,
+                    uses,
+                    hosts,
+                },
         } => {
             let labels = parse_labels(labels.as_deref().unwrap_or(""))?;
             let mut body = serde_json::json!({ "labels": labels, "uses": uses });
             if let Some(ttl) = ttl {
                 body["ttl"] = Json::String(ttl);
+            }
+            if !hosts.is_empty() {
+                body["hosts"] = serde_json::json!(hosts);
             }
             let created = client.create_enrollment_token(&body).await?;
             match cli.output {

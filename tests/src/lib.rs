@@ -12,6 +12,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+
+pub mod grpc;
 pub use steward_controlplane::store::testdb::TestBackend;
 use steward_controlplane::store::testdb::fresh_database_url;
 
@@ -385,10 +387,11 @@ impl ControlPlane {
     /// Issues an agent certificate for `host` into `out`.
     pub fn issue_agent(&self, host: &str, out: &Path) -> Result<()> {
         let (st, _, err) = run_cmd(
+            // With the control plane's config: the certificate is recorded in its database.
             Command::new(bin("steward-controlplane"))
-                .args(["ca", "issue-agent", "--data-dir"])
-                .arg(&self.dir)
-                .args(["--host", host, "--out"])
+                .arg("--config")
+                .arg(&self.config)
+                .args(["ca", "issue-agent", "--host", host, "--out"])
                 .arg(out),
         );
         if st.success() {

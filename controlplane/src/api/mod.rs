@@ -45,6 +45,8 @@ mod audit_tests;
 pub mod auth;
 pub mod handlers;
 pub mod identity;
+#[cfg(test)]
+mod identity_tests;
 pub mod jobs;
 pub mod kpis;
 pub mod openapi;
@@ -200,6 +202,20 @@ pub fn routes(
         .and(warp::body::content_length_limit(identity::MAX_BODY))
         .and(warp::body::bytes())
         .then(identity::create_enrollment_token);
+    let list_enrollment_tokens = warp::path!("api" / "v1" / "enrollment-tokens")
+        .and(warp::get())
+        .and(with_state(state.clone()))
+        .and(authorized(state.clone(), "GET", "/api/v1/enrollment-tokens"))
+        .and(raw_query())
+        .then(identity::list_enrollment_tokens);
+    let revoke_enrollment_token = warp::path!("api" / "v1" / "enrollment-tokens" / String)
+        .and(warp::delete())
+        .and(with_state(state.clone()))
+        .and(authorized(state.clone(), "DELETE", "/api/v1/enrollment-tokens/{id}"))
+        .and_then(|id: String, state: ApiState, who| async move { decoded_segment(id).map(|i| (state, who, i)) })
+        .untuple_one()
+        .and(raw_query())
+        .then(identity::revoke_enrollment_token);
     let job_routes = jobs_routes(state.clone());
     let rollout_routes = rollouts::routes(state.clone());
     let kpi_routes = kpis_routes(state.clone());
@@ -227,6 +243,10 @@ pub fn routes(
         .or(list_checks)
         .unify()
         .or(create_enrollment_token)
+        .unify()
+        .or(list_enrollment_tokens)
+        .unify()
+        .or(revoke_enrollment_token)
         .unify()
         .or(revoke_host)
         .unify()

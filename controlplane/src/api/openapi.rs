@@ -20,7 +20,7 @@ use warp::Reply;
 use warp::reply::Response;
 
 use super::alerts::{AlertView, CreateSilence, SilenceView};
-use super::identity::{CreateEnrollmentToken, EnrollmentTokenView, RevokedView};
+use super::identity::{CreateEnrollmentToken, EnrollmentTokenInfoView, EnrollmentTokenView, RevokedView};
 use super::jobs::{BackupView, CreateJob, CreatedJobs, JobView, OutputView};
 use super::kpis::{KpiDetail, KpiGroupView, KpiList, KpiView, MissingKpi, TrendPoint};
 use super::params::Params;
@@ -112,7 +112,7 @@ impl Modify for BearerAuth {
     paths(
         healthz, readyz, metrics, openapi_json,
         list_hosts, get_host, host_checks, revoke_host, put_host_labels, list_checks,
-        create_enrollment_token, audit_list, audit_export,
+        create_enrollment_token, list_enrollment_tokens, revoke_enrollment_token, audit_list, audit_export,
         create_token, list_tokens, revoke_token, list_roles, get_role, put_role, delete_role,
         create_jobs, list_jobs, get_job, job_output, cancel_job, list_backups,
         put_slo, list_slos, get_slo,
@@ -122,7 +122,7 @@ impl Modify for BearerAuth {
     ),
     components(schemas(
         Problem, HostView, CheckView, ValueView, StatusCounts, CheckStatusSchema, AuditEntryView,
-        CreateEnrollmentToken, EnrollmentTokenView, RevokedView, CreateToken, TokenView, RoleView, PutRole,
+        CreateEnrollmentToken, EnrollmentTokenView, EnrollmentTokenInfoView, RevokedView, CreateToken, TokenView, RoleView, PutRole,
         PutLabels, RuleSpec, Effect, RoleSource,
         CreateJob, CreatedJobs, JobView, JobStateSchema, OutputView, BackupView,
         SloSpec, SloStatus, SloSummary,
@@ -237,6 +237,20 @@ fn list_checks() {}
 #[utoipa::path(post, path = "/api/v1/enrollment-tokens", request_body = Option<CreateEnrollmentToken>,
     responses((status = 201, description = "created", body = EnrollmentTokenView), Errors))]
 fn create_enrollment_token() {}
+
+/// Enrollment tokens (never their secrets), by ID. Permission
+/// `enrollment-tokens:read` on hosts with the token's labels.
+#[utoipa::path(get, path = "/api/v1/enrollment-tokens", params(
+    ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000),
+    ("cursor" = Option<String>, Query),
+), responses((status = 200, description = "a page of enrollment tokens", body = ListView<EnrollmentTokenInfoView>), Errors))]
+fn list_enrollment_tokens() {}
+
+/// Revokes an enrollment token: no host can enroll with it from now on.
+/// Permission `enrollment-tokens:revoke` on hosts with the token's labels.
+#[utoipa::path(delete, path = "/api/v1/enrollment-tokens/{id}", params(("id" = String, Path, description = "enrollment token ID")),
+    responses((status = 200, description = "revoked", body = EnrollmentTokenInfoView), Errors))]
+fn revoke_enrollment_token() {}
 
 /// Audit entries, oldest first. Permission `audit:read`, unscoped tokens only.
 #[utoipa::path(get, path = "/api/v1/audit", params(

@@ -79,6 +79,18 @@ pub const TABLE: &[RouteSpec] = &[
         "enrollment-tokens:create",
         Hosts::Global,
     ),
+    route(
+        "GET",
+        "/api/v1/enrollment-tokens",
+        "enrollment-tokens:read",
+        Hosts::Global,
+    ),
+    route(
+        "DELETE",
+        "/api/v1/enrollment-tokens/{id}",
+        "enrollment-tokens:revoke",
+        Hosts::Global,
+    ),
     route("GET", "/api/v1/audit", "audit:read", Hosts::Fleet),
     route("GET", "/api/v1/audit/export", "audit:read", Hosts::Fleet),
     route("POST", "/api/v1/tokens", "tokens:create", Hosts::Global),

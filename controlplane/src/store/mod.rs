@@ -279,6 +279,14 @@ impl Store {
     }
 
     /// Looks a host up by ID, or else by its (unique) self-reported hostname.
+    /// The host with this ID (never looked up by hostname).
+    pub async fn get_host(&self, id: &str) -> Result<Option<Host>, StoreError> {
+        if id.is_empty() {
+            return Ok(None);
+        }
+        dispatch!(self, b => b.host_by_id(id).await)
+    }
+
     pub async fn find_host(&self, ident: &str) -> Result<HostLookup, StoreError> {
         if ident.is_empty() {
             return Ok(HostLookup::NotFound);

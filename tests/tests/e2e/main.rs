@@ -12,6 +12,7 @@ mod metrics;
 mod pipeline;
 mod quickstart;
 mod rbac;
+mod revocation;
 mod rollouts;
 mod service;
 mod terraform;
