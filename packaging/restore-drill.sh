@@ -82,7 +82,9 @@ stop() { # PID: SIGTERM, expect exit 0
 start_cp
 
 agent_dir="$work/agent"
-steward-controlplane --config "$cfg" ca issue-agent --host drill-01 --out "$work/identity" >/dev/null
+# As the control plane's user: the certificate is recorded in its database.
+install -d -o steward -g steward -m 0700 "$work/identity"
+as_steward steward-controlplane --config "$cfg" ca issue-agent --host drill-01 --out "$work/identity" >/dev/null
 install -d -m 0700 "$agent_dir"
 install -m 0600 "$work/identity/agent.key" "$agent_dir/"
 install -m 0644 "$work/identity/agent.pem" "$work/identity/ca.pem" "$agent_dir/"

@@ -72,6 +72,13 @@ enum CaCommand {
         #[arg(long, default_value = "365d")]
         validity: Duration,
     },
+    /// Record agent certificates this CA issued before certificates were
+    /// recorded (upgrades): the gateway refuses unrecorded certificates.
+    RecordAgent {
+        /// The agent certificate files (PEM), e.g. a copy of /var/lib/steward-agent/agent.pem.
+        #[arg(long = "cert", value_name = "FILE", required = true)]
+        certs: Vec<PathBuf>,
+    },
     /// Issue an agent certificate whose identity is HOST (recorded in the
     /// database; for a revoked host this re-enrolls it).
     IssueAgent {
@@ -243,6 +250,15 @@ fn dispatch(mut cli: Cli) -> anyhow::Result<()> {
                         cert.display(),
                         key.display()
                     );
+                }
+                CaCommand::RecordAgent { certs } => {
+                    let recorded = runtime()?.block_on(async {
+                        let store = open_store(&cfg).await?;
+                        anyhow::Ok(pki_cli::record_agent_certs(dir, &certs, &store).await?)
+                    })?;
+                    for (host, serial) in recorded {
+                        println!("recorded the certificate {serial} of {host}");
+                    }
                 }
                 CaCommand::IssueAgent { host, out, validity } => {
                     let out = out.unwrap_or_else(|| PathBuf::from(format!("agent-{host}")));

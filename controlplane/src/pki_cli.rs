@@ -23,6 +23,8 @@ pub enum CaError {
     Exists(String),
     #[error("no CA in {dir}: run `steward-controlplane ca init` first ({source})")]
     NoCa { dir: String, source: PkiError },
+    #[error("{0} was not signed by this control plane's CA")]
+    NotOurs(String),
     #[error("the certificate could not be recorded in the database: {0}")]
     Store(#[from] StoreError),
 }
@@ -128,6 +130,54 @@ pub async fn issue_agents_recorded(
     Ok(issued)
 }
 
+/// Records agent certificates signed by this CA before every certificate
+/// was recorded (an upgrade from a version that did not record `ca
+/// issue-agent` certificates). A certificate of another CA is refused; one of
+/// a revoked host stays refused (the host's revocation is not cleared).
+pub async fn record_agent_certs(
+    data_dir: &Path,
+    files: &[PathBuf],
+    store: &Store,
+) -> Result<Vec<(String, String)>, CaError> {
+    let ca = load(data_dir)?;
+    let ca_der = pki::certs_from_pem(ca.cert_pem())?.remove(0);
+    let mut found = Vec::new();
+    for file in files {
+        let pem = pki::read_file(file)?;
+        let der = pki::certs_from_pem(&pem)?.remove(0);
+        if !pki::issued_by(&der, &ca_der) {
+            return Err(CaError::NotOurs(file.display().to_string()));
+        }
+        let identity = pki::identity_from_cert(&der)?;
+        found.push((
+            identity.host_id,
+            identity.serial,
+            identity.not_after.saturating_mul(1000),
+        ));
+    }
+    let now = steward_shared::now_ms();
+    for (host_id, serial, not_after_ms) in &found {
+        if !store.is_cert_revoked(host_id, serial).await? {
+            continue; // recorded already
+        }
+        store
+            .record_existing_cert(
+                &IssuedCert {
+                    host_id,
+                    serial,
+                    not_after_ms: *not_after_ms,
+                    source: "cli-record",
+                },
+                &AuditEntry::new(actor::local(), "certs.record", Outcome::Success)
+                    .target(format!("host:{host_id}"))
+                    .details(serde_json::json!({ "serial": serial })),
+                now,
+            )
+            .await?;
+    }
+    Ok(found.into_iter().map(|(h, s, _)| (h, s)).collect())
+}
+
 /// Issues an agent certificate for `host_id` into `out_dir` as `agent.pem`,
 /// `agent.key` (0600) and `ca.pem`: the files `agent.toml` expects by
 /// default. The certificate is recorded in `store` first.
@@ -189,6 +239,27 @@ mod tests {
         assert!(matches!(
             issue_agent(dir.path(), "Bad Name", &out, AGENT_LIFETIME, &store).await,
             Err(CaError::Pki(_))
+        ));
+        // A certificate of this CA issued before recording: refused until `ca record-agent`.
+        let ca = load(dir.path()).unwrap();
+        let old = ca.issue_agent("legacy", AGENT_LIFETIME).unwrap();
+        let old_file = dir.path().join("legacy.pem");
+        std::fs::write(&old_file, &old.cert_pem).unwrap();
+        let old_serial = pki::identity_from_cert(&pki::certs_from_pem(&old.cert_pem).unwrap()[0])
+            .unwrap()
+            .serial;
+        assert!(store.is_cert_revoked("legacy", &old_serial).await.unwrap());
+        let recorded = record_agent_certs(dir.path(), std::slice::from_ref(&old_file), &store)
+            .await
+            .unwrap();
+        assert_eq!(recorded, vec![("legacy".to_string(), old_serial.clone())]);
+        assert!(!store.is_cert_revoked("legacy", &old_serial).await.unwrap());
+        // Another CA's certificate is refused.
+        let other = Ca::create("Other", CA_LIFETIME).unwrap();
+        std::fs::write(&old_file, other.issue_agent("legacy", AGENT_LIFETIME).unwrap().cert_pem).unwrap();
+        assert!(matches!(
+            record_agent_certs(dir.path(), &[old_file], &store).await,
+            Err(CaError::NotOurs(_))
         ));
         let empty = tempfile::tempdir().unwrap();
         assert!(matches!(

@@ -267,6 +267,18 @@ pub fn identity_from_cert(der: &[u8]) -> Result<PeerIdentity, PkiError> {
     })
 }
 
+/// Whether `cert` (DER) was signed by the key of `issuer` (DER) and names it
+/// as its issuer. Validity dates are not checked here.
+pub fn issued_by(cert: &[u8], issuer: &[u8]) -> bool {
+    let (Ok((_, cert)), Ok((_, issuer))) = (
+        x509_parser::parse_x509_certificate(cert),
+        x509_parser::parse_x509_certificate(issuer),
+    ) else {
+        return false;
+    };
+    cert.issuer() == issuer.subject() && cert.verify_signature(Some(issuer.public_key())).is_ok()
+}
+
 /// Expiry (seconds since the epoch) of every certificate in a PEM bundle, in order.
 pub fn not_after_of_pem_chain(pem: &str) -> Result<Vec<(String, i64)>, PkiError> {
     let ders = certs_from_pem(pem)?;
@@ -395,6 +407,15 @@ mod tests {
             "other"
         );
         assert!(ca.sign_agent_csr(b"not a csr", None, Duration::from_secs(60)).is_err());
+        let ca_der = certs_from_pem(ca.cert_pem()).unwrap().remove(0);
+        let ours = certs_from_pem(&cert).unwrap().remove(0);
+        assert!(issued_by(&ours, &ca_der));
+        let other = Ca::create("Other CA", Duration::from_secs(600)).unwrap();
+        let theirs = certs_from_pem(&other.issue_agent("db-7", Duration::from_secs(60)).unwrap().cert_pem)
+            .unwrap()
+            .remove(0);
+        assert!(!issued_by(&theirs, &ca_der), "another CA's certificate");
+        assert!(!issued_by(b"junk", &ca_der));
         assert!(
             ca.sign_agent_csr(&csr, Some("Bad Id"), Duration::from_secs(60))
                 .is_err()

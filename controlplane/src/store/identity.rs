@@ -637,6 +637,56 @@ impl Store {
         Ok(())
     }
 
+    /// Records a certificate issued before certificates were recorded
+    /// (`ca record-agent`, upgrades). Nothing changes for a serial recorded
+    /// already; one of a revoked host is recorded as revoked.
+    pub async fn record_existing_cert(
+        &self,
+        cert: &IssuedCert<'_>,
+        audit: &AuditEntry,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let audit = std::slice::from_ref(audit);
+        super::check_host_id(cert.host_id)?;
+        match &self.backend {
+            Backend::Sqlite(b) => {
+                let mut tx = b.write.begin_with("BEGIN IMMEDIATE").await?;
+                sqlx::query(
+                    "INSERT INTO agent_certs (serial, host_id, not_after_ms, issued_ms, source, revoked_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, (SELECT revoked_ms FROM hosts WHERE id = ?2))
+                     ON CONFLICT (serial) DO NOTHING",
+                )
+                .bind(cert.serial)
+                .bind(cert.host_id)
+                .bind(cert.not_after_ms)
+                .bind(now_ms)
+                .bind(cert.source)
+                .execute(&mut *tx)
+                .await?;
+                append_sqlite(&mut tx, audit, now_ms).await?;
+                tx.commit().await?;
+            }
+            Backend::Postgres(b) => {
+                let mut tx = b.pool.begin().await?;
+                sqlx::query(
+                    "INSERT INTO agent_certs (serial, host_id, not_after_ms, issued_ms, source, revoked_ms)
+                     VALUES ($1, $2, $3, $4, $5, (SELECT revoked_ms FROM hosts WHERE id = $2))
+                     ON CONFLICT (serial) DO NOTHING",
+                )
+                .bind(cert.serial)
+                .bind(cert.host_id)
+                .bind(cert.not_after_ms)
+                .bind(now_ms)
+                .bind(cert.source)
+                .execute(&mut *tx)
+                .await?;
+                append_postgres(&mut tx, audit, now_ms).await?;
+                tx.commit().await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Revokes a host: every certificate issued to it is refused from now on
     /// (until a re-enrollment issues a new one). Returns false when the host
     /// does not exist. Spooled data is kept.
