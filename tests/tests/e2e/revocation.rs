@@ -199,3 +199,54 @@ async fn a_stream_ends_at_its_certificates_expiry_and_the_agent_goes_on_with_the
     assert_eq!(stats.depth, 0);
     assert_contiguous(&cp.stored_seqs("renewer2").await.unwrap(), stats.next_seq - 1);
 }
+
+/// A revocation made through one replica closes the stream an agent holds on
+/// another (the sweep reads the shared database), and the agent's certificate
+/// is refused by both from then on.
+#[ignore = "PostgreSQL only: .ci/run runs it in its PostgreSQL pass (cargo test -p steward-e2e -- --ignored)"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_made_on_one_replica_closes_the_stream_on_another() {
+    // Replicas share a PostgreSQL database; one SQLite file serves one process.
+    assert_eq!(
+        steward_e2e::TestBackend::from_env(),
+        steward_e2e::TestBackend::Postgres,
+        "PostgreSQL only: run with STEWARD_TEST_BACKEND=postgres (and STEWARD_TEST_PG_URL)"
+    );
+    let root = tempfile::tempdir().unwrap();
+    let cp1 = ControlPlane::start(root.path()).await.unwrap();
+    let cp2 = ControlPlane::start_replica(root.path(), "cp2", &cp1).await.unwrap();
+    let dir = root.path().join("roamer");
+    cp1.issue_agent("roamer", &dir).unwrap();
+    let creds = Creds::from_dir(&dir);
+    // The stream is on cp2.
+    let mut s = grpc::connect(&cp2, &creds).await.expect("connects to cp2");
+    assert_eq!(s.send_batch(&[1]).await.unwrap(), 1);
+    // Revoked through cp1's REST API.
+    let (ok, out, err) = cp1.stewardctl(&["hosts", "revoke", "roamer"]);
+    assert!(ok, "{out}{err}");
+    // cp2 ends the stream with a status (not a silent hang).
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match s.inbound.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => break Code::Ok,
+                Err(status) => break status.code(),
+            }
+        }
+    })
+    .await
+    .expect("cp2 closed the stream within 10 s");
+    assert_eq!(ended, Code::Aborted, "closed by the control plane");
+    assert!(
+        cp2.log().contains("closed the stream of a revoked host"),
+        "cp2's sweep closed it"
+    );
+    for cp in [&cp1, &cp2] {
+        assert_eq!(verdict(cp, &creds).await, Err(Code::PermissionDenied));
+    }
+    assert_eq!(
+        cp1.stored_seqs("roamer").await.unwrap(),
+        vec![1],
+        "nothing stored after it"
+    );
+}
