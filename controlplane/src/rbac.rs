@@ -674,7 +674,7 @@ impl HostFilter {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use rand::rngs::StdRng;
     use rand::seq::SliceRandom;

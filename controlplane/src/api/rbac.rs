@@ -827,8 +827,8 @@ async fn reach_selectors(state: &ApiState) -> Result<Vec<Selector>, Problem> {
 }
 
 /// Refuses a change of a host's labels (from `old`; `None`: a host yet to
-/// enroll) to `new` that moves the host into or out of a token scope or a
-/// role rule's hosts, unless the caller holds `permission` on every host
+/// enroll, judged as a host without labels that gets `new`) to `new` that
+/// moves the host into or out of a token scope or a role rule's hosts, unless the caller holds `permission` on every host
 /// that selector matches. So a `team=web` operator cannot add `env=prod`
 /// while some token or rule selects `env=prod` hosts: keys used by scopes
 /// and rules are protected; other keys are free.
@@ -846,7 +846,11 @@ pub(super) async fn check_label_reach(
     let moved: Vec<Selector> = reach_selectors(state)
         .await?
         .into_iter()
-        .filter(|sel| old.map(|o| sel.matches(o)).unwrap_or(false) != sel.matches(new))
+        .filter(|sel| match old {
+            Some(o) => sel.matches(o) != sel.matches(new),
+            // A new host: what its labels add to a host with none (it leaves nothing).
+            None => sel.matches(new) && !sel.matches(&Labels::new()),
+        })
         .collect();
     if moved.is_empty() {
         return Ok(());
