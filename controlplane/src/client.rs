@@ -180,13 +180,13 @@ pub enum HostsCommand {
     /// Revoke a host: its certificates are refused from now on and its live
     /// stream is closed; its data is kept.
     Revoke {
-        /// Host ID or unique hostname.
+        /// Host ID (a change: never by hostname).
         host: String,
     },
     /// Replace a host's control-plane labels (what selectors, token scopes
     /// and role rules match): `hosts labels HOST env=prod,team=web`; "" clears them.
     Labels {
-        /// Host ID or unique hostname.
+        /// Host ID (a change: never by hostname).
         host: String,
         /// All of the host's labels, `k=v,...`.
         labels: String,

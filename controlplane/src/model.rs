@@ -153,6 +153,8 @@ pub struct ApiToken {
     pub expires_ms: Option<i64>,
     pub revoked_ms: Option<i64>,
     pub last_used_ms: Option<i64>,
+    /// The token that created this one (None: created locally).
+    pub parent_id: Option<String>,
 }
 
 impl ApiToken {

@@ -29,6 +29,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use steward_shared::selector::{Requirement, Selector};
@@ -52,9 +53,37 @@ pub const BUILTIN_ROLES: &[(&str, &str, &[&str])] = &[
     ("admin", "everything", &["*:*"]),
 ];
 
-/// Most label sets [`Authority::covers`] enumerates before refusing a
-/// policy as too complex to verify.
+/// Most label sets [`Authority::covers`] enumerates for one class of
+/// permissions before refusing a policy as too complex to verify.
 const MAX_LABEL_SETS: usize = 20_000;
+/// Default most rule evaluations of one [`Authority::covers`] (rules × label
+/// sets, summed over the classes of permissions): a few tens of milliseconds.
+pub const MAX_COVERS_WORK: u64 = 4_000_000;
+
+/// Limits of one [`Authority::covers_within`].
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    /// Most rule evaluations; more is refused before any is made.
+    pub max_work: u64,
+    /// When to give up (checked between label sets).
+    pub deadline: Option<Instant>,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget {
+            max_work: MAX_COVERS_WORK,
+            deadline: None,
+        }
+    }
+}
+
+/// What [`Authority::covers_within`] decided and how many evaluations it made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoversReport {
+    pub result: Result<(), EscalationError>,
+    pub evaluations: u64,
+}
 /// Stands for "any name/value not spelled out" in [`Authority::covers`]
 /// (NUL never passes validation, so no rule or label can name it).
 const OTHER: &str = "\u{0}other";
@@ -320,61 +349,175 @@ impl Authority {
     }
 
     fn decide(&self, r: &str, a: &str, host: Option<&Labels>) -> bool {
-        if let Some(labels) = host
-            && !self.scope.matches(labels)
+        decide_rules(&self.scope, &self.rules, r, a, host)
+    }
+
+    /// Whether the role's rules grant `permission` on every host whatever
+    /// its labels (and about no particular host), ignoring the token's scope.
+    /// Exact; a rule set too complex to decide counts as limited (fail closed).
+    pub fn rules_unlimited(&self, permission: &str) -> bool {
+        let Some((r, a)) = concrete(permission) else {
+            return false;
+        };
+        let relevant: Vec<&Rule> = self.rules.iter().filter(|x| x.pattern.matches(r, a)).collect();
+        if relevant.iter().any(|x| x.effect == Effect::Deny && x.hosts.is_none())
+            || !relevant.iter().any(|x| x.effect == Effect::Allow)
         {
             return false;
         }
-        let mut allowed = false;
-        for rule in &self.rules {
-            if rule.applies(r, a, host) {
-                match rule.effect {
-                    Effect::Deny => return false,
-                    Effect::Allow => allowed = true,
-                }
-            }
+        if relevant.iter().all(|x| x.effect == Effect::Allow) && relevant.iter().any(|x| x.hosts.is_none()) {
+            return true;
         }
-        allowed
+        let selectors: Vec<&Selector> = relevant.iter().filter_map(|x| x.hosts.as_ref()).collect();
+        let universe = Universe::new(&selectors);
+        if universe.size() > MAX_LABEL_SETS as u64 {
+            return false;
+        }
+        let everything = Selector::everything();
+        decide_rules(&everything, relevant.iter().copied(), r, a, None)
+            && universe.for_each(|labels| decide_rules(&everything, relevant.iter().copied(), r, a, Some(labels)))
+    }
+
+    /// Whether this token may use a fleet-wide route needing `permission`:
+    /// unscoped, and its rules grant it on every host ([`Self::rules_unlimited`]).
+    pub fn allows_fleet(&self, permission: &str) -> bool {
+        !self.is_scoped() && self.rules_unlimited(permission)
     }
 
     /// Ok when every (permission, host) that `new` allows is allowed to
     /// `self` too, and `new`'s scope is no wider than `self`'s (for a role,
-    /// pass it unscoped).
+    /// pass it unscoped). Within the default [`Budget`] (no deadline).
     pub fn covers(&self, new: &Authority) -> Result<(), EscalationError> {
+        self.covers_within(new, &Budget::default()).result
+    }
+
+    /// [`Self::covers`] within `budget`: [`EscalationError::TooComplex`]
+    /// when the work it would take (rule evaluations over every label set
+    /// that matters) is over `budget.max_work` (decided before any is
+    /// done), or when `budget.deadline` passes. Returns the evaluations made.
+    ///
+    /// Work is bounded by deciding each class of permissions separately:
+    /// the (resource, action) pairs matched by the same rules decide alike,
+    /// and only the label keys those rules and the two scopes mention can
+    /// change a decision, so only their values are enumerated.
+    pub fn covers_within(&self, new: &Authority, budget: &Budget) -> CoversReport {
+        let mut evaluations = 0u64;
+        let result = self.covers_counting(new, budget, &mut evaluations);
+        CoversReport { result, evaluations }
+    }
+
+    fn covers_counting(&self, new: &Authority, budget: &Budget, evaluations: &mut u64) -> Result<(), EscalationError> {
+        let all: Vec<&Rule> = self.rules.iter().chain(&new.rules).collect();
+        let mine = self.rules.len();
         let mut resources: BTreeSet<&str> = BTreeSet::from([OTHER]);
         let mut actions: BTreeSet<&str> = BTreeSet::from([OTHER]);
-        let mut selectors: Vec<&Selector> = vec![&self.scope, &new.scope];
-        for rule in self.rules.iter().chain(&new.rules) {
+        for rule in &all {
             if let Seg::Name(n) = &rule.pattern.resource {
                 resources.insert(n);
             }
             if let Seg::Name(n) = &rule.pattern.action {
                 actions.insert(n);
             }
-            selectors.extend(rule.hosts.as_ref());
         }
-        let label_sets = label_universe(&selectors).ok_or(EscalationError::TooComplex)?;
+        let words = all.len().div_ceil(64).max(1);
+        let bits = |pred: &dyn Fn(&Rule) -> bool| -> Vec<u64> {
+            let mut v = vec![0u64; words];
+            for (i, rule) in all.iter().enumerate() {
+                if pred(rule) {
+                    v[i / 64] |= 1 << (i % 64);
+                }
+            }
+            v
+        };
+        let by_resource: Vec<(&str, Vec<u64>)> = resources
+            .iter()
+            .map(|r| (*r, bits(&|x: &Rule| x.pattern.resource.matches(r))))
+            .collect();
+        let by_action: Vec<(&str, Vec<u64>)> = actions
+            .iter()
+            .map(|a| (*a, bits(&|x: &Rule| x.pattern.action.matches(a))))
+            .collect();
+        // Classes of (resource, action) matched by the same rules, with one representative.
+        let mut classes: BTreeMap<Vec<u64>, (&str, &str)> = BTreeMap::new();
+        for (r, rb) in &by_resource {
+            for (a, ab) in &by_action {
+                *evaluations += 1;
+                let key: Vec<u64> = rb.iter().zip(ab).map(|(x, y)| x & y).collect();
+                classes.entry(key).or_insert((r, a));
+            }
+        }
+        // The work of every class, refused as a whole before any is done.
+        let mut plans = Vec::with_capacity(classes.len());
+        let mut work: u64 = *evaluations;
+        for (key, (r, a)) in &classes {
+            let pick = |range: std::ops::Range<usize>| -> Vec<&Rule> {
+                range
+                    .filter(|&i| key[i / 64] & (1 << (i % 64)) != 0)
+                    .map(|i| all[i])
+                    .collect()
+            };
+            let (old_rules, new_rules) = (pick(0..mine), pick(mine..all.len()));
+            if new_rules.iter().all(|x| x.effect == Effect::Deny) {
+                continue; // `new` allows nothing here
+            }
+            let mut selectors: Vec<&Selector> = vec![&self.scope, &new.scope];
+            selectors.extend(old_rules.iter().chain(&new_rules).filter_map(|x| x.hosts.as_ref()));
+            let universe = Universe::new(&selectors);
+            let per_set = (old_rules.len() + new_rules.len() + 2) as u64;
+            let sets = universe.size();
+            if sets > MAX_LABEL_SETS as u64 {
+                return Err(EscalationError::TooComplex);
+            }
+            work = work.saturating_add(sets.saturating_add(1).saturating_mul(per_set));
+            if work > budget.max_work {
+                return Err(EscalationError::TooComplex);
+            }
+            plans.push((*r, *a, old_rules, new_rules, universe, per_set));
+        }
         let show = |s: &str| if s == OTHER { "*".to_string() } else { s.to_string() };
-        for r in &resources {
-            for a in &actions {
-                if new.decide(r, a, None) && !self.decide(r, a, None) {
-                    return Err(EscalationError::NotHeld {
-                        permission: format!("{}:{}", show(r), show(a)),
-                        on: String::new(),
-                    });
+        for (r, a, old_rules, new_rules, universe, per_set) in plans {
+            if budget.deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(EscalationError::TooComplex);
+            }
+            *evaluations += per_set;
+            if decide_rules(&new.scope, new_rules.iter().copied(), r, a, None)
+                && !decide_rules(&self.scope, old_rules.iter().copied(), r, a, None)
+            {
+                return Err(EscalationError::NotHeld {
+                    permission: format!("{}:{}", show(r), show(a)),
+                    on: String::new(),
+                });
+            }
+            let mut found: Option<Labels> = None;
+            let mut timed_out = false;
+            let mut n = 0u32;
+            universe.for_each(|labels| {
+                *evaluations += per_set;
+                n = n.wrapping_add(1);
+                if n.is_multiple_of(1024) && budget.deadline.is_some_and(|d| Instant::now() >= d) {
+                    timed_out = true;
+                    return false;
                 }
-                for labels in &label_sets {
-                    if new.decide(r, a, Some(labels)) && !self.decide(r, a, Some(labels)) {
-                        let shown: Vec<String> = labels
-                            .iter()
-                            .map(|(k, v)| format!("{k}={}", if v == OTHER { "<other>" } else { v }))
-                            .collect();
-                        return Err(EscalationError::NotHeld {
-                            permission: format!("{}:{}", show(r), show(a)),
-                            on: format!(" on hosts labelled {{{}}}", shown.join(",")),
-                        });
-                    }
+                if decide_rules(&new.scope, new_rules.iter().copied(), r, a, Some(labels))
+                    && !decide_rules(&self.scope, old_rules.iter().copied(), r, a, Some(labels))
+                {
+                    found = Some(labels.clone());
+                    return false;
                 }
+                true
+            });
+            if timed_out {
+                return Err(EscalationError::TooComplex);
+            }
+            if let Some(labels) = found {
+                let shown: Vec<String> = labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", if v == OTHER { "<other>" } else { v }))
+                    .collect();
+                return Err(EscalationError::NotHeld {
+                    permission: format!("{}:{}", show(r), show(a)),
+                    on: format!(" on hosts labelled {{{}}}", shown.join(",")),
+                });
             }
         }
         Ok(())
@@ -388,45 +531,105 @@ impl Authority {
     }
 }
 
+/// The decision of [`Authority::decide`] over a subset of the rules (those
+/// matching the permission: the others cannot change it).
+fn decide_rules<'r>(
+    scope: &Selector,
+    rules: impl IntoIterator<Item = &'r Rule>,
+    r: &str,
+    a: &str,
+    host: Option<&Labels>,
+) -> bool {
+    if let Some(labels) = host
+        && !scope.matches(labels)
+    {
+        return false;
+    }
+    let mut allowed = false;
+    for rule in rules {
+        if rule.applies(r, a, host) {
+            match rule.effect {
+                Effect::Deny => return false,
+                Effect::Allow => allowed = true,
+            }
+        }
+    }
+    allowed
+}
+
 /// Every label set that distinguishes the given selectors: per key
-/// mentioned, absent, each literal value, or another value. None when
-/// there would be more than [`MAX_LABEL_SETS`].
-fn label_universe(selectors: &[&Selector]) -> Option<Vec<Labels>> {
-    let mut keys: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    for sel in selectors {
-        for req in &sel.requirements {
-            let values = keys.entry(req.key()).or_default();
-            match req {
-                Requirement::Equals(_, v) | Requirement::NotEquals(_, v) => {
-                    values.insert(v);
+/// mentioned, absent, each literal value, or another value. Enumerated
+/// lazily (one set at a time), so only its size is ever held in memory.
+struct Universe<'a> {
+    keys: Vec<(&'a str, Vec<Option<&'a str>>)>,
+}
+
+impl<'a> Universe<'a> {
+    fn new(selectors: &[&'a Selector]) -> Self {
+        let mut keys: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        for sel in selectors {
+            for req in &sel.requirements {
+                let values = keys.entry(req.key()).or_default();
+                match req {
+                    Requirement::Equals(_, v) | Requirement::NotEquals(_, v) => {
+                        values.insert(v);
+                    }
+                    Requirement::In(_, vs) | Requirement::NotIn(_, vs) => values.extend(vs.iter().map(String::as_str)),
+                    Requirement::Exists(_) | Requirement::NotExists(_) => {}
                 }
-                Requirement::In(_, vs) | Requirement::NotIn(_, vs) => values.extend(vs.iter().map(String::as_str)),
-                Requirement::Exists(_) | Requirement::NotExists(_) => {}
+            }
+        }
+        Universe {
+            keys: keys
+                .into_iter()
+                .map(|(k, values)| {
+                    let options = std::iter::once(None)
+                        .chain(values.into_iter().map(Some))
+                        .chain(std::iter::once(Some(OTHER)))
+                        .collect();
+                    (k, options)
+                })
+                .collect(),
+        }
+    }
+
+    /// How many label sets there are (saturating).
+    fn size(&self) -> u64 {
+        self.keys
+            .iter()
+            .fold(1u64, |n, (_, options)| n.saturating_mul(options.len() as u64))
+    }
+
+    /// Calls `f` on every label set until it returns false; true when it never did.
+    fn for_each(&self, mut f: impl FnMut(&Labels) -> bool) -> bool {
+        let mut labels = Labels::new();
+        let mut idx = vec![0usize; self.keys.len()];
+        loop {
+            if !f(&labels) {
+                return false;
+            }
+            let mut i = self.keys.len();
+            loop {
+                if i == 0 {
+                    return true;
+                }
+                i -= 1;
+                let (key, options) = &self.keys[i];
+                idx[i] = (idx[i] + 1) % options.len();
+                match options[idx[i]] {
+                    None => {
+                        labels.remove(*key);
+                    }
+                    Some(v) => {
+                        labels.insert(key.to_string(), v.to_string());
+                    }
+                }
+                if idx[i] != 0 {
+                    break;
+                }
             }
         }
     }
-    let mut sets: Vec<Labels> = vec![Labels::new()];
-    for (key, values) in keys {
-        let options: Vec<Option<&str>> = std::iter::once(None)
-            .chain(values.into_iter().map(Some))
-            .chain(std::iter::once(Some(OTHER)))
-            .collect();
-        if sets.len().saturating_mul(options.len()) > MAX_LABEL_SETS {
-            return None;
-        }
-        let mut next = Vec::with_capacity(sets.len() * options.len());
-        for set in &sets {
-            for opt in &options {
-                let mut s = set.clone();
-                if let Some(v) = opt {
-                    s.insert(key.to_string(), v.to_string());
-                }
-                next.push(s);
-            }
-        }
-        sets = next;
-    }
-    Some(sets)
 }
 
 /// Which hosts a list may show: those on which a permission is allowed.
@@ -471,7 +674,7 @@ impl HostFilter {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use rand::rngs::StdRng;
     use rand::seq::SliceRandom;
@@ -721,11 +924,36 @@ mod tests {
         }
     }
 
+    /// Every label set over the keys and values the random policies use
+    /// (`qa` and `c` stand for values no selector names), as an exhaustive
+    /// set: 4 × 4 = 16.
+    fn all_label_sets() -> Vec<Labels> {
+        let mut out = Vec::new();
+        for env in [None, Some("prod"), Some("dev"), Some("qa")] {
+            for team in [None, Some("a"), Some("b"), Some("c")] {
+                let mut l = Labels::new();
+                if let Some(e) = env {
+                    l.insert("env".into(), e.into());
+                }
+                if let Some(t) = team {
+                    l.insert("team".into(), t.into());
+                }
+                out.push(l);
+            }
+        }
+        out
+    }
+
     #[test]
-    fn covers_agrees_with_sampling_on_random_policies() {
+    fn covers_agrees_with_exhaustive_enumeration_on_random_policies() {
         let mut rng = StdRng::seed_from_u64(7);
         let scopes = ["", "team=a", "team in (a,b)", "env=prod"];
-        for _ in 0..300 {
+        let sets = all_label_sets();
+        // A resource and an action no rule names: what a wildcard grants beyond the names spelled out.
+        let resources: Vec<&str> = RESOURCES.iter().copied().chain(["zother"]).collect();
+        let actions: Vec<&str> = ACTIONS.iter().copied().chain(["zother"]).collect();
+        let (mut oks, mut errs) = (0, 0);
+        for _ in 0..600 {
             let mk = |rng: &mut StdRng| {
                 let n = rng.random_range(0..4);
                 Authority::new(
@@ -735,21 +963,145 @@ mod tests {
             };
             let (me, new) = (mk(&mut rng), mk(&mut rng));
             let verdict = me.covers(&new);
-            // Sampled counter-examples must never exist when covers says Ok.
             let mut counter = false;
-            for r in RESOURCES {
-                for a in ACTIONS {
+            for r in &resources {
+                for a in &actions {
                     let perm = format!("{r}:{a}");
-                    for _ in 0..20 {
-                        let l = random_labels(&mut rng);
-                        counter |= new.allows(&perm, Some(&l)) && !me.allows(&perm, Some(&l));
+                    for host in sets.iter().map(Some).chain([None]) {
+                        counter |= new.allows(&perm, host) && !me.allows(&perm, host);
                     }
-                    counter |= new.allows(&perm, None) && !me.allows(&perm, None);
                 }
             }
-            if counter {
-                assert!(verdict.is_err(), "covers missed an escalation: {me:?} vs {new:?}");
+            assert_eq!(
+                verdict.is_ok(),
+                !counter,
+                "covers disagrees: {verdict:?}, {me:?} vs {new:?}"
+            );
+            if verdict.is_ok() {
+                oks += 1;
+            } else {
+                errs += 1;
             }
         }
+        assert!(oks >= 50 && errs >= 50, "a one-sided sample: {oks} ok, {errs} refused");
+    }
+
+    #[test]
+    fn rules_unlimited_is_exact_and_fleet_routes_need_it_unscoped() {
+        let a = |rules: Vec<Rule>, scope: &str| Authority::new(rules, Selector::parse(scope).unwrap());
+        let admin = builtin("admin").unwrap().rules;
+        assert!(a(admin.clone(), "").allows_fleet("audit:read"));
+        assert!(a(admin.clone(), "team=a").rules_unlimited("audit:read"));
+        assert!(!a(admin.clone(), "team=a").allows_fleet("audit:read"));
+        let web = vec![rule(Effect::Allow, "*:*", Some("team=web"))];
+        assert!(a(web.clone(), "").allows("audit:read", None), "opens host routes");
+        assert!(!a(web, "").allows_fleet("audit:read"));
+        // Complementary host limits together cover every host.
+        let split = vec![
+            rule(Effect::Allow, "audit:read", Some("env=prod")),
+            rule(Effect::Allow, "audit:read", Some("env!=prod")),
+        ];
+        assert!(a(split.clone(), "").allows_fleet("audit:read"));
+        assert!(!a(split, "").allows_fleet("alerts:write"));
+        // A host-limited deny limits it.
+        let denied = vec![
+            rule(Effect::Allow, "*:*", None),
+            rule(Effect::Deny, "alerts:*", Some("env=prod")),
+        ];
+        assert!(!a(denied.clone(), "").allows_fleet("alerts:write"));
+        assert!(a(denied, "").allows_fleet("audit:read"));
+        assert!(!a(vec![], "").allows_fleet("audit:read"));
+    }
+
+    /// The heaviest `PUT /api/v1/roles` bodies the API takes (200 rules,
+    /// under 64 KiB), against an admin and against themselves: decided or
+    /// refused as too complex, with the work bounded. `spread` is the old
+    /// worst case: 200 distinct permissions over 19,880 label sets, about
+    /// 1.6 × 10^11 rule evaluations for the old enumeration; `dense` puts
+    /// 200 selectors over distinct keys on one permission.
+    pub(crate) fn worst_policies() -> Vec<Vec<Rule>> {
+        let list = |p: &str, n: usize| (0..n).map(|v| format!("{p}{v}")).collect::<Vec<_>>().join(",");
+        let spread: Vec<Rule> = (0..200)
+            .map(|i| {
+                let sel = match i {
+                    0 => format!("k in ({})", list("v", 140)),
+                    1 => format!("j in ({})", list("w", 138)),
+                    _ => format!("k=v{}", i % 140),
+                };
+                rule(Effect::Allow, &format!("r{i}:a{i}"), Some(&sel))
+            })
+            .collect();
+        let dense: Vec<Rule> = (0..200)
+            .map(|i| {
+                let effect = if i % 3 == 0 { Effect::Deny } else { Effect::Allow };
+                rule(
+                    effect,
+                    "jobs:create",
+                    Some(&format!("k{i} in (x,y),j{} notin (z)", i % 9)),
+                )
+            })
+            .collect();
+        vec![spread, dense]
+    }
+
+    #[test]
+    fn covers_work_is_bounded_on_the_worst_policies() {
+        let admin = Authority::new(builtin("admin").unwrap().rules, Selector::everything());
+        for heavy in worst_policies() {
+            let body: String = heavy
+                .iter()
+                .map(|r| serde_json::to_string(&r.to_spec()).unwrap())
+                .collect::<Vec<_>>()
+                .join(",");
+            assert!(body.len() < 64 * 1024, "{}", body.len());
+            for me in [admin.clone(), Authority::new(heavy.clone(), Selector::everything())] {
+                let new = Authority::new(heavy.clone(), Selector::everything());
+                let report = me.covers_within(&new, &Budget::default());
+                assert!(
+                    report.evaluations <= MAX_COVERS_WORK,
+                    "{} evaluations",
+                    report.evaluations
+                );
+                assert!(
+                    matches!(report.result, Ok(()) | Err(EscalationError::TooComplex)),
+                    "{:?}",
+                    report.result
+                );
+            }
+        }
+        let [spread, dense] = <[Vec<Rule>; 2]>::try_from(worst_policies()).unwrap();
+        // The spread policy is decided: the admin holds it.
+        let report = admin.covers_within(
+            &Authority::new(spread.clone(), Selector::everything()),
+            &Budget::default(),
+        );
+        assert_eq!(report.result, Ok(()));
+        // The dense one is refused as too complex, before any label set is tried.
+        let report = admin.covers_within(&Authority::new(dense, Selector::everything()), &Budget::default());
+        assert_eq!(report.result, Err(EscalationError::TooComplex));
+        assert!(report.evaluations <= 200_000, "{}", report.evaluations);
+        let heavy = spread;
+        // The admin holds everything: decided (not refused as too complex) when it fits.
+        let small: Vec<Rule> = heavy.iter().take(20).cloned().collect();
+        let report = admin.covers_within(&Authority::new(small, Selector::everything()), &Budget::default());
+        assert_eq!(report.result, Ok(()));
+        // A tiny budget refuses before doing the work; a past deadline stops it.
+        let report = admin.covers_within(
+            &Authority::new(heavy.clone(), Selector::everything()),
+            &Budget {
+                max_work: 1_000,
+                deadline: None,
+            },
+        );
+        assert_eq!(report.result, Err(EscalationError::TooComplex));
+        assert!(report.evaluations <= 1_000_000, "{}", report.evaluations);
+        let report = admin.covers_within(
+            &Authority::new(heavy, Selector::everything()),
+            &Budget {
+                max_work: u64::MAX,
+                deadline: Some(Instant::now()),
+            },
+        );
+        assert_eq!(report.result, Err(EscalationError::TooComplex));
     }
 }

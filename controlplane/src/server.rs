@@ -173,6 +173,7 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
             cfg.rest.rate_limit_burst,
         ))
         .with_jobs(jobs.clone());
+    let config_roles = state.rbac.config_roles.clone();
     // SLOs: the engine loop keeps the counting index fresh and flushes API requests.
     let slo_engine = tokio::spawn(crate::slo::engine::run(
         store.clone(),
@@ -202,6 +203,7 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
     let rollouts = crate::rollouts::driver::start(
         store.clone(),
         jobs.clone(),
+        config_roles,
         Arc::new(crate::slo::gate::StoreSloGate { store: store.clone() }),
         shutdown.clone(),
     );

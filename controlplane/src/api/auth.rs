@@ -127,6 +127,8 @@ pub async fn create_token(
             role: role.as_ref(),
             scope: &Selector::everything(),
             ttl,
+            parent: None,
+            expires_by_ms: None,
         },
     )
     .await
@@ -141,6 +143,11 @@ pub struct NewToken<'a> {
     /// Empty: unscoped.
     pub scope: &'a Selector,
     pub ttl: Option<Duration>,
+    /// The token creating this one: revoking it revokes this one too.
+    pub parent: Option<&'a str>,
+    /// The latest expiry allowed (the creating token's): a longer or absent
+    /// `ttl` is capped to it.
+    pub expires_by_ms: Option<i64>,
 }
 
 /// Action name of token creation in the audit log.
@@ -157,7 +164,14 @@ pub async fn create_token_by(
     audit: AuditEntry,
     new: NewToken<'_>,
 ) -> Result<(String, ApiToken), StoreError> {
-    let NewToken { name, role, scope, ttl } = new;
+    let NewToken {
+        name,
+        role,
+        scope,
+        ttl,
+        parent,
+        expires_by_ms,
+    } = new;
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 128 || name.chars().any(char::is_control) {
         return Err(StoreError::Invalid(
@@ -175,11 +189,16 @@ pub async fn create_token_by(
             Some(now.saturating_add(ms))
         }
     };
+    let expires_ms = match (expires_ms, expires_by_ms) {
+        (Some(e), Some(cap)) => Some(e.min(cap)),
+        (None, cap) => cap,
+        (e, None) => e,
+    };
     let (token, id, secret_hash) = generate();
     let scope = scope.to_string();
-    let audit = audit
-        .target(actor::token(&id))
-        .details(serde_json::json!({ "name": name, "role": role, "scope": scope, "expires_ms": expires_ms }));
+    let audit = audit.target(actor::token(&id)).details(
+        serde_json::json!({ "name": name, "role": role, "scope": scope, "expires_ms": expires_ms, "parent": parent }),
+    );
     let stored = ApiToken {
         id,
         name: name.to_string(),
@@ -190,6 +209,7 @@ pub async fn create_token_by(
         expires_ms,
         revoked_ms: None,
         last_used_ms: None,
+        parent_id: parent.map(str::to_string),
     };
     store.create_api_token(&stored, audit).await?;
     Ok((token, stored))

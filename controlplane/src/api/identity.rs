@@ -15,7 +15,7 @@ use super::auth::Principal;
 use super::handlers::json;
 use super::params::{Params, truncate};
 use super::problem::Problem;
-use super::rbac::{authorize, resolve_host_for};
+use super::rbac::{authorize, resolve_host_id_for};
 use super::views::ListView;
 use crate::audit::Outcome;
 use crate::enrollment::EnrollmentToken;
@@ -170,6 +170,16 @@ pub async fn create_enrollment_token(
         &who,
         "enrollment-tokens:create",
         Some(&req.labels),
+        "enrollment_tokens",
+    )
+    .await?;
+    // Nor may they land in a token scope or role rule beyond the caller's reach.
+    super::rbac::check_label_reach(
+        &state,
+        &who,
+        "enrollment-tokens:create",
+        None,
+        &req.labels,
         "enrollment_tokens",
     )
     .await?;
@@ -330,7 +340,7 @@ pub struct RevokedView {
 /// now on; its live stream closes within a second; its data is kept.
 pub async fn revoke_host(state: ApiState, who: Principal, host: String, query: String) -> Result<Response, Problem> {
     Params::parse(&query, &[])?;
-    let host = resolve_host_for(&state, &who, &host, "hosts:revoke", "host").await?;
+    let host = resolve_host_id_for(&state, &who, &host, "hosts:revoke", "host").await?;
     let now = steward_shared::now_ms();
     if !state
         .store

@@ -27,7 +27,7 @@ use super::handlers::json;
 use super::identity::parse_body;
 use super::params::{Params, truncate};
 use super::problem::Problem;
-use super::rbac::{authorize, record_forbidden, resolve_host_for};
+use super::rbac::{authorize, record_forbidden, resolve_host_for, resolve_host_id_for};
 use super::views::{ListView, rfc3339};
 use crate::audit::Outcome;
 use crate::jobs::{self, Job, JobFilter, JobState, NewJob};
@@ -51,7 +51,7 @@ pub struct CreateJob {
     pub action: String,
     #[serde(default)]
     pub params: BTreeMap<String, String>,
-    /// One host (ID or unique hostname); or else `selector`.
+    /// One host, by ID; or else `selector`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
     /// A label selector: one job per matching host.
@@ -258,7 +258,7 @@ pub async fn create(state: ApiState, who: Principal, query: String, body: bytes:
     let host_ids: Vec<String> = match (&req.host, &req.selector) {
         (Some(_), Some(_)) => return Err(Problem::invalid("selector", "give either host or selector, not both")),
         (None, None) => return Err(Problem::invalid("host", "give a host or a selector")),
-        (Some(host), None) => vec![resolve_host_for(&state, &who, host, "jobs:create", "host").await?.id],
+        (Some(host), None) => vec![resolve_host_id_for(&state, &who, host, "jobs:create", "host").await?.id],
         (None, Some(sel)) => {
             let selector = Selector::parse(sel).map_err(|e| Problem::invalid("selector", e.to_string()))?;
             let ids = matching_hosts(&state, &who, &selector, "jobs:create", MAX_FANOUT).await?;

@@ -209,14 +209,16 @@ fn host_checks() {}
 
 /// Revokes a host: its certificates are refused, its stream closed. Permission `hosts:revoke` on it.
 #[utoipa::path(post, path = "/api/v1/hosts/{host}/revoke", params(
-    ("host" = String, Path, description = "host ID or unique hostname"),
+    ("host" = String, Path, description = "host ID (never a hostname: this is a change)"),
 ), responses((status = 200, description = "revoked", body = RevokedView), Errors))]
 fn revoke_host() {}
 
 /// Replaces a host's control-plane labels (audited as `set_host_labels`).
-/// Permission `hosts:label` on the host, with its old and its new labels.
+/// Permission `hosts:label` on the host, with its old and its new labels; a
+/// change that moves the host into or out of a token scope or role rule
+/// needs `hosts:label` on every host that selector matches.
 #[utoipa::path(put, path = "/api/v1/hosts/{host}/labels", params(
-    ("host" = String, Path, description = "host ID or unique hostname"),
+    ("host" = String, Path, description = "host ID (never a hostname: this is a change)"),
 ), request_body = PutLabels, responses((status = 200, description = "the relabelled host", body = HostView), Errors))]
 fn put_host_labels() {}
 

@@ -52,6 +52,19 @@ impl Problem {
         p
     }
 
+    /// 422: the request is well-formed but cannot be processed as it is
+    /// (e.g. a policy too complex to verify); names the field.
+    pub fn unprocessable(field: &str, detail: impl Into<String>) -> Self {
+        let mut p = Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unprocessable",
+            "Unprocessable request",
+            detail,
+        );
+        p.field = Some(field.to_string());
+        p
+    }
+
     /// 401: no usable bearer token. Deliberately never says why.
     pub fn unauthorized() -> Self {
         Self::new(

@@ -38,7 +38,7 @@ use super::views::{HostView, ListView};
 use crate::audit::Outcome;
 use crate::audit::denials::Admission;
 use crate::model::{ApiToken, Host, StatusCounts};
-use crate::rbac::{self, Authority, Labels, RoleDef, RoleSource, RuleSpec};
+use crate::rbac::{self, Authority, Budget, EscalationError, Labels, RoleDef, RoleSource, RuleSpec};
 use crate::store::{HostLookup, StoreError};
 
 /// Action of a refused authorisation in the audit log.
@@ -94,13 +94,22 @@ impl warp::reject::Reject for RateLimited {}
 
 /// The role `name`: built-in, from the config file, or stored.
 pub async fn find_role(state: &ApiState, name: &str) -> Result<Option<RoleDef>, StoreError> {
+    find_role_in(&state.store, &state.rbac.config_roles, name).await
+}
+
+/// [`find_role`] with the config file's roles given (the rollout driver).
+pub async fn find_role_in(
+    store: &crate::store::Store,
+    config_roles: &BTreeMap<String, RoleDef>,
+    name: &str,
+) -> Result<Option<RoleDef>, StoreError> {
     if let Some(role) = rbac::builtin(name) {
         return Ok(Some(role));
     }
-    if let Some(role) = state.rbac.config_roles.get(name) {
+    if let Some(role) = config_roles.get(name) {
         return Ok(Some(role.clone()));
     }
-    let Some(stored) = state.store.find_role(name).await? else {
+    let Some(stored) = store.find_role(name).await? else {
         return Ok(None);
     };
     match rbac::parse_rules(&stored.rules) {
@@ -157,7 +166,17 @@ pub(super) async fn admit(
     let reason = if !principal.allows(permission, None) {
         format!("the token's role ({}) does not grant {permission}", principal.role)
     } else if spec.hosts == Hosts::Fleet && principal.is_scoped() {
-        format!("{route} shows the whole fleet; a token scoped to some hosts may not use it")
+        format!("{route} is about the whole fleet; a token scoped to some hosts may not use it")
+    } else if spec.hosts == Hosts::Fleet && !principal.authority.allows_fleet(permission) {
+        format!(
+            "{route} is about the whole fleet; the token's role ({}) grants {permission} on some hosts only",
+            principal.role
+        )
+    } else if spec.hosts == Hosts::Global && !principal.authority.rules_unlimited(permission) {
+        format!(
+            "{route} is not about particular hosts; the token's role ({}) grants {permission} on some hosts only",
+            principal.role
+        )
     } else {
         return Ok(());
     };
@@ -206,16 +225,40 @@ pub async fn authorize(
     Err(Problem::forbidden(reason))
 }
 
-/// Finds the host `ident` (ID or unique hostname) for an action needing
+/// Finds the host `ident` (ID or unique hostname) for a read needing
 /// `permission`: 404 when there is no such host *that the caller may see*
 /// (`hosts:read` or `permission` on it), 409 when the hostname names several
 /// visible hosts, 403 (audited) when it may see the host but not do this.
+/// Changes use [`resolve_host_id_for`]: a hostname is the agent's own claim.
 pub async fn resolve_host_for(
     state: &ApiState,
     who: &Principal,
     ident: &str,
     permission: &str,
     field: &str,
+) -> Result<Host, Problem> {
+    resolve(state, who, ident, permission, field, true).await
+}
+
+/// [`resolve_host_for`] for a change (revoke, relabel, a job): by host ID
+/// only, never by the hostname an agent reports about itself.
+pub async fn resolve_host_id_for(
+    state: &ApiState,
+    who: &Principal,
+    id: &str,
+    permission: &str,
+    field: &str,
+) -> Result<Host, Problem> {
+    resolve(state, who, id, permission, field, false).await
+}
+
+async fn resolve(
+    state: &ApiState,
+    who: &Principal,
+    ident: &str,
+    permission: &str,
+    field: &str,
+    by_hostname: bool,
 ) -> Result<Host, Problem> {
     let visible = |h: &Host| who.allows("hosts:read", Some(&h.labels)) || who.allows(permission, Some(&h.labels));
     let not_found = || {
@@ -224,6 +267,8 @@ pub async fn resolve_host_for(
         p
     };
     let host = match state.store.find_host(ident).await.map_err(Problem::from_store)? {
+        HostLookup::Found(host) if !by_hostname && host.id != ident => return Err(not_found()),
+        HostLookup::Ambiguous(_) if !by_hostname => return Err(not_found()),
         HostLookup::Found(host) if visible(&host) => *host,
         HostLookup::Found(_) | HostLookup::NotFound => return Err(not_found()),
         HostLookup::Ambiguous(ids) => {
@@ -334,6 +379,41 @@ async fn refuse_escalation(state: &ApiState, who: &Principal, action: &str, targ
     Problem::forbidden(detail)
 }
 
+/// Longest an escalation check may compute before it is refused as too complex.
+const COVERS_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// [`Authority::covers`] off the async workers (`spawn_blocking`), within
+/// the default work budget and [`COVERS_DEADLINE`].
+pub(super) async fn covers_off_thread(caller: &Arc<Authority>, new: Authority) -> Result<(), EscalationError> {
+    let caller = caller.clone();
+    let budget = Budget {
+        deadline: Some(std::time::Instant::now() + COVERS_DEADLINE),
+        ..Budget::default()
+    };
+    tokio::task::spawn_blocking(move || caller.covers_within(&new, &budget).result)
+        .await
+        .unwrap_or(Err(EscalationError::TooComplex))
+}
+
+/// The answer to a failed escalation check: 403 (audited) for a grant the
+/// caller lacks, 422 naming `field` for a policy too complex to verify.
+async fn escalation_problem(
+    state: &ApiState,
+    who: &Principal,
+    action: &str,
+    target: &str,
+    why: EscalationError,
+    field: &str,
+    context: &str,
+) -> Problem {
+    match why {
+        EscalationError::TooComplex => Problem::unprocessable(field, format!("{context}{why}")),
+        EscalationError::NotHeld { .. } => {
+            refuse_escalation(state, who, action, target, format!("{context}{why}")).await
+        }
+    }
+}
+
 pub async fn create_token(
     state: ApiState,
     who: Principal,
@@ -364,9 +444,15 @@ pub async fn create_token(
         return Err(Problem::invalid("name", "must be 1 to 128 printable characters"));
     }
     let new = Authority::new(role.rules.clone(), scope.clone());
-    if let Err(why) = who.authority.covers(&new) {
-        return Err(refuse_escalation(&state, &who, auth::TOKENS_CREATE, "tokens", why.to_string()).await);
+    if let Err(why) = covers_off_thread(&who.authority, new).await {
+        return Err(escalation_problem(&state, &who, auth::TOKENS_CREATE, "tokens", why, "role", "").await);
     }
+    // A token expires no later than the token that made it, and is revoked with it.
+    let maker = state
+        .store
+        .find_api_token(&who.token_id)
+        .await
+        .map_err(Problem::from_store)?;
     let (token, stored) = auth::create_token_by(
         &state.store,
         who.audit(auth::TOKENS_CREATE, Outcome::Success),
@@ -375,6 +461,8 @@ pub async fn create_token(
             role: &role.name,
             scope: &scope,
             ttl,
+            parent: maker.as_ref().map(|m| m.id.as_str()),
+            expires_by_ms: maker.as_ref().and_then(|m| m.expires_ms),
         },
     )
     .await
@@ -421,9 +509,10 @@ pub async fn revoke_token(state: ApiState, who: Principal, id: String, query: St
         let theirs = authority_of(&state, &token.role, scope)
             .await
             .map_err(Problem::from_store)?;
-        if let Err(why) = who.authority.covers(&theirs) {
-            let why = format!("that token has more rights than yours: {why}");
-            return Err(refuse_escalation(&state, &who, auth::TOKENS_REVOKE, &format!("token:{id}"), why).await);
+        if let Err(why) = covers_off_thread(&who.authority, theirs).await {
+            let target = format!("token:{id}");
+            let context = "that token has more rights than yours: ";
+            return Err(escalation_problem(&state, &who, auth::TOKENS_REVOKE, &target, why, "id", context).await);
         }
     }
     if !auth::revoke_token_by(&state.store, who.audit(auth::TOKENS_REVOKE, Outcome::Success), &id)
@@ -565,11 +654,17 @@ pub async fn put_role(
         return Err(Problem::invalid("description", "at most 1024 printable characters"));
     }
     let rules = rbac::parse_rules(&req.rules).map_err(|(field, message)| Problem::invalid(&field, message))?;
-    if let Err(why) = who
-        .authority
-        .covers(&Authority::new(rules.clone(), Selector::everything()))
-    {
-        return Err(refuse_escalation(&state, &who, "roles.put", &format!("role:{name}"), why.to_string()).await);
+    let target = format!("role:{name}");
+    // The role as it is (tokens hold it now) and as it would be: the caller holds both.
+    if let Some(old) = find_role(&state, &name).await.map_err(Problem::from_store)? {
+        let old = Authority::new(old.rules, Selector::everything());
+        if let Err(why) = covers_off_thread(&who.authority, old).await {
+            let context = "the role as it is now grants more than you hold: ";
+            return Err(escalation_problem(&state, &who, "roles.put", &target, why, "name", context).await);
+        }
+    }
+    if let Err(why) = covers_off_thread(&who.authority, Authority::new(rules.clone(), Selector::everything())).await {
+        return Err(escalation_problem(&state, &who, "roles.put", &target, why, "rules", "").await);
     }
     let specs: Vec<RuleSpec> = rules.iter().map(rbac::Rule::to_spec).collect();
     let audit = who
@@ -610,6 +705,13 @@ pub async fn delete_role(state: ApiState, who: Principal, name: String, query: S
             "name",
             format!("{users} active token(s) have role {name}; revoke them first"),
         ));
+    }
+    let Some(role) = find_role(&state, &name).await.map_err(Problem::from_store)? else {
+        return Err(role_not_found(&name));
+    };
+    if let Err(why) = covers_off_thread(&who.authority, Authority::new(role.rules, Selector::everything())).await {
+        let (target, context) = (format!("role:{name}"), "the role grants more than you hold: ");
+        return Err(escalation_problem(&state, &who, "roles.delete", &target, why, "name", context).await);
     }
     let audit = who
         .audit("roles.delete", Outcome::Success)
@@ -658,9 +760,10 @@ pub async fn put_host_labels(
         validate_label(k, "key").map_err(|e| Problem::invalid("labels", e))?;
         validate_label(v, "value").map_err(|e| Problem::invalid("labels", e))?;
     }
-    let host = resolve_host_for(&state, &who, &host, "hosts:label", "host").await?;
+    let host = resolve_host_id_for(&state, &who, &host, "hosts:label", "host").await?;
     let target = format!("host:{}", host.id);
     authorize(&state, &who, "hosts:label", Some(&req.labels), &target).await?;
+    check_label_reach(&state, &who, "hosts:label", Some(&host.labels), &req.labels, &target).await?;
     let audit = who
         .audit(SET_HOST_LABELS, Outcome::Success)
         .target(target.as_str())
@@ -690,6 +793,109 @@ pub async fn put_host_labels(
         i64::try_from(state.offline_after.as_millis()).unwrap_or(i64::MAX),
     );
     Ok(json(StatusCode::OK, &view))
+}
+
+/// Every selector that decides who may act on a host: the scopes of
+/// active tokens and the host limits of every role's rules (built-in,
+/// config, stored). A label key none of them mentions changes no one's reach.
+async fn reach_selectors(state: &ApiState) -> Result<Vec<Selector>, Problem> {
+    let now = steward_shared::now_ms();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    let mut add = |sel: Selector| {
+        if !sel.is_empty() && seen.insert(sel.to_string()) {
+            out.push(sel);
+        }
+    };
+    for t in state.store.list_api_tokens().await.map_err(Problem::from_store)? {
+        if t.is_active(now) {
+            match Selector::parse(&t.scope) {
+                Ok(sel) => add(sel),
+                // Unreadable: such a token is refused anyway (auth), nothing to protect.
+                Err(_) => continue,
+            }
+        }
+    }
+    for role in all_roles(state).await? {
+        for rule in role.rules {
+            if let Some(sel) = rule.hosts {
+                add(sel);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Refuses a change of a host's labels (from `old`; `None`: a host yet to
+/// enroll, judged as a host without labels that gets `new`) to `new` that
+/// moves the host into or out of a token scope or a role rule's hosts, unless the caller holds `permission` on every host
+/// that selector matches. So a `team=web` operator cannot add `env=prod`
+/// while some token or rule selects `env=prod` hosts: keys used by scopes
+/// and rules are protected; other keys are free.
+pub(super) async fn check_label_reach(
+    state: &ApiState,
+    who: &Principal,
+    permission: &str,
+    old: Option<&Labels>,
+    new: &Labels,
+    target: &str,
+) -> Result<(), Problem> {
+    if who.authority.allows_fleet(permission) {
+        return Ok(()); // holds it on every host: any selector is within its reach
+    }
+    let moved: Vec<Selector> = reach_selectors(state)
+        .await?
+        .into_iter()
+        .filter(|sel| match old {
+            Some(o) => sel.matches(o) != sel.matches(new),
+            // A new host: what its labels add to a host with none (it leaves nothing).
+            None => sel.matches(new) && !sel.matches(&Labels::new()),
+        })
+        .collect();
+    if moved.is_empty() {
+        return Ok(());
+    }
+    let (caller, permission_owned) = (who.authority.clone(), permission.to_string());
+    let deadline = std::time::Instant::now() + COVERS_DEADLINE;
+    let verdict = tokio::task::spawn_blocking(move || {
+        let Ok(pattern) = rbac::Pattern::parse(&permission_owned) else {
+            return Err((String::new(), EscalationError::TooComplex));
+        };
+        for sel in moved {
+            let everywhere = Authority::new(
+                vec![rbac::Rule {
+                    effect: rbac::Effect::Allow,
+                    pattern: pattern.clone(),
+                    hosts: None,
+                }],
+                sel.clone(),
+            );
+            let budget = Budget {
+                deadline: Some(deadline),
+                ..Budget::default()
+            };
+            if let Err(e) = caller.covers_within(&everywhere, &budget).result {
+                return Err((sel.to_string(), e));
+            }
+        }
+        Ok(())
+    })
+    .await
+    .unwrap_or(Err((String::new(), EscalationError::TooComplex)));
+    match verdict {
+        Ok(()) => Ok(()),
+        Err((_, EscalationError::TooComplex)) => Err(Problem::unprocessable(
+            "labels",
+            "the label change cannot be verified against the scopes and roles in use; ask an administrator",
+        )),
+        Err((sel, EscalationError::NotHeld { .. })) => {
+            let reason = format!(
+                "the labels would move the host into or out of the hosts selected by `{sel}` (a token scope or role rule), where the token does not hold {permission} on every host"
+            );
+            record_forbidden(state, who, permission, target, &reason).await;
+            Err(Problem::forbidden(reason))
+        }
+    }
 }
 
 // ---------------------------------------------------------------- paging

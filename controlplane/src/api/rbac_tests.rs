@@ -654,10 +654,14 @@ async fn tokens_expire_and_denials_are_audited_within_the_budget() {
         let short = b["token"].as_str().unwrap().to_string();
         assert!(b["expires_at_ms"].as_i64().unwrap() > b["created_at_ms"].as_i64().unwrap());
         assert_eq!(api.call("GET", "/api/v1/hosts", &short, None).await.status(), 200);
-        // Wait (on the store's clock, not a sleep) until the token is expired.
-        while auth::token_is_valid(&api.store, &short).await {
-            tokio::task::yield_now().await;
-        }
+        // Wait (on the store's clock, not a sleep) until the token is expired, bounded.
+        let expired = tokio::time::timeout(Duration::from_secs(30), async {
+            while auth::token_is_valid(&api.store, &short).await {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        assert!(expired.is_ok(), "a 1s token still valid after 30s");
         assert_eq!(api.call("GET", "/api/v1/hosts", &short, None).await.status(), 401);
 
         let viewer = api.token("viewer", "").await;
@@ -1081,6 +1085,338 @@ async fn kpis_of_a_scoped_token_count_only_its_hosts() {
         assert_eq!(r.status(), 200);
         let r = api.call("GET", "/api/v1/kpis/nope", &admin, None).await;
         assert_eq!(r.status(), 404);
+    })
+    .await;
+}
+
+fn allow(p: &str, hosts: Option<&str>) -> Rule {
+    rule_of(true, p, hosts)
+}
+
+fn rule_of(allow: bool, p: &str, hosts: Option<&str>) -> Rule {
+    Rule::from_spec(&RuleSpec {
+        effect: rbac_effect(allow),
+        permission: p.into(),
+        hosts: hosts.map(String::from),
+    })
+    .unwrap()
+}
+
+fn config_role(name: &str, rules: Vec<Rule>) -> RoleDef {
+    RoleDef {
+        name: name.into(),
+        description: String::new(),
+        rules,
+        source: RoleSource::Config,
+    }
+}
+
+/// Host-limited custom roles against every route, on unscoped tokens: a
+/// rule limited to some hosts opens the routes about hosts (filtered or
+/// checked per host) and the grant routes (checked by the handler), never a
+/// fleet-wide route (audit, silences) nor one about no host (roles, SLOs,
+/// the token list); complementary limits that together cover every host
+/// count as unlimited; a host-limited deny makes a permission limited.
+#[tokio::test]
+async fn every_route_against_host_limited_custom_roles() {
+    let roles = vec![
+        config_role("web-all", vec![allow("*:*", Some("team=a"))]),
+        config_role("web-reader", vec![allow("*:read", Some("team=a"))]),
+        config_role(
+            "split",
+            vec![allow("*:*", Some("env=prod")), allow("*:*", Some("env!=prod"))],
+        ),
+        config_role(
+            "no-prod-alerts",
+            vec![allow("*:*", None), rule_of(false, "alerts:*", Some("env=prod"))],
+        ),
+    ];
+    on_each_backend(roles, (0, 0), |api| async move {
+        for role in ["web-all", "web-reader", "split", "no-prod-alerts"] {
+            let token = api.token(role, "").await;
+            for spec in TABLE {
+                let Some(permission) = spec.permission else { continue };
+                let (resource, action) = permission.split_once(':').unwrap();
+                let want = match role {
+                    "web-all" => !matches!(spec.hosts, Hosts::Fleet | Hosts::Global),
+                    "web-reader" => action == "read" && !matches!(spec.hosts, Hosts::Fleet | Hosts::Global),
+                    "split" => true,
+                    // Minting a viewer (alerts:read on prod hosts too) is an escalation for it.
+                    "no-prod-alerts" => {
+                        !(resource == "alerts" && spec.hosts == Hosts::Fleet) && permission != "tokens:create"
+                    }
+                    _ => unreachable!(),
+                };
+                let (path, body) = request_for(spec.method, spec.path);
+                let r = api.call(spec.method, &path, &token, body.as_ref()).await;
+                let status = r.status().as_u16();
+                assert!(status < 500 || status == 503, "{role} {} {path}: {status}", spec.method);
+                assert_eq!(
+                    status != 403 && status != 401,
+                    want,
+                    "{role}: {} {path} answered {status}: {:?}",
+                    spec.method,
+                    r.body()
+                );
+            }
+        }
+        // The confirmed escalation: a host-limited role read the whole audit
+        // log and silenced every team's alerts.
+        let web = api.token("web-all", "").await;
+        assert_eq!(api.call("GET", "/api/v1/audit", &web, None).await.status(), 403);
+        let silence = json!({ "matchers": { "team": "b" }, "duration": "366d", "comment": "x" });
+        let r = api.call("POST", "/api/v1/silences", &web, Some(&silence)).await;
+        assert_eq!(r.status(), 403, "{:?}", r.body());
+        assert!(
+            body(&r)["detail"].as_str().unwrap().contains("some hosts only"),
+            "{:?}",
+            r.body()
+        );
+    })
+    .await;
+}
+
+/// A relabelling or an enrollment token may not move a host into a token
+/// scope or role rule beyond the caller's reach (`team=a` adding `env=prod`
+/// while a token is scoped to `env=prod`), but may set keys no scope or rule
+/// uses, and move hosts within selectors it fully holds.
+#[tokio::test]
+async fn labels_cannot_pull_a_host_into_another_scope() {
+    on_each_backend(vec![], (0, 0), |api| async move {
+        let api = Api {
+            state: api
+                .state
+                .clone()
+                .with_enrollment(Some("ab".repeat(32)), Duration::from_secs(3600)),
+            ..api
+        };
+        let admin_a = api.token("admin", SCOPE).await;
+        let _prod = api.token("deployer", "env=prod").await;
+        let put = |host: &str, labels: Json| {
+            let (state, token, path) = (
+                api.state.clone(),
+                admin_a.clone(),
+                format!("/api/v1/hosts/{host}/labels"),
+            );
+            async move { call(&state, "PUT", &path, Some(&token), Some(&json!({ "labels": labels }))).await }
+        };
+        // h-a2 is team=a, env=dev: adding env=prod would hand it to the prod deployer.
+        let r = put("h-a2", json!({ "team": "a", "env": "prod" })).await;
+        assert_eq!(r.status(), 403, "{:?}", r.body());
+        assert!(
+            body(&r)["detail"].as_str().unwrap().contains("env=prod"),
+            "{:?}",
+            r.body()
+        );
+        let r = put("h-a2", json!({ "team": "a" })).await;
+        assert_eq!(r.status(), 200, "removing env changes no scope's reach: {:?}", r.body());
+        // A key no scope or rule uses is free; the host stays where it was.
+        let r = put("h-a2", json!({ "team": "a", "rack": "r7" })).await;
+        assert_eq!(r.status(), 200, "{:?}", r.body());
+        // The unscoped admin may do it.
+        let r = call(
+            &api.state,
+            "PUT",
+            "/api/v1/hosts/h-a2/labels",
+            Some(&api.admin),
+            Some(&json!({ "labels": { "team": "a", "env": "prod" } })),
+        )
+        .await;
+        assert_eq!(r.status(), 200, "{:?}", r.body());
+
+        // Enrollment tokens: same rule for the labels new hosts will get.
+        let enroll = |token: String, labels: Json| {
+            let state = api.state.clone();
+            async move {
+                call(
+                    &state,
+                    "POST",
+                    "/api/v1/enrollment-tokens",
+                    Some(&token),
+                    Some(&json!({ "labels": labels })),
+                )
+                .await
+            }
+        };
+        let r = enroll(admin_a.clone(), json!({ "team": "a" })).await;
+        assert_eq!(r.status(), 201, "{:?}", r.body());
+        assert_eq!(body(&r)["labels"], json!({ "team": "a" }));
+        let r = enroll(admin_a.clone(), json!({ "team": "a", "env": "prod" })).await;
+        assert_eq!(r.status(), 403, "{:?}", r.body());
+        // Outside its own scope: refused too (the review's missing test).
+        let r = enroll(admin_a.clone(), json!({ "team": "b" })).await;
+        assert_eq!(r.status(), 403, "{:?}", r.body());
+        let r = enroll(admin_a.clone(), json!({})).await;
+        assert_eq!(r.status(), 403, "{:?}", r.body());
+        let r = enroll(api.admin.clone(), json!({ "team": "b", "env": "prod" })).await;
+        assert_eq!(r.status(), 201, "{:?}", r.body());
+        let created = api
+            .store
+            .list_audit(
+                &AuditFilter {
+                    action: Some("enrollment_tokens.create".into()),
+                    ..AuditFilter::default()
+                },
+                None,
+                100,
+            )
+            .await
+            .unwrap()
+            .items;
+        assert_eq!(created.len(), 2, "only the allowed ones were made");
+    })
+    .await;
+}
+
+/// Minted tokens expire no later than their maker and are revoked with it
+/// (transitively); roles are replaced or deleted only by someone holding
+/// what they grant now; a rollout needs `jobs:create` on its targets.
+#[tokio::test]
+async fn minted_tokens_roles_and_rollouts_stay_within_the_makers_authority() {
+    let roller = config_role("roller", vec![allow("*:read", None), allow("rollouts:*", None)]);
+    on_each_backend(vec![roller], (0, 0), |api| async move {
+        let mint = |token: String, b: Json| {
+            let state = api.state.clone();
+            async move { call(&state, "POST", "/api/v1/tokens", Some(&token), Some(&b)).await }
+        };
+        let r = mint(
+            api.admin.clone(),
+            json!({ "name": "hour", "role": "admin", "ttl": "1h" }),
+        )
+        .await;
+        assert_eq!(r.status(), 201);
+        let hour = body(&r);
+        let hour_token = hour["token"].as_str().unwrap().to_string();
+        let r = mint(hour_token.clone(), json!({ "name": "forever", "role": "admin" })).await;
+        assert_eq!(r.status(), 201, "{:?}", r.body());
+        let forever = body(&r);
+        assert_eq!(
+            forever["expires_at_ms"], hour["expires_at_ms"],
+            "capped to its maker's expiry"
+        );
+        let r = mint(
+            forever["token"].as_str().unwrap().to_string(),
+            json!({ "name": "grandchild", "role": "viewer", "ttl": "300d" }),
+        )
+        .await;
+        assert_eq!(r.status(), 201);
+        let grandchild = body(&r);
+        assert!(grandchild["expires_at_ms"].as_i64() <= hour["expires_at_ms"].as_i64());
+        let r = api
+            .call(
+                "DELETE",
+                &format!("/api/v1/tokens/{}", hour["id"].as_str().unwrap()),
+                &api.admin,
+                None,
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+        for t in [&forever, &grandchild] {
+            assert_eq!(
+                api.call("GET", "/api/v1/hosts", t["token"].as_str().unwrap(), None)
+                    .await
+                    .status(),
+                401,
+                "a token minted by a revoked one is revoked: {t}"
+            );
+        }
+        let listed = api.list_all("/api/v1/tokens", &api.admin).await;
+        let active = |id: &Json| listed.iter().find(|t| &t["id"] == id).unwrap()["active"].clone();
+        assert_eq!(active(&forever["id"]), json!(false));
+        assert_eq!(active(&grandchild["id"]), json!(false));
+
+        // Roles: replacing or deleting needs what the role grants now.
+        let put = |token: String, name: &str, rules: Json| {
+            let (state, path) = (api.state.clone(), format!("/api/v1/roles/{name}"));
+            async move { call(&state, "PUT", &path, Some(&token), Some(&json!({ "rules": rules }))).await }
+        };
+        let r = put(
+            api.admin.clone(),
+            "big",
+            json!([{ "effect": "allow", "permission": "*:*" }]),
+        )
+        .await;
+        assert_eq!(r.status(), 201);
+        let r = put(
+            api.admin.clone(),
+            "role-writer",
+            json!([
+                { "effect": "allow", "permission": "roles:*" },
+                { "effect": "allow", "permission": "hosts:*" },
+            ]),
+        )
+        .await;
+        assert_eq!(r.status(), 201);
+        let writer = api.token("role-writer", "").await;
+        let r = put(
+            writer.clone(),
+            "big",
+            json!([{ "effect": "allow", "permission": "hosts:read" }]),
+        )
+        .await;
+        assert_eq!(r.status(), 403, "{:?}", r.body());
+        assert_eq!(
+            api.call("DELETE", "/api/v1/roles/big", &writer, None).await.status(),
+            403
+        );
+        assert_eq!(
+            api.call("GET", "/api/v1/roles/big", &api.admin, None).await.status(),
+            200
+        );
+        let r = put(
+            writer.clone(),
+            "small",
+            json!([{ "effect": "allow", "permission": "hosts:read" }]),
+        )
+        .await;
+        assert_eq!(r.status(), 201);
+        assert_eq!(
+            api.call("DELETE", "/api/v1/roles/small", &writer, None).await.status(),
+            200
+        );
+
+        // The heaviest role bodies: decided, or 422 naming the field; never a hang.
+        for rules in crate::rbac::tests::worst_policies() {
+            let specs: Vec<RuleSpec> = rules.iter().map(Rule::to_spec).collect();
+            let r = put(api.admin.clone(), "heavy", serde_json::to_value(&specs).unwrap()).await;
+            let status = r.status().as_u16();
+            assert!(
+                status == 201 || status == 200 || status == 422,
+                "{status}: {:?}",
+                r.body()
+            );
+            if status == 422 {
+                assert_eq!(body(&r)["field"], "rules");
+                assert_eq!(r.headers()["content-type"], "application/problem+json");
+            }
+        }
+
+        // Rollouts: rollouts:write alone does not run an action on hosts.
+        let roller = api.token("roller", "").await;
+        let r = api
+            .call(
+                "POST",
+                "/api/v1/rollouts",
+                &roller,
+                Some(&json!({ "action": "exec", "params": { "command": "true" }, "selector": "team=a" })),
+            )
+            .await;
+        assert_eq!(r.status(), 403, "{:?}", r.body());
+        assert!(
+            body(&r)["detail"].as_str().unwrap().contains("jobs:create"),
+            "{:?}",
+            r.body()
+        );
+        let deployer = api.token("deployer", "").await;
+        let r = api
+            .call(
+                "POST",
+                "/api/v1/rollouts",
+                &deployer,
+                Some(&json!({ "action": "checks.run", "selector": "team=a" })),
+            )
+            .await;
+        assert_eq!(r.status(), 201, "{:?}", r.body());
     })
     .await;
 }

@@ -4,8 +4,10 @@
 //! Invariants:
 //! - The target set is resolved once, here: the hosts the selector matches
 //!   on which the caller holds `rollouts:write` (each checked against its
-//!   labels), in host-ID order; the caller's scope is stored with the
-//!   rollout and checked again per host at dispatch by the driver.
+//!   labels), in host-ID order; the caller must also hold `jobs:create` on
+//!   every one of them (403 otherwise). The caller's scope is stored with the
+//!   rollout; the driver checks it and the creator's current authority again
+//!   at each wave.
 //! - A rollout is visible to a caller only when every one of its hosts is
 //!   (`rollouts:read`), and controllable only when it holds `rollouts:write`
 //!   on every one of them; otherwise it is a 404, as if it did not exist.
@@ -281,6 +283,22 @@ pub async fn create(state: ApiState, who: Principal, query: String, body: bytes:
         ));
     }
     ids.sort();
+    // The rollout runs jobs (its action, and its rollback) on each target
+    // host on the caller's behalf: the caller must be allowed to create them.
+    let labels = state.store.host_labels(&ids).await.map_err(Problem::from_store)?;
+    let lacking = ids
+        .iter()
+        .filter(|id| !labels.get(*id).is_some_and(|l| who.allows("jobs:create", Some(l))))
+        .count();
+    if lacking > 0 {
+        let reason = format!(
+            "the token may not jobs:create on {lacking} of the {} target host(s); a rollout runs {} there",
+            ids.len(),
+            truncate(&req.action, 64)
+        );
+        super::rbac::record_forbidden(&state, &who, "jobs:create", "rollouts", &reason).await;
+        return Err(Problem::forbidden(reason));
+    }
     let now = steward_shared::now_ms();
     let new = NewRollout {
         id: rollouts::new_rollout_id(now),

@@ -12,10 +12,15 @@
 /// How a route relates to hosts, i.e. what a token's scope does to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hosts {
-    /// Not about hosts (tokens, roles): the scope does not restrict the route.
-    /// Handlers that create something about hosts (enrollment-token labels)
-    /// check those labels themselves.
+    /// Not about hosts (roles, SLOs, the token list): the token's scope
+    /// does not restrict the route, but its role must grant the permission
+    /// on every host (a rule limited to some hosts does not open it).
     Global,
+    /// Creates or removes something whose reach over hosts the handler
+    /// checks against the caller's (tokens and roles: no escalation;
+    /// enrollment tokens: their labels): a host-limited rule opens the
+    /// route, the handler decides host by host.
+    Grant,
     /// The path names one host, or one thing of one host (a job): the
     /// handler resolves the host with [`super::rbac::resolve_host_for`] (or
     /// checks the job's host with [`super::auth::Principal::allows`]); a host
@@ -26,8 +31,9 @@ pub enum Hosts {
     /// a change on hosts chosen in the body (`POST /api/v1/jobs`: one host,
     /// or every host of a selector *that the caller may act on*).
     Filtered,
-    /// Shows fleet-wide data that cannot be filtered by host (the audit
-    /// log): unscoped tokens only.
+    /// Shows or changes fleet-wide data that cannot be filtered by host
+    /// (the audit log, silences): unscoped tokens whose rules grant the
+    /// permission on every host only.
     Fleet,
 }
 
@@ -77,29 +83,29 @@ pub const TABLE: &[RouteSpec] = &[
         "POST",
         "/api/v1/enrollment-tokens",
         "enrollment-tokens:create",
-        Hosts::Global,
+        Hosts::Grant,
     ),
     route(
         "GET",
         "/api/v1/enrollment-tokens",
         "enrollment-tokens:read",
-        Hosts::Global,
+        Hosts::Grant,
     ),
     route(
         "DELETE",
         "/api/v1/enrollment-tokens/{id}",
         "enrollment-tokens:revoke",
-        Hosts::Global,
+        Hosts::Grant,
     ),
     route("GET", "/api/v1/audit", "audit:read", Hosts::Fleet),
     route("GET", "/api/v1/audit/export", "audit:read", Hosts::Fleet),
-    route("POST", "/api/v1/tokens", "tokens:create", Hosts::Global),
+    route("POST", "/api/v1/tokens", "tokens:create", Hosts::Grant),
     route("GET", "/api/v1/tokens", "tokens:read", Hosts::Global),
-    route("DELETE", "/api/v1/tokens/{id}", "tokens:revoke", Hosts::Global),
+    route("DELETE", "/api/v1/tokens/{id}", "tokens:revoke", Hosts::Grant),
     route("GET", "/api/v1/roles", "roles:read", Hosts::Global),
     route("GET", "/api/v1/roles/{name}", "roles:read", Hosts::Global),
-    route("PUT", "/api/v1/roles/{name}", "roles:write", Hosts::Global),
-    route("DELETE", "/api/v1/roles/{name}", "roles:delete", Hosts::Global),
+    route("PUT", "/api/v1/roles/{name}", "roles:write", Hosts::Grant),
+    route("DELETE", "/api/v1/roles/{name}", "roles:delete", Hosts::Grant),
     route("POST", "/api/v1/jobs", "jobs:create", Hosts::Filtered),
     route("GET", "/api/v1/jobs", "jobs:read", Hosts::Filtered),
     route("GET", "/api/v1/jobs/{id}", "jobs:read", Hosts::One),

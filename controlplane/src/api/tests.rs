@@ -184,10 +184,14 @@ async fn every_api_route_requires_a_valid_token() {
         assert!(auth::revoke_token_by(&api.store, revoke, revoked_id).await.unwrap());
         let (id, _) = auth::parse_token(&api.token).unwrap();
         let wrong_secret = format!("stw_{id}_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
-        // Wait (on the store's clock, not a sleep) until the short token is expired.
-        while auth::token_is_valid(&api.store, &expiring).await {
-            tokio::task::yield_now().await;
-        }
+        // Wait (on the store's clock, not a sleep) until the short token is expired, bounded.
+        let expired = tokio::time::timeout(Duration::from_secs(30), async {
+            while auth::token_is_valid(&api.store, &expiring).await {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        assert!(expired.is_ok(), "a 1 ms token still valid after 30 s");
 
         for path in [
             "/api/v1/hosts",
@@ -476,4 +480,46 @@ fn route_templates_are_bounded() {
     );
     assert_eq!(route_template("/api/v1/hosts/"), "/api/v1/hosts");
     assert_eq!(route_template("/random/junk/1234"), "unmatched");
+}
+
+/// Reads accept a unique hostname; changes (revoke, relabel, a job) take the
+/// host ID only: a hostname is what the agent says about itself.
+#[tokio::test]
+async fn changes_resolve_hosts_by_id_never_by_hostname() {
+    on_each_backend(|api| async move {
+        let send = |method: &str, path: &str, body: Option<serde_json::Value>| {
+            let mut req = warp::test::request()
+                .method(method)
+                .path(path)
+                .header("authorization", format!("Bearer {}", api.token));
+            if let Some(b) = body {
+                req = req.header("content-type", "application/json").body(b.to_string());
+            }
+            let state = api.state.clone();
+            async move { req.reply(&routes(state)).await }
+        };
+        assert_eq!(
+            api.get("/api/v1/hosts/web-3").await.status(),
+            200,
+            "reads take a hostname"
+        );
+        let labels = serde_json::json!({ "labels": { "env": "prod" } });
+        let job = serde_json::json!({ "action": "checks.run", "host": "web-3" });
+        for (method, path, body, field) in [
+            ("POST", "/api/v1/hosts/web-3/revoke", None, "host"),
+            ("PUT", "/api/v1/hosts/web-3/labels", Some(labels.clone()), "host"),
+            ("POST", "/api/v1/jobs", Some(job), "host"),
+        ] {
+            let r = send(method, path, body).await;
+            assert_eq!(r.status(), 404, "{method} {path}: {:?}", r.body());
+            let b: Json = serde_json::from_slice(r.body()).unwrap();
+            assert_eq!(b["field"], field);
+        }
+        assert_eq!(api.store.revoked_hosts().await.unwrap().len(), 0, "nothing revoked");
+        let r = send("PUT", "/api/v1/hosts/id-3/labels", Some(labels)).await;
+        assert_eq!(r.status(), 200, "{:?}", r.body());
+        let r = send("POST", "/api/v1/hosts/id-3/revoke", None).await;
+        assert_eq!(r.status(), 200, "{:?}", r.body());
+    })
+    .await;
 }

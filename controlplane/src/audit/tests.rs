@@ -75,6 +75,7 @@ fn token(id: &str) -> ApiToken {
         expires_ms: None,
         revoked_ms: None,
         last_used_ms: None,
+        parent_id: None,
     }
 }
 

@@ -17,7 +17,7 @@ pub enum JobsCommand {
     Run {
         /// The action: checks.run, backup.run, backup.verify, deploy.apply, deploy.rollback, service.restart, exec.
         action: String,
-        /// One host (ID or unique hostname).
+        /// One host, by ID (a change: never by hostname).
         #[arg(long, conflicts_with = "selector", required_unless_present = "selector")]
         host: Option<String>,
         /// A label selector: one job per matching host.

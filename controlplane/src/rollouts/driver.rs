@@ -6,8 +6,11 @@
 //! by [`plan`] from that state alone. A step commits only under a valid
 //! lease and the rollout version it read.
 //!
-//! Per wave: dispatch the wave's pending hosts (each checked against the
-//! creator's scope and still existing), wait for their jobs, then the gates:
+//! Per wave, the creator's authority is read again (its token must still be
+//! active and its role grant `rollouts:write` and `jobs:create`; else the
+//! rollout pauses, with the reason; an unreadable scope pauses it too, fail
+//! closed). Then: dispatch the wave's pending hosts (each checked against the
+//! creator's scope and authority, and still existing), wait for their jobs, then the gates:
 //! error budget (failures counted across waves), health (no critical check,
 //! or the named checks ok after the step) held for `min_healthy`, and the
 //! SLO gate; then `pause`, then the next wave. Budget, a deadline or a
@@ -25,7 +28,7 @@ use super::{HostState, Rollout, RolloutHost, RolloutState, SloGate, SloVerdict};
 use crate::audit::{AuditEntry, Outcome, actor};
 use crate::jobs::dispatcher::JobsHandle;
 use crate::jobs::{Job, JobState, NewJob, new_job_id};
-use crate::rbac::Labels;
+use crate::rbac::{Authority, Labels, RoleDef};
 use crate::store::rollouts::RolloutStep;
 use crate::store::{Store, StoreError};
 
@@ -45,7 +48,14 @@ pub struct Snapshot {
     /// Latest checks per host: (name, status, observed_ms).
     pub checks: HashMap<String, Vec<(String, String, i64)>>,
     pub slo: Option<SloVerdict>,
+    /// What the rollout's creator may do now, read before a dispatch
+    /// (`Err`: why it may do nothing; `None`: not read this step).
+    pub creator: Option<Result<Authority, String>>,
 }
+
+/// The permissions a rollout's creator must hold on a host for the
+/// driver to run a step (or a rollback) there.
+pub const DISPATCH_PERMISSIONS: [&str; 2] = ["rollouts:write", "jobs:create"];
 
 /// One driver (one per process; tests make several to play several processes).
 #[derive(Debug, Clone)]
@@ -54,6 +64,8 @@ pub struct Driver {
     pub owner: String,
     pub slo: Arc<dyn SloGate>,
     pub jobs: Option<JobsHandle>,
+    /// `[[rbac.roles]]` of the config file (to resolve a creator's role).
+    pub roles: Arc<std::collections::BTreeMap<String, RoleDef>>,
 }
 
 impl Driver {
@@ -63,7 +75,37 @@ impl Driver {
             owner: owner.into(),
             slo,
             jobs: None,
+            roles: Arc::default(),
         }
+    }
+
+    /// What the creator of `r` (`token:ID`) may do at `now_ms`: its token's
+    /// role narrowed by its scope, or why it may do nothing (revoked,
+    /// expired, unknown, an unknown role, an unreadable scope).
+    pub async fn creator_authority(&self, r: &Rollout, now_ms: i64) -> Result<Result<Authority, String>, StoreError> {
+        let Some(id) = r.actor.strip_prefix("token:") else {
+            return Ok(Err(format!("its creator {:?} is not an API token", r.actor)));
+        };
+        let Some(token) = self.store.find_api_token(id).await? else {
+            return Ok(Err(format!("its creator's token {id} no longer exists")));
+        };
+        if token.revoked_ms.is_some() {
+            return Ok(Err(format!("its creator's token {id} was revoked")));
+        }
+        if !token.is_active(now_ms) {
+            return Ok(Err(format!("its creator's token {id} expired")));
+        }
+        let Ok(scope) = Selector::parse(&token.scope) else {
+            return Ok(Err(format!("its creator's token {id} has an unreadable scope")));
+        };
+        let Some(role) = crate::api::rbac::find_role_in(&self.store, &self.roles, &token.role).await? else {
+            return Ok(Err(format!("its creator's role {:?} no longer exists", token.role)));
+        };
+        let authority = Authority::new(role.rules, scope);
+        if let Some(p) = DISPATCH_PERMISSIONS.iter().find(|p| !authority.allows(p, None)) {
+            return Ok(Err(format!("its creator's role {:?} no longer grants {p}", token.role)));
+        }
+        Ok(Ok(authority))
     }
 
     /// One round over every unfinished rollout at `now_ms`. Returns how many
@@ -113,6 +155,13 @@ impl Driver {
             None
         };
         let version = rollout.version;
+        let dispatching = (rollout.state == RolloutState::Running && rollout.wave_started_ms.is_none())
+            || rollout.state == RolloutState::RollingBack;
+        let creator = if dispatching {
+            Some(self.creator_authority(&rollout, now_ms).await?)
+        } else {
+            None
+        };
         let snap = Snapshot {
             rollout,
             hosts,
@@ -120,6 +169,7 @@ impl Driver {
             labels,
             checks,
             slo,
+            creator,
         };
         let step = plan(&snap, now_ms);
         if step.is_empty() {
@@ -144,11 +194,13 @@ impl Driver {
 pub fn start(
     store: Store,
     jobs: JobsHandle,
+    roles: Arc<std::collections::BTreeMap<String, RoleDef>>,
     slo: Arc<dyn SloGate>,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let mut driver = Driver::new(store, format!("rollouts:{}", jobs.owner), slo);
     driver.jobs = Some(jobs);
+    driver.roles = roles;
     tokio::spawn(async move {
         loop {
             if let Err(error) = driver.tick(steward_shared::now_ms()).await {
@@ -332,9 +384,14 @@ pub fn plan(snap: &Snapshot, now_ms: i64) -> RolloutStep {
                     let pause_until = r.wave_passed_ms.map(|t| t.saturating_add(ms(r.strategy.pause_ms)));
                     if wave > 0 && pause_until.is_some_and(|t| now_ms < t) {
                         set_gate(&mut r, "pause");
+                    } else if let Err(why) = dispatch_authority(snap) {
+                        // Fail closed: nothing is dispatched until an operator resumes it.
+                        r.state = RolloutState::Paused;
+                        r.reason = Some(format!("paused before wave {wave}: {why}"));
+                        set_gate(&mut r, "paused");
                     } else {
                         // Dispatch the wave.
-                        let scope = Selector::parse(&r.scope).unwrap_or_else(|_| Selector::everything());
+                        let (scope, authority) = dispatch_authority(snap).unwrap_or_default();
                         let mut sent = Vec::new();
                         for (idx, h) in hosts.iter_mut().enumerate() {
                             if h.wave != wave || h.state != HostState::Pending {
@@ -348,6 +405,13 @@ pub fn plan(snap: &Snapshot, now_ms: i64) -> RolloutStep {
                                 Some(l) if !scope.matches(l) => {
                                     h.state = HostState::Skipped;
                                     h.reason = Some("outside the creator's scope at dispatch".into());
+                                }
+                                Some(l) if !DISPATCH_PERMISSIONS.iter().all(|p| authority.allows(p, Some(l))) => {
+                                    h.state = HostState::Skipped;
+                                    h.reason = Some(format!(
+                                        "the creator no longer holds {} on this host at dispatch",
+                                        DISPATCH_PERMISSIONS.join(" and ")
+                                    ));
                                 }
                                 Some(_) => {
                                     let job = rollout_job(&r, &h.host_id, &r.action, &r.params, now_ms);
@@ -467,12 +531,18 @@ pub fn plan(snap: &Snapshot, now_ms: i64) -> RolloutStep {
                 candidates.sort_by_key(|&i| std::cmp::Reverse((hosts[i].finished_ms, hosts[i].position)));
                 let width = usize::try_from(r.strategy.batch.ceil_of(total).max(1)).unwrap_or(1);
                 let free = width.saturating_sub(in_flight);
-                let scope = Selector::parse(&r.scope).unwrap_or_else(|_| Selector::everything());
+                let allowed = dispatch_authority(snap);
                 let mut sent = Vec::new();
                 for &idx in candidates.iter().take(free) {
                     let h = &mut hosts[idx];
+                    let may = |l: &Labels| match &allowed {
+                        Ok((scope, authority)) => {
+                            scope.matches(l) && DISPATCH_PERMISSIONS.iter().all(|p| authority.allows(p, Some(l)))
+                        }
+                        Err(_) => false,
+                    };
                     match snap.labels.get(&h.host_id) {
-                        Some(l) if scope.matches(l) => {
+                        Some(l) if may(l) => {
                             let job = rollout_job(&r, &h.host_id, &spec.action, &spec.params, now_ms);
                             let id = job.id.clone();
                             jobs_out.push(job);
@@ -482,7 +552,13 @@ pub fn plan(snap: &Snapshot, now_ms: i64) -> RolloutStep {
                         }
                         _ => {
                             h.state = HostState::RollbackFailed;
-                            h.reason = Some("cannot roll back: the host is gone or outside the creator's scope".into());
+                            h.reason = Some(match &allowed {
+                                Err(why) => format!("cannot roll back: {why}"),
+                                Ok(_) => {
+                                    "cannot roll back: the host is gone or outside the creator's scope or authority"
+                                        .into()
+                                }
+                            });
                         }
                     }
                     changed.push(idx);
@@ -514,6 +590,20 @@ pub fn plan(snap: &Snapshot, now_ms: i64) -> RolloutStep {
         hosts: host_changes,
         jobs: jobs_out,
         audit,
+    }
+}
+
+/// The stored scope of the rollout and its creator's authority, or why
+/// nothing may be dispatched (fail closed: an unreadable scope, a creator
+/// not read or no longer authorised).
+fn dispatch_authority(snap: &Snapshot) -> Result<(Selector, Authority), String> {
+    let Ok(scope) = Selector::parse(&snap.rollout.scope) else {
+        return Err("the rollout's stored scope is unreadable".into());
+    };
+    match &snap.creator {
+        None => Err("its creator's authority was not read".into()),
+        Some(Err(why)) => Err(why.clone()),
+        Some(Ok(authority)) => Ok((scope, authority.clone())),
     }
 }
 

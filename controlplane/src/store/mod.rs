@@ -393,8 +393,9 @@ impl Store {
         dispatch!(self, b => b.find_api_token(id).await)
     }
 
-    /// Revokes a token and records `audit`, in one transaction; false (and
-    /// nothing recorded) when no such token exists or it was already revoked.
+    /// Revokes a token, and every token it created (transitively), and
+    /// records `audit`, in one transaction; false (and nothing recorded)
+    /// when no such token exists or it was already revoked.
     pub async fn revoke_api_token(&self, id: &str, now_ms: i64, audit: AuditEntry) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
         if !tx.revoke_api_token(id, now_ms).await? {
@@ -609,6 +610,7 @@ trait RowExt {
     fn text(&self, col: &str) -> Result<String, sqlx::Error>;
     fn int(&self, col: &str) -> Result<i64, sqlx::Error>;
     fn opt_int(&self, col: &str) -> Result<Option<i64>, sqlx::Error>;
+    fn opt_text(&self, col: &str) -> Result<Option<String>, sqlx::Error>;
     fn flag(&self, col: &str) -> Result<bool, sqlx::Error>;
 }
 
@@ -655,7 +657,8 @@ fn check_from_row(row: &impl RowExt) -> Result<(LatestCheck, BTreeMap<String, St
     Ok((check, map_from_json(&row.text("labels")?, "labels")))
 }
 
-const TOKEN_COLUMNS: &str = "id, name, role, scope, secret_hash, created_ms, expires_ms, revoked_ms, last_used_ms";
+const TOKEN_COLUMNS: &str =
+    "id, name, role, scope, secret_hash, created_ms, expires_ms, revoked_ms, last_used_ms, parent_id";
 
 fn token_from_row(row: &impl RowExt) -> Result<ApiToken, StoreError> {
     Ok(ApiToken {
@@ -668,6 +671,7 @@ fn token_from_row(row: &impl RowExt) -> Result<ApiToken, StoreError> {
         expires_ms: row.opt_int("expires_ms")?,
         revoked_ms: row.opt_int("revoked_ms")?,
         last_used_ms: row.opt_int("last_used_ms")?,
+        parent_id: row.opt_text("parent_id")?,
     })
 }
 

@@ -68,6 +68,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "identity_binding",
         include_str!("../../migrations/postgres/0013_identity_binding.sql"),
     ),
+    (
+        14,
+        "token_parent",
+        include_str!("../../migrations/postgres/0014_token_parent.sql"),
+    ),
 ];
 
 /// The answer to `backup` on PostgreSQL.
@@ -406,8 +411,8 @@ impl PgStore {
     /// In the caller's transaction (a [`super::audit::StoreTx`]), beside its audit entry.
     pub(super) async fn insert_api_token(conn: &mut PgConnection, t: &ApiToken) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO api_tokens (id, name, role, secret_hash, created_ms, expires_ms, revoked_ms, last_used_ms, scope)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO api_tokens (id, name, role, secret_hash, created_ms, expires_ms, revoked_ms, last_used_ms, scope, parent_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&t.id)
         .bind(&t.name)
@@ -418,6 +423,7 @@ impl PgStore {
         .bind(t.revoked_ms)
         .bind(t.last_used_ms)
         .bind(&t.scope)
+        .bind(&t.parent_id)
         .execute(&mut *conn)
         .await?;
         Ok(())
@@ -439,7 +445,22 @@ impl PgStore {
             .bind(now_ms)
             .execute(&mut *conn)
             .await?;
-        Ok(done.rows_affected() > 0)
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        // And every token it created, transitively.
+        sqlx::query(
+            "WITH RECURSIVE minted(id) AS (
+                 SELECT id FROM api_tokens WHERE parent_id = $1
+                 UNION SELECT t.id FROM api_tokens t JOIN minted m ON t.parent_id = m.id
+             )
+             UPDATE api_tokens SET revoked_ms = $2 WHERE id IN (SELECT id FROM minted) AND revoked_ms IS NULL",
+        )
+        .bind(id)
+        .bind(now_ms)
+        .execute(&mut *conn)
+        .await?;
+        Ok(true)
     }
 
     pub(super) async fn list_api_tokens(&self) -> Result<Vec<ApiToken>, StoreError> {
@@ -492,6 +513,9 @@ impl<'a> Columns<'a> {
 
 impl RowExt for PgRow {
     fn text(&self, col: &str) -> Result<String, sqlx::Error> {
+        self.try_get(col)
+    }
+    fn opt_text(&self, col: &str) -> Result<Option<String>, sqlx::Error> {
         self.try_get(col)
     }
     fn int(&self, col: &str) -> Result<i64, sqlx::Error> {

@@ -145,7 +145,20 @@ fn strategy(canary: u64, batch: &str, max_failures: u64, rollback: bool) -> crat
     .unwrap()
 }
 
+/// An API token with `role` (unscoped), as the creator of a rollout: `token:ID`.
+async fn creator(store: &Store, role: &str) -> String {
+    let token = crate::api::auth::create_token(store, "creator", role, None)
+        .await
+        .unwrap();
+    format!("token:{}", crate::api::auth::parse_token(&token).unwrap().0)
+}
+
 async fn start(store: &Store, n: usize, strategy: crate::rollouts::Strategy, scope: &str) -> String {
+    let actor = creator(store, "deployer").await;
+    start_by(store, n, strategy, scope, &actor).await
+}
+
+async fn start_by(store: &Store, n: usize, strategy: crate::rollouts::Strategy, scope: &str, actor: &str) -> String {
     let id = crate::rollouts::new_rollout_id(T0);
     let r = NewRollout {
         id: id.clone(),
@@ -154,10 +167,10 @@ async fn start(store: &Store, n: usize, strategy: crate::rollouts::Strategy, sco
         selector: "app=web".into(),
         strategy,
         hosts: (1..=n).map(|i| format!("h{i:02}")).collect(),
-        actor: "token:t".into(),
+        actor: actor.into(),
         scope: scope.into(),
     };
-    let audit = AuditEntry::new("token:t", "rollouts.create", Outcome::Success);
+    let audit = AuditEntry::new(actor, "rollouts.create", Outcome::Success);
     store.create_rollout(&r, audit, T0).await.unwrap();
     id
 }
@@ -579,6 +592,138 @@ async fn a_rolled_back_rollout_is_an_alert_for_the_configured_window() {
         assert!(c[0].summary.contains("app-http is critical"), "{}", c[0].summary);
         // The default window is 24h.
         assert!(ev.candidates("rollout", t + 86_400_001).await.unwrap().is_empty());
+    })
+    .await;
+}
+
+fn rules(list: &[(&str, Option<&str>)]) -> Vec<crate::rbac::RuleSpec> {
+    list.iter()
+        .map(|(p, hosts)| crate::rbac::RuleSpec {
+            effect: crate::rbac::Effect::Allow,
+            permission: p.to_string(),
+            hosts: hosts.map(String::from),
+        })
+        .collect()
+}
+
+async fn put_role(store: &Store, name: &str, list: &[(&str, Option<&str>)]) {
+    let audit = AuditEntry::new("local", "roles.put", Outcome::Success);
+    store.put_role(name, "", &rules(list), audit, T0).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_revoked_or_downgraded_creator_pauses_the_rollout_before_its_next_wave() {
+    on_each_backend(|store| async move {
+        let mut f = Fleet::new(&store, 6, &[("app", "web")]).await;
+        put_role(
+            &store,
+            "rollers",
+            &[("*:read", None), ("rollouts:*", None), ("jobs:*", None)],
+        )
+        .await;
+        let revoked = creator(&store, "deployer").await;
+        let downgraded = creator(&store, "rollers").await;
+        let a = start_by(&store, 3, strategy(1, "2", 0, false), "", &revoked).await;
+        let d = driver(&store, "cpA");
+        let mut t = T0 + 1;
+        d.tick(t).await.unwrap();
+        assert_eq!(in_state(&store, &a, HostState::Dispatched).await, vec!["h01"]);
+        // The canary runs; then the creator's token is revoked.
+        let id = revoked.strip_prefix("token:").unwrap();
+        let audit = AuditEntry::new("local", "tokens.revoke", Outcome::Success);
+        assert!(
+            store
+                .revoke_api_token(id, steward_shared::now_ms(), audit)
+                .await
+                .unwrap()
+        );
+        t += 10;
+        f.finish(&["h01"], "succeeded", t).await;
+        d.tick(t).await.unwrap();
+        let r = rollout(&store, &a).await;
+        assert_eq!(r.state, RolloutState::Paused, "{r:?}");
+        assert!(r.reason.as_deref().unwrap().contains("revoked"), "{r:?}");
+        assert_eq!(
+            store.rollout_jobs(&a).await.unwrap().len(),
+            1,
+            "nothing after the canary"
+        );
+        // Resumed by someone: still paused at the next dispatch, nothing sent.
+        let resume = AuditEntry::new("local", "rollouts.resume", Outcome::Success);
+        store.control_rollout(&a, Control::Resume, resume, t).await.unwrap();
+        t += 10;
+        d.tick(t).await.unwrap();
+        assert_eq!(rollout(&store, &a).await.state, RolloutState::Paused);
+        assert_eq!(store.rollout_jobs(&a).await.unwrap().len(), 1);
+
+        // A creator whose role loses the permissions: paused too.
+        let hosts: Vec<String> = (4..=6).map(|i| format!("h{i:02}")).collect();
+        let b = {
+            let id = crate::rollouts::new_rollout_id(T0);
+            let r = NewRollout {
+                id: id.clone(),
+                action: "exec".into(),
+                params: [("command".to_string(), "true".to_string())].into(),
+                selector: "app=web".into(),
+                strategy: strategy(1, "2", 0, false),
+                hosts: hosts.clone(),
+                actor: downgraded.clone(),
+                scope: String::new(),
+            };
+            let audit = AuditEntry::new(downgraded.as_str(), "rollouts.create", Outcome::Success);
+            store.create_rollout(&r, audit, t).await.unwrap();
+            id
+        };
+        t += 10;
+        d.tick(t).await.unwrap();
+        assert_eq!(in_state(&store, &b, HostState::Dispatched).await, vec!["h04"]);
+        put_role(&store, "rollers", &[("*:read", None)]).await;
+        t += 10;
+        f.finish(&["h04"], "succeeded", t).await;
+        d.tick(t).await.unwrap();
+        let r = rollout(&store, &b).await;
+        assert_eq!(r.state, RolloutState::Paused, "{r:?}");
+        assert!(r.reason.as_deref().unwrap().contains("no longer grants"), "{r:?}");
+        assert_eq!(store.rollout_jobs(&b).await.unwrap().len(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn hosts_outside_the_creators_rules_are_skipped_and_an_unreadable_scope_fails_closed() {
+    on_each_backend(|store| async move {
+        let mut f = Fleet::new(&store, 3, &[("app", "web"), ("team", "a")]).await;
+        put_role(
+            &store,
+            "team-a-rollers",
+            &[("*:read", None), ("rollouts:*", None), ("jobs:create", Some("team=a"))],
+        )
+        .await;
+        let who = creator(&store, "team-a-rollers").await;
+        let id = start_by(&store, 3, strategy(1, "2", 0, false), "", &who).await;
+        let relabel: BTreeMap<String, String> = [
+            ("app".to_string(), "web".to_string()),
+            ("team".to_string(), "b".to_string()),
+        ]
+        .into();
+        store.set_host_labels("h03", &relabel).await.unwrap();
+        let d = driver(&store, "cpA");
+        let mut t = T0 + 1;
+        d.tick(t).await.unwrap();
+        t += 10;
+        f.finish(&["h01"], "succeeded", t).await;
+        d.tick(t).await.unwrap();
+        assert_eq!(in_state(&store, &id, HostState::Skipped).await, vec!["h03"]);
+        assert_eq!(in_state(&store, &id, HostState::Dispatched).await, vec!["h02"]);
+
+        // A stored scope that cannot be read dispatches nothing (it used to mean "everything").
+        let bad = start(&store, 3, strategy(1, "2", 0, false), "team in (").await;
+        t += 10;
+        d.tick(t).await.unwrap();
+        let r = rollout(&store, &bad).await;
+        assert_eq!(r.state, RolloutState::Paused, "{r:?}");
+        assert!(r.reason.as_deref().unwrap().contains("unreadable"), "{r:?}");
+        assert!(store.rollout_jobs(&bad).await.unwrap().is_empty());
     })
     .await;
 }
