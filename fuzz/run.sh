@@ -11,6 +11,7 @@
 # RUSTC_BOOTSTRAP=1. FUZZ_SANITIZER=none builds without ASan (faster, finds
 # only panics). FUZZ_MERGE=1 merges what a run found into the committed corpus
 # (libFuzzer -merge=1: only inputs that add coverage; keep it small).
+# FUZZ_NO_BUILD=1 runs the binaries already built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-60}
@@ -29,10 +30,12 @@ mapfile -t all < <(cargo fuzz list --fuzz-dir fuzz)
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=("${all[@]}")
 
-echo "== cargo fuzz build -s $sanitizer (${targets[*]})"
-build_started=$(date +%s)
-cargo fuzz build --fuzz-dir fuzz --target-dir "$CARGO_TARGET_DIR" -s "$sanitizer" --codegen-units 16
-echo "build: $(( $(date +%s) - build_started ))s"
+if [ "${FUZZ_NO_BUILD:-0}" != 1 ]; then
+  echo "== cargo fuzz build -s $sanitizer (${targets[*]})"
+  build_started=$(date +%s)
+  cargo fuzz build --fuzz-dir fuzz --target-dir "$CARGO_TARGET_DIR" -s "$sanitizer" --codegen-units 16
+  echo "build: $(( $(date +%s) - build_started ))s"
+fi
 
 triple=$(rustc -vV | sed -n 's/^host: //p')
 bin_dir="$CARGO_TARGET_DIR/$triple/release"

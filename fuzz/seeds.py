@@ -166,12 +166,14 @@ def tar_bytes(members):
     return buf.getvalue().rstrip(b"\0") + b"\0" * 1024  # two zero blocks end it
 
 
-put("deploy_unpack", "release", tar_bytes([("bin", "dir", None), ("bin/app", "file", b"#!/bin/sh\necho hi\n"),
-                                           ("current", "sym", "bin/app"), ("etc/app.conf", "file", b"x=1\n")]))
-put("deploy_unpack", "links", tar_bytes([("d", "dir", None), ("d/up", "sym", ".."), ("d/self", "sym", "."),
-                                         ("top", "sym", "d/up")]))
-put("deploy_unpack", "escape", tar_bytes([("../x", "file", b"x")]))
-put("deploy_unpack", "hardlink", tar_bytes([("a", "file", b"a"), ("b", "hard", "a")]))
+# 0xfe: a raw tar stream; otherwise `KIND NAME\tDATA` lines (see the target).
+put("deploy_unpack", "release", b"\xfe" + tar_bytes([("bin", "dir", None), ("bin/app", "file", b"#!/bin/sh\necho hi\n"),
+                                                   ("current", "sym", "bin/app"), ("etc/app.conf", "file", b"x=1\n")]))
+put("deploy_unpack", "raw-links", b"\xfe" + tar_bytes([("d", "dir", None), ("d/up", "sym", ".."), ("top", "sym", "d/up")]))
+put("deploy_unpack", "raw-hardlink", b"\xfe" + tar_bytes([("a", "file", b"a"), ("b", "hard", "a")]))
+put("deploy_unpack", "lines", "d bin\nf bin/app\t#!/bin/sh\nl current\tbin/app\nf etc/app.conf\tx=1\n")
+put("deploy_unpack", "links", "d d\nl d/up\t..\nl d/self\t.\nl top\td/up\nl deep\td/self/self\nf d/x\tx\n")
+put("deploy_unpack", "escapes", "f ../x\tx\nf /abs\tx\nl out\t../x\nh hard\tbin/app\nc dev\t\np fifo\t\n")
 
 # ---------------------------------------------------------------- audit export
 put("audit_export", "not-export", json.dumps({"format": "other"}))
