@@ -19,7 +19,7 @@ if ! "$VENV/bin/schemathesis" --version 2>/dev/null | grep -qF "$SCHEMATHESIS_VE
   "$VENV/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 
-cargo build -q --bin steward-controlplane
+cargo build --locked -q --bin steward-controlplane
 DIR=$(mktemp -d /tmp/steward-schemathesis.XXXXXX)
 args=(quickstart --dir "$DIR/qs" --rest-listen 127.0.0.1:0 --grpc-listen 127.0.0.1:0)
 backend=sqlite
