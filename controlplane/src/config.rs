@@ -283,6 +283,34 @@ pub struct GrpcSection {
     /// Most reports committed in one ingest transaction.
     #[serde(default = "default_ingest_max_rows")]
     pub ingest_max_rows: usize,
+    /// Most connections without a client certificate at once (enrolling
+    /// agents), apart from `max_connections`; further ones are closed.
+    #[serde(default = "default_max_enrollment_connections")]
+    pub max_enrollment_connections: usize,
+    /// Most connections without a client certificate at once from one address.
+    #[serde(default = "default_max_enrollment_connections_per_address")]
+    pub max_enrollment_connections_per_address: usize,
+    /// A connection without a client certificate is closed this long after
+    /// its handshake (it may make one `Enroll` call).
+    #[serde(default = "default_enrollment_connection_lifetime")]
+    pub enrollment_connection_lifetime: Duration,
+    /// `Enroll` calls a minute from one client address (bursting to as many).
+    #[serde(default = "default_enroll_per_address_per_minute")]
+    pub enroll_per_address_per_minute: u32,
+    /// `Enroll` calls a second from all clients together.
+    #[serde(default = "default_enroll_per_second")]
+    pub enroll_per_second: u32,
+}
+
+impl GrpcSection {
+    /// The `Enroll` rates (validated to be at least 1 when the config loads).
+    pub fn enroll_limits(&self) -> crate::gateway::enroll::EnrollLimits {
+        let at_least_one = |n: u32| std::num::NonZeroU32::new(n).unwrap_or(std::num::NonZeroU32::MIN);
+        crate::gateway::enroll::EnrollLimits {
+            per_address_per_minute: at_least_one(self.enroll_per_address_per_minute),
+            per_second: at_least_one(self.enroll_per_second),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -363,6 +391,21 @@ fn default_heartbeat() -> Duration {
 fn default_handshake_timeout() -> Duration {
     Duration::from_secs(10)
 }
+fn default_max_enrollment_connections() -> usize {
+    256
+}
+fn default_max_enrollment_connections_per_address() -> usize {
+    8
+}
+fn default_enrollment_connection_lifetime() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_enroll_per_address_per_minute() -> u32 {
+    60
+}
+fn default_enroll_per_second() -> u32 {
+    50
+}
 fn default_ingest_max_rows() -> usize {
     5000
 }
@@ -436,6 +479,21 @@ impl ControlPlaneConfig {
         }
         if self.grpc.max_connections == 0 {
             return Err(at("grpc.max_connections", "must be at least 1"));
+        }
+        if self.grpc.max_enrollment_connections == 0 {
+            return Err(at("grpc.max_enrollment_connections", "must be at least 1"));
+        }
+        if self.grpc.max_enrollment_connections_per_address == 0 {
+            return Err(at("grpc.max_enrollment_connections_per_address", "must be at least 1"));
+        }
+        if self.grpc.enrollment_connection_lifetime.as_std().is_zero() {
+            return Err(at("grpc.enrollment_connection_lifetime", "must be more than 0s"));
+        }
+        if self.grpc.enroll_per_address_per_minute == 0 {
+            return Err(at("grpc.enroll_per_address_per_minute", "must be at least 1"));
+        }
+        if self.grpc.enroll_per_second == 0 {
+            return Err(at("grpc.enroll_per_second", "must be at least 1"));
         }
         if self.grpc.max_batch == 0 || self.grpc.max_batch > 10_000 {
             return Err(at("grpc.max_batch", "must be between 1 and 10000"));

@@ -31,19 +31,26 @@ pub enum StreamOutcome {
     rejected_identity,
     /// Refused because the gateway is at its connection cap.
     rejected_over_capacity,
+    /// Refused because the certificate (or its host) is revoked, or was never recorded.
+    rejected_revoked,
+    /// A client without a certificate asked for a stream (only `Enroll` is open to it).
+    rejected_unauthenticated,
     /// Any other refusal reason.
     rejected_other,
 }
 
 impl StreamOutcome {
     /// The outcome for a rejection `reason`: `tls`, `protocol`, `identity`,
-    /// `over_capacity`; anything else is counted as `rejected_other`.
+    /// `over_capacity`, `revoked`, `unauthenticated`; anything else is
+    /// counted as `rejected_other`.
     pub fn rejected(reason: &str) -> Self {
         match reason {
             "tls" | "rejected_tls" => Self::rejected_tls,
             "protocol" | "rejected_protocol" => Self::rejected_protocol,
             "identity" | "rejected_identity" => Self::rejected_identity,
             "over_capacity" | "rejected_over_capacity" => Self::rejected_over_capacity,
+            "revoked" | "rejected_revoked" => Self::rejected_revoked,
+            "unauthenticated" | "rejected_unauthenticated" => Self::rejected_unauthenticated,
             _ => Self::rejected_other,
         }
     }
@@ -52,6 +59,24 @@ impl StreamOutcome {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StreamLabels {
     outcome: StreamOutcome,
+}
+
+/// How an `Enroll` call ended (the `outcome` label).
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum EnrollOutcome {
+    enrolled,
+    /// The token or the request was refused.
+    refused,
+    /// Over the per-address or the overall `Enroll` rate.
+    rate_limited,
+    /// A connection without a certificate beyond `grpc.max_enrollment_connections`.
+    over_capacity,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EnrollLabels {
+    outcome: EnrollOutcome,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -80,6 +105,8 @@ pub struct Metrics {
     hosts_online: Gauge,
     http_requests: Family<HttpLabels, Counter>,
     http_request_seconds: Family<RouteLabels, Histogram>,
+    enrollments: Family<EnrollLabels, Counter>,
+    denials_unaudited: Counter,
     /// The job queue's metrics ([`crate::jobs::metrics`]).
     pub(crate) jobs: crate::jobs::metrics::JobMetrics,
     /// The fleet KPIs ([`crate::kpi::metrics`]).
@@ -165,6 +192,18 @@ impl Metrics {
             Unit::Seconds,
             http_request_seconds.clone(),
         );
+        let enrollments = Family::<EnrollLabels, Counter>::default();
+        registry.register(
+            "enrollments",
+            "Enroll calls at the gateway by outcome",
+            enrollments.clone(),
+        );
+        let denials_unaudited = Counter::default();
+        registry.register(
+            "audit_denials_unaudited",
+            "Refused requests and enrollments beyond audit.denials_per_minute (counted, not each recorded)",
+            denials_unaudited.clone(),
+        );
         let jobs = crate::jobs::metrics::JobMetrics::register(&mut registry);
         let kpi = crate::kpi::metrics::KpiMetrics::register(&mut registry);
         let slo = crate::slo::metrics::SloMetrics::register(&mut registry);
@@ -181,6 +220,8 @@ impl Metrics {
             hosts_online,
             http_requests,
             http_request_seconds,
+            enrollments,
+            denials_unaudited,
             jobs,
             kpi,
             slo,
@@ -219,6 +260,16 @@ impl Metrics {
                 outcome: StreamOutcome::rejected(reason),
             })
             .inc();
+    }
+
+    /// One `Enroll` call ended with `outcome`.
+    pub fn enrollment(&self, outcome: EnrollOutcome) {
+        self.enrollments.get_or_create(&EnrollLabels { outcome }).inc();
+    }
+
+    /// A refusal beyond the audit budget: counted here instead of recorded.
+    pub fn denial_unaudited(&self) {
+        self.denials_unaudited.inc();
     }
 
     /// Fleet-wide figures read from the store (called at scrape time).

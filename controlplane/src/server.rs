@@ -128,8 +128,19 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
         jobs.settings.clone(),
     );
     // The CA key signs enrollments and renewals; a replica without it only serves streams.
+    // One budget of audited refusals for the REST API and the gateway's enrollments.
+    let denials = Arc::new(crate::audit::denials::DenialLimiter::per_minute(
+        cfg.audit.denials_per_minute,
+    ));
     let enroller = match steward_shared::pki::Ca::load_dir(&cfg.data_dir) {
-        Ok(ca) => Some(Enroller::new(ca, cfg.pki.agent_cert_lifetime.as_std(), store.clone())),
+        Ok(ca) => Some(Enroller::new(
+            ca,
+            cfg.pki.agent_cert_lifetime.as_std(),
+            store.clone(),
+            metrics.clone(),
+            denials.clone(),
+            cfg.grpc.enroll_limits(),
+        )),
         Err(error) => {
             tracing::warn!(%error, "no usable CA in the data directory: enrollment and renewal are disabled here");
             None
@@ -152,6 +163,11 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
     let settings = GatewaySettings {
         tls: Arc::new(tls),
         max_connections: cfg.grpc.max_connections,
+        unauthenticated: crate::gateway::tls::UnauthenticatedLimits {
+            max_connections: cfg.grpc.max_enrollment_connections,
+            max_per_address: cfg.grpc.max_enrollment_connections_per_address,
+            lifetime: cfg.grpc.enrollment_connection_lifetime.as_std(),
+        },
         max_message_size: cfg.grpc.max_message_size.0 as usize,
         handshake_timeout: cfg.grpc.handshake_timeout.as_std(),
     };
@@ -165,7 +181,7 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
     let ca_fingerprint = enroller.as_ref().and_then(|e| e.ca_fingerprint());
     let state = crate::api::ApiState::new(store.clone(), metrics.clone(), cfg.rest.offline_after.as_std())
         .with_enrollment(ca_fingerprint, cfg.pki.enrollment_token_ttl.as_std())
-        .with_audit(audit.signer.clone(), cfg.audit.denials_per_minute)
+        .with_audit_budget(audit.signer.clone(), denials)
         .with_rbac(crate::api::rbac::RbacApi::new(
             // Validated when the config was loaded.
             cfg.rbac.role_defs().unwrap_or_default(),

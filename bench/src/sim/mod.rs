@@ -307,18 +307,21 @@ async fn obtain_identities(
             let tls = ClientTlsConfig::new()
                 .ca_certificate(Certificate::from_pem(ca_pem))
                 .domain_name(domain.to_string());
-            let channel = Endpoint::from_shared(target.url.clone())?
+            // The gateway serves one Enroll per connection without a certificate.
+            let endpoint = Endpoint::from_shared(target.url.clone())?
                 .connect_timeout(Duration::from_secs(20))
-                .tls_config(tls)?
-                .connect()
-                .await
-                .with_context(|| format!("connecting to {} to enroll", target.url))?;
+                .tls_config(tls)?;
             let gate = Arc::new(Semaphore::new(cfg.connect_concurrency.max(1)));
             let mut tasks = Vec::new();
             for h in hosts {
-                let (h, token, channel, gate) = (h.clone(), token.clone(), channel.clone(), gate.clone());
+                let (h, token, endpoint, gate) = (h.clone(), token.clone(), endpoint.clone(), gate.clone());
+                let url = target.url.clone();
                 tasks.push(tokio::spawn(async move {
                     let _permit = gate.acquire_owned().await?;
+                    let channel = endpoint
+                        .connect()
+                        .await
+                        .with_context(|| format!("connecting to {url} to enroll"))?;
                     let key_pem = pki::new_private_key_pem()?;
                     let csr = pki::agent_csr(&key_pem, &h)?;
                     let resp = AgentGatewayClient::new(channel)

@@ -90,6 +90,7 @@ pub(super) async fn record_denial(
     let suppressed_before = match state.audit.denials.admit() {
         Admission::Record { suppressed_before } => suppressed_before,
         Admission::Suppress { first } => {
+            state.metrics.denial_unaudited();
             if first {
                 tracing::warn!(
                     "refused requests arrive faster than audit.denials_per_minute: counting them into the next \

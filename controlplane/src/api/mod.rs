@@ -117,10 +117,23 @@ impl ApiState {
 
     /// Signs audit exports with `signer`; records at most
     /// `denials_per_minute` refused requests one by one.
-    pub fn with_audit(mut self, signer: Arc<crate::audit::signing::Signer>, denials_per_minute: u32) -> Self {
+    pub fn with_audit(self, signer: Arc<crate::audit::signing::Signer>, denials_per_minute: u32) -> Self {
+        self.with_audit_budget(
+            signer,
+            Arc::new(crate::audit::denials::DenialLimiter::per_minute(denials_per_minute)),
+        )
+    }
+
+    /// Like [`ApiState::with_audit`], with a denial budget shared with others
+    /// (the gateway's refused enrollments draw from the same one).
+    pub fn with_audit_budget(
+        mut self,
+        signer: Arc<crate::audit::signing::Signer>,
+        denials: Arc<crate::audit::denials::DenialLimiter>,
+    ) -> Self {
         self.audit = audit::AuditApi {
             signer: Some(signer),
-            denials: Arc::new(crate::audit::denials::DenialLimiter::per_minute(denials_per_minute)),
+            denials,
         };
         self
     }

@@ -190,7 +190,10 @@ pub async fn record_forbidden(state: &ApiState, who: &Principal, permission: &st
     tracing::info!(token_id = %who.token_id, permission, target, "request refused: {reason}");
     let suppressed_before = match state.audit.denials.admit() {
         Admission::Record { suppressed_before } => suppressed_before,
-        Admission::Suppress { .. } => return,
+        Admission::Suppress { .. } => {
+            state.metrics.denial_unaudited();
+            return;
+        }
     };
     let mut details = serde_json::json!({ "permission": permission, "reason": reason });
     if suppressed_before > 0 {
@@ -375,6 +378,8 @@ async fn refuse_escalation(state: &ApiState, who: &Principal, action: &str, targ
         if let Err(error) = state.store.append_audit(entry).await {
             tracing::warn!(%error, "could not audit a refused request");
         }
+    } else {
+        state.metrics.denial_unaudited();
     }
     Problem::forbidden(detail)
 }

@@ -5,27 +5,133 @@
 //!
 //! Invariants: the agent's private key never reaches the control plane; a
 //! refused enrollment stores nothing; the token's secret is never logged.
+use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
+use governor::clock::DefaultClock;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use steward_shared::pki::{self, Ca};
 use tonic::Status;
 
+use crate::audit::denials::{Admission, DenialLimiter};
 use crate::audit::{AuditEntry, Outcome, actor};
 use crate::enrollment::EnrollmentToken;
+use crate::metrics::{EnrollOutcome, Metrics};
 use crate::store::Store;
-use crate::store::identity::IssuedCert;
+use crate::store::identity::{EnrollRefusal, IssuedCert};
+
+type PeerLimiter = RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, DefaultClock>;
+
+/// Rates of `Enroll` calls (from `[grpc]`).
+#[derive(Debug, Clone, Copy)]
+pub struct EnrollLimits {
+    /// Per client address, a minute (bursting up to as many).
+    pub per_address_per_minute: NonZeroU32,
+    /// From all clients together, a second (bursting up to as many).
+    pub per_second: NonZeroU32,
+}
 
 /// Signs agent certificates.
 pub struct Enroller {
     ca: Ca,
     lifetime: Duration,
     store: Store,
+    metrics: Arc<Metrics>,
+    /// The audit budget of refusals, shared with the REST API.
+    denials: Arc<DenialLimiter>,
+    per_address: PeerLimiter,
+    overall: DefaultDirectRateLimiter,
 }
 
+/// Addresses the per-address limiter remembers before it forgets the idle ones.
+const PEER_LIMITER_KEYS: usize = 10_000;
+
 impl Enroller {
-    pub fn new(ca: Ca, lifetime: Duration, store: Store) -> Arc<Self> {
-        Arc::new(Enroller { ca, lifetime, store })
+    pub fn new(
+        ca: Ca,
+        lifetime: Duration,
+        store: Store,
+        metrics: Arc<Metrics>,
+        denials: Arc<DenialLimiter>,
+        limits: EnrollLimits,
+    ) -> Arc<Self> {
+        Arc::new(Enroller {
+            ca,
+            lifetime,
+            store,
+            metrics,
+            denials,
+            per_address: RateLimiter::keyed(
+                Quota::per_minute(limits.per_address_per_minute).allow_burst(limits.per_address_per_minute),
+            ),
+            overall: RateLimiter::direct(Quota::per_second(limits.per_second).allow_burst(limits.per_second)),
+        })
+    }
+
+    /// Whether another `Enroll` from `peer` may be served now.
+    fn admit(&self, peer: IpAddr) -> Result<(), Status> {
+        if self.per_address.len() > PEER_LIMITER_KEYS {
+            self.per_address.retain_recent();
+        }
+        let limited = if self.per_address.check_key(&peer).is_err() {
+            Some("this address")
+        } else if self.overall.check().is_err() {
+            Some("all clients")
+        } else {
+            None
+        };
+        match limited {
+            None => Ok(()),
+            Some(who) => {
+                self.metrics.enrollment(EnrollOutcome::rate_limited);
+                tracing::info!(%peer, "enrollment refused: over the rate for {who}");
+                Err(Status::resource_exhausted(format!(
+                    "too many enrollments from {who}: try again in a minute"
+                )))
+            }
+        }
+    }
+
+    /// Audits a refused enrollment within the denial budget (beyond it, counted in /metrics).
+    async fn audit_refusal(&self, host_id: &str, token_id: &str, refusal: &EnrollRefusal) {
+        self.metrics.enrollment(EnrollOutcome::refused);
+        let suppressed_before = match self.denials.admit() {
+            Admission::Record { suppressed_before } => suppressed_before,
+            Admission::Suppress { .. } => {
+                self.metrics.denial_unaudited();
+                return;
+            }
+        };
+        let mut details = serde_json::json!({ "enrollment_token": token_id, "reason": refusal.to_string() });
+        if suppressed_before > 0 {
+            details["suppressed_before"] = suppressed_before.into();
+        }
+        let target = if host_id.is_empty() {
+            "hosts".to_string()
+        } else {
+            format!("host:{host_id}")
+        };
+        let actor = if host_id.is_empty() {
+            actor::ANONYMOUS.to_string()
+        } else {
+            actor::host(host_id)
+        };
+        let denied = AuditEntry::new(actor, "hosts.enroll", Outcome::Denied)
+            .target(target)
+            .details(details);
+        if let Err(error) = self.store.append_audit(denied).await {
+            tracing::error!(%error, "the refused enrollment could not be audited");
+        }
+    }
+
+    fn refusal_status(refusal: &EnrollRefusal) -> Status {
+        match refusal {
+            EnrollRefusal::HostExists(_) => Status::already_exists(refusal.to_string()),
+            _ => Status::permission_denied(refusal.to_string()),
+        }
     }
 
     /// SHA-256 fingerprint of the CA certificate (hex).
@@ -45,11 +151,28 @@ impl Enroller {
         Ok((id, cert_pem, identity.serial, identity.not_after * 1000))
     }
 
-    /// `Enroll`: redeems the token and returns (host id, certificate, CA).
-    pub async fn enroll(&self, token: &str, csr_der: &[u8]) -> Result<(String, String, String), Status> {
+    /// `Enroll` from `peer`: rate-limited, the token checked before anything
+    /// is signed, then redeemed; returns (host id, certificate, CA).
+    pub async fn enroll(&self, token: &str, csr_der: &[u8], peer: IpAddr) -> Result<(String, String, String), Status> {
+        self.admit(peer)?;
         let Some(token) = EnrollmentToken::parse(token) else {
+            self.metrics.enrollment(EnrollOutcome::refused);
             return Err(Status::unauthenticated("unknown or invalid enrollment token"));
         };
+        let now = steward_shared::now_ms();
+        let secret_hash = token.secret_hash();
+        match self.store.check_enrollment_token(&token.id, &secret_hash, now).await {
+            Ok(Ok(())) => {}
+            Ok(Err(refusal)) => {
+                tracing::warn!(token_id = %token.id, %peer, %refusal, "enrollment refused");
+                self.audit_refusal("", &token.id, &refusal).await;
+                return Err(Self::refusal_status(&refusal));
+            }
+            Err(error) => {
+                tracing::error!(%error, "enrollment token not readable");
+                return Err(Status::unavailable("the control plane cannot read its data right now"));
+            }
+        }
         let (host_id, cert_pem, serial, not_after_ms) = self.sign(csr_der, None)?;
         let issued = IssuedCert {
             host_id: &host_id,
@@ -61,7 +184,7 @@ impl Enroller {
             .store
             .redeem_enrollment(
                 &token.id,
-                &token.secret_hash(),
+                &secret_hash,
                 &issued,
                 &AuditEntry::new(actor::host(&host_id), "hosts.enroll", Outcome::Success)
                     .target(format!("host:{host_id}"))
@@ -71,22 +194,14 @@ impl Enroller {
             .await
         {
             Ok(Ok(labels)) => {
+                self.metrics.enrollment(EnrollOutcome::enrolled);
                 tracing::info!(host = %host_id, token_id = %token.id, ?labels, "agent enrolled");
                 Ok((host_id, cert_pem, self.ca.cert_pem().to_string()))
             }
             Ok(Err(refusal)) => {
-                tracing::warn!(host = %host_id, token_id = %token.id, %refusal, "enrollment refused");
-                let denied = AuditEntry::new(actor::host(&host_id), "hosts.enroll", Outcome::Denied)
-                    .target(format!("host:{host_id}"))
-                    .details(serde_json::json!({ "enrollment_token": &token.id, "reason": refusal.to_string() }));
-                if let Err(error) = self.store.append_audit(denied).await {
-                    tracing::error!(%error, "the refused enrollment could not be audited");
-                }
-                let status = match refusal {
-                    crate::store::identity::EnrollRefusal::HostExists(_) => Status::already_exists(refusal.to_string()),
-                    _ => Status::permission_denied(refusal.to_string()),
-                };
-                Err(status)
+                tracing::warn!(host = %host_id, token_id = %token.id, %peer, %refusal, "enrollment refused");
+                self.audit_refusal(&host_id, &token.id, &refusal).await;
+                Err(Self::refusal_status(&refusal))
             }
             Err(error) => {
                 tracing::error!(%error, "enrollment not stored");

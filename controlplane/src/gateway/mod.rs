@@ -48,7 +48,7 @@ impl AgentGateway for GatewayService {
             .cloned()
             .ok_or_else(|| Status::unauthenticated("no verified client certificate"))?;
         let Some(identity) = conn.identity.clone() else {
-            self.deps.metrics.stream_rejected("identity");
+            self.deps.metrics.stream_rejected("unauthenticated");
             return Err(Status::unauthenticated(
                 "a client certificate from the Steward CA is required",
             ));
@@ -82,11 +82,25 @@ impl AgentGateway for GatewayService {
                 "this control plane has no CA key to sign certificates with",
             ));
         };
+        let Some(conn) = request.extensions().get::<AgentConnInfo>().cloned() else {
+            return Err(Status::unavailable("no connection information"));
+        };
+        // One enrollment per connection without a certificate.
+        if let Some(enrolled) = &conn.enrolled
+            && enrolled.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            self.deps
+                .metrics
+                .enrollment(crate::metrics::EnrollOutcome::rate_limited);
+            return Err(Status::resource_exhausted(
+                "one enrollment per connection: open a new connection",
+            ));
+        }
         let req = request.into_inner();
         if req.csr_der.len() > 16 * 1024 {
             return Err(Status::invalid_argument("certificate signing request too large"));
         }
-        let (host_id, cert_pem, ca_pem) = enroller.enroll(&req.token, &req.csr_der).await?;
+        let (host_id, cert_pem, ca_pem) = enroller.enroll(&req.token, &req.csr_der, conn.remote.ip()).await?;
         Ok(Response::new(EnrollResponse {
             host_id,
             cert_pem,
@@ -99,6 +113,8 @@ impl AgentGateway for GatewayService {
 pub struct GatewaySettings {
     pub tls: Arc<rustls::ServerConfig>,
     pub max_connections: usize,
+    /// Connections without a certificate (enrolling clients).
+    pub unauthenticated: tls::UnauthenticatedLimits,
     pub max_message_size: usize,
     pub handshake_timeout: Duration,
 }
@@ -115,6 +131,7 @@ pub async fn serve(
         listener,
         settings.tls,
         settings.max_connections,
+        settings.unauthenticated,
         settings.handshake_timeout,
         deps.metrics.clone(),
         shutdown.clone(),

@@ -6,12 +6,17 @@
 //! client certificate against the Steward CA (`clientAuth` EKU, validity) and
 //! [`steward_shared::pki::identity_from_cert`] read a valid host id from it.
 //! Plaintext and foreign-CA clients fail the handshake; a client without a
-//! certificate gets a connection whose only use is `Enroll`.
+//! certificate gets a connection whose only use is `Enroll`: such connections
+//! have their own small cap (apart from the agents' cap, which they cannot
+//! fill once their handshake is done) and a short lifetime.
+use std::collections::HashMap;
+use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -25,7 +30,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 
-use crate::metrics::Metrics;
+use crate::metrics::{EnrollOutcome, Metrics};
 
 /// Errors building the TLS configuration.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +87,57 @@ pub struct AgentConnInfo {
     pub remote: SocketAddr,
     /// The verified identity; `None` for a client without a certificate.
     pub identity: Option<PeerIdentity>,
+    /// Set by the first `Enroll` on a connection without a certificate: one
+    /// enrollment per connection.
+    pub enrolled: Option<Arc<AtomicBool>>,
+}
+
+/// Connections without a client certificate (admitted for `Enroll` only).
+#[derive(Debug, Clone, Copy)]
+pub struct UnauthenticatedLimits {
+    /// Most such connections at once, apart from the agents' cap.
+    pub max_connections: usize,
+    /// Most such connections at once from one client address.
+    pub max_per_address: usize,
+    /// Closed this long after the handshake, whatever they do.
+    pub lifetime: Duration,
+}
+
+/// Open connections without a certificate, by client address.
+#[derive(Debug, Default)]
+struct PerAddress(Mutex<HashMap<IpAddr, usize>>);
+
+/// One slot of [`PerAddress`], given back when the connection is dropped.
+struct AddressSlot {
+    counts: Arc<PerAddress>,
+    ip: IpAddr,
+}
+
+impl PerAddress {
+    fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<AddressSlot> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            counts: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut map = self.counts.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// One verified agent connection. Holds a permit of the connection cap until dropped.
@@ -89,6 +145,9 @@ pub struct AgentIo {
     inner: TlsStream<TcpStream>,
     info: AgentConnInfo,
     _permit: OwnedSemaphorePermit,
+    /// When a connection without a certificate is closed.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    _address_slot: Option<AddressSlot>,
 }
 
 impl Connected for AgentIo {
@@ -100,6 +159,14 @@ impl Connected for AgentIo {
 
 impl AsyncRead for AgentIo {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if let Some(deadline) = self.deadline.as_mut()
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "a connection without a certificate reached its lifetime",
+            )));
+        }
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
@@ -133,6 +200,7 @@ pub fn accept_loop(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
     max_connections: usize,
+    unauthenticated: UnauthenticatedLimits,
     handshake_timeout: Duration,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
@@ -140,6 +208,8 @@ pub fn accept_loop(
     let (tx, rx) = mpsc::channel(256);
     let acceptor = TlsAcceptor::from(config);
     let permits = Arc::new(Semaphore::new(max_connections));
+    let unauth_permits = Arc::new(Semaphore::new(unauthenticated.max_connections));
+    let per_address = Arc::new(PerAddress::default());
     tokio::spawn(async move {
         loop {
             let (tcp, remote) = tokio::select! {
@@ -164,6 +234,8 @@ pub fn accept_loop(
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             let metrics = metrics.clone();
+            let unauth_permits = unauth_permits.clone();
+            let per_address = per_address.clone();
             tokio::spawn(async move {
                 let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => tls,
@@ -186,11 +258,43 @@ pub fn accept_loop(
                     }
                 };
                 match identity {
-                    Ok(identity) => {
+                    Ok(Some(identity)) => {
                         let io = AgentIo {
                             inner: tls,
-                            info: AgentConnInfo { remote, identity },
+                            info: AgentConnInfo {
+                                remote,
+                                identity: Some(identity),
+                                enrolled: None,
+                            },
                             _permit: permit,
+                            deadline: None,
+                            _address_slot: None,
+                        };
+                        let _ = tx.send(Ok(io)).await;
+                    }
+                    Ok(None) => {
+                        // Off the agents' cap, onto the small one of enrolling clients.
+                        drop(permit);
+                        let Some(slot) = per_address.take(remote.ip(), unauthenticated.max_per_address) else {
+                            metrics.enrollment(EnrollOutcome::over_capacity);
+                            tracing::info!(%remote, "connection without a certificate refused: at grpc.max_enrollment_connections_per_address");
+                            return;
+                        };
+                        let Ok(permit) = unauth_permits.try_acquire_owned() else {
+                            metrics.enrollment(EnrollOutcome::over_capacity);
+                            tracing::info!(%remote, "connection without a certificate refused: at grpc.max_enrollment_connections");
+                            return;
+                        };
+                        let io = AgentIo {
+                            inner: tls,
+                            info: AgentConnInfo {
+                                remote,
+                                identity: None,
+                                enrolled: Some(Arc::new(AtomicBool::new(false))),
+                            },
+                            _permit: permit,
+                            deadline: Some(Box::pin(tokio::time::sleep(unauthenticated.lifetime))),
+                            _address_slot: Some(slot),
                         };
                         let _ = tx.send(Ok(io)).await;
                     }
@@ -203,4 +307,24 @@ pub fn accept_loop(
         }
     });
     rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_without_a_certificate_are_capped_per_address() {
+        let counts = Arc::new(PerAddress::default());
+        let (a, b): (IpAddr, IpAddr) = ("127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap());
+        let first = counts.take(a, 2).unwrap();
+        let _second = counts.take(a, 2).unwrap();
+        assert!(counts.take(a, 2).is_none(), "a third from the same address");
+        assert!(counts.take(b, 2).is_some(), "another address has its own slots");
+        drop(first);
+        assert!(
+            counts.take(a, 2).is_some(),
+            "a slot comes back when its connection closes"
+        );
+    }
 }

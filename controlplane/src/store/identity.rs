@@ -114,15 +114,9 @@ fn labels_json(labels: &BTreeMap<String, String>) -> String {
     serde_json::to_string(labels).unwrap_or_else(|_| "{}".into())
 }
 
-/// Decides an enrollment of `host_id` with the token in `row` (pure; the
-/// caller holds the token and host rows locked). Returns the token's labels.
-pub fn judge(
-    row: Option<TokenRow>,
-    secret_hash: &str,
-    now_ms: i64,
-    host_id: &str,
-    host: HostStanding,
-) -> Result<String, EnrollRefusal> {
+/// Whether the token in `row` may be used now at all (pure): known, the
+/// secret matches (constant time), not revoked, not expired, uses left.
+pub fn judge_token(row: Option<&TokenRow>, secret_hash: &str, now_ms: i64) -> Result<(), EnrollRefusal> {
     let Some(row) = row else {
         // Same work as a real comparison, so timing does not reveal unknown ids.
         let _ = secret_hash.as_bytes().ct_eq(secret_hash.as_bytes());
@@ -138,6 +132,22 @@ pub fn judge(
     if row.uses_left <= 0 {
         return Err(EnrollRefusal::UsedUp);
     }
+    Ok(())
+}
+
+/// Decides an enrollment of `host_id` with the token in `row` (pure; the
+/// caller holds the token and host rows locked). Returns the token's labels.
+pub fn judge(
+    row: Option<TokenRow>,
+    secret_hash: &str,
+    now_ms: i64,
+    host_id: &str,
+    host: HostStanding,
+) -> Result<String, EnrollRefusal> {
+    judge_token(row.as_ref(), secret_hash, now_ms)?;
+    let Some(row) = row else {
+        return Err(EnrollRefusal::Invalid);
+    };
     let hosts = row.hosts();
     if let Some(allowed) = &hosts
         && !allowed.iter().any(|p| hostpattern::matches(p, host_id))
@@ -345,6 +355,36 @@ impl Store {
             }
         };
         Ok(n > 0)
+    }
+
+    /// Checks an enrollment token before anything is signed (read only; the
+    /// redemption transaction decides again): the early refusal of a flood
+    /// of bad tokens costs one read, no signature and no write.
+    pub async fn check_enrollment_token(
+        &self,
+        token_id: &str,
+        secret_hash: &str,
+        now_ms: i64,
+    ) -> Result<Result<(), EnrollRefusal>, StoreError> {
+        let row: Option<TokenTuple> = match &self.backend {
+            Backend::Sqlite(b) => {
+                sqlx::query_as(
+                    "SELECT secret_hash, labels, uses_left, expires_ms, revoked_ms, hosts FROM enrollment_tokens WHERE id = ?1",
+                )
+                .bind(token_id)
+                .fetch_optional(&b.read)
+                .await?
+            }
+            Backend::Postgres(b) => {
+                sqlx::query_as(
+                    "SELECT secret_hash, labels, uses_left, expires_ms, revoked_ms, hosts FROM enrollment_tokens WHERE id = $1",
+                )
+                .bind(token_id)
+                .fetch_optional(&b.pool)
+                .await?
+            }
+        };
+        Ok(judge_token(row.map(TokenRow::from_tuple).as_ref(), secret_hash, now_ms))
     }
 
     /// Redeems one use of an enrollment token for `cert.host_id` and records

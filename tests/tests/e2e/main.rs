@@ -3,6 +3,7 @@
 //! (SQLite by default; PostgreSQL with `STEWARD_TEST_BACKEND=postgres`).
 mod alerts;
 mod backup;
+mod gateway_flood;
 mod gateway_refusals;
 mod identity;
 mod jobs;
