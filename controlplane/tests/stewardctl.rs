@@ -1,7 +1,8 @@
 //! The real `stewardctl` binary against a real REST server (in-process, on
 //! 127.0.0.1:0, over a real store): output, pagination, and the one-line
 //! errors with exit code 1 for connection refused, 401 and 404; `audit
-//! verify`'s exit codes 0 (intact), 1 (tampered), 2 (unusable input).
+//! verify`'s exit codes 0 (intact), 1 (tampered, a pinned checkpoint missing or
+//! different), 2 (unusable input, no key to trust).
 use std::collections::BTreeMap;
 use std::process::Output;
 use std::sync::Arc;
@@ -306,31 +307,146 @@ async fn audit_list_export_and_verify_with_exit_codes() {
         text(&out.stdout)
     );
 
-    // Offline (no server needed), online, and with the key pinned: intact.
-    let out = stewardctl(&["audit", "verify", "-f", file_arg], "http://127.0.0.1:9", None).await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stdout).starts_with("audit log intact: 3 entries, 1 checkpoint "),
-        "{}",
-        text(&out.stdout)
-    );
-    let out = stewardctl(&["audit", "verify"], &s.url, Some(&s.token)).await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // With the control plane's key: offline (no server needed) and online, intact.
     let key = signing::encode_public_key(&s.signer.public_key());
     let out = stewardctl(
         &["audit", "verify", "-f", file_arg, "--public-key", &key],
-        "http://x",
+        "http://127.0.0.1:9",
         None,
     )
     .await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with("audit log intact: 3 entries, 1 checkpoint "),
+        "{stdout}"
+    );
+    assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
+    let out = stewardctl(&["audit", "verify", "--public-key", &key], &s.url, Some(&s.token)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    // The newest checkpoint, printed to pin next time; pinned, it must be there unchanged.
+    let checkpoint = s.store.audit_snapshot().await.unwrap().checkpoints[0].clone();
+    let pin = format!("1:{}", checkpoint.hash);
+    assert!(
+        stdout.contains(&format!(
+            "newest checkpoint: {pin} (keep it: verify with --expect-checkpoint {pin}"
+        )),
+        "{stdout}"
+    );
+    let pinned = |pin: String| {
+        let key = key.clone();
+        async move {
+            let args = [
+                "audit",
+                "verify",
+                "-f",
+                file_arg,
+                "--public-key",
+                &key,
+                "--expect-checkpoint",
+                &pin,
+            ];
+            stewardctl(&args, "http://x", None).await
+        }
+    };
+    let out = pinned(pin.clone()).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("pinned checkpoint #1 matches"),
+        "{}",
+        text(&out.stdout)
+    );
+    let other_hash = "ab".repeat(32);
+    let out = pinned(format!("1:{other_hash}")).await;
+    assert_fails_with(
+        &out,
+        &format!(
+            "stewardctl: audit log tampered: checkpoint #1: differs from the pinned one: its hash is {}, the pin \
+             1:{other_hash} (the checkpoints were replaced, and the entries up to {} they cover may have been \
+             rewritten)",
+            checkpoint.hash, checkpoint.last_seq
+        ),
+    );
+    let out = pinned(format!("2:{}", checkpoint.hash)).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).starts_with("stewardctl: audit log tampered: checkpoint #2: missing: it was pinned"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A pin that is not SEQ:HASH is bad usage.
+    let out = pinned("1:nothex".into()).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("not a checkpoint hash"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Without a key: refused (exit 2, one line) unless told to trust the
+    // export's own key, which still warns.
+    for args in [
+        vec!["audit", "verify", "-f", file_arg],
+        vec!["audit", "verify", "-f", file_arg, "--expect-checkpoint", &pin],
+    ] {
+        let out = stewardctl(&args, "http://x", None).await;
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.starts_with("stewardctl: cannot verify the audit log: no --public-key: "),
+            "{stderr}"
+        );
+        assert!(stderr.contains("--trust-embedded-key"), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+    }
+    let out = stewardctl(&["audit", "verify", "--trust-embedded-key"], &s.url, Some(&s.token)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("audit log intact: "),
+        "{}",
+        text(&out.stdout)
+    );
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with("stewardctl: WARNING: trusting the key named in the export itself (key ID "),
+        "{stderr}"
+    );
+    let out = stewardctl(
+        &[
+            "audit",
+            "verify",
+            "-f",
+            file_arg,
+            "--trust-embedded-key",
+            "--public-key",
+            &key,
+        ],
+        "http://x",
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 
     // Tampered: one line naming the entry and why, exit 1.
     let mut doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
     doc["entries"][1]["outcome"] = "failed".into();
     let tampered = dir.path().join("tampered.json");
     std::fs::write(&tampered, serde_json::to_vec(&doc).unwrap()).unwrap();
-    let out = stewardctl(&["audit", "verify", "-f", tampered.to_str().unwrap()], "http://x", None).await;
+    let out = stewardctl(
+        &[
+            "audit",
+            "verify",
+            "-f",
+            tampered.to_str().unwrap(),
+            "--public-key",
+            &key,
+        ],
+        "http://x",
+        None,
+    )
+    .await;
     assert_fails_with(
         &out,
         "stewardctl: audit log tampered: entry 2: column outcome differs from the hashed entry",
@@ -350,10 +466,16 @@ async fn audit_list_export_and_verify_with_exit_codes() {
     std::fs::write(&garbage, "{not json").unwrap();
     let missing = dir.path().join("missing.json");
     for (args, server) in [
-        (vec!["audit", "verify", "-f", garbage.to_str().unwrap()], "http://x"),
-        (vec!["audit", "verify", "-f", missing.to_str().unwrap()], "http://x"),
+        (
+            vec!["audit", "verify", "-f", garbage.to_str().unwrap(), "--public-key", &key],
+            "http://x",
+        ),
+        (
+            vec!["audit", "verify", "-f", missing.to_str().unwrap(), "--public-key", &key],
+            "http://x",
+        ),
         (vec!["audit", "verify", "--public-key", "nokey"], s.url.as_str()),
-        (vec!["audit", "verify"], "http://127.0.0.1:9"),
+        (vec!["audit", "verify", "--public-key", &key], "http://127.0.0.1:9"),
     ] {
         let out = stewardctl(&args, server, Some(&s.token)).await;
         let stderr = text(&out.stderr);
@@ -364,6 +486,27 @@ async fn audit_list_export_and_verify_with_exit_codes() {
         );
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
     }
-    let out = stewardctl(&["audit", "verify"], &s.url, Some("stw_nope_bad")).await;
+    let out = stewardctl(&["audit", "verify", "--public-key", &key], &s.url, Some("stw_nope_bad")).await;
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
+
+#[tokio::test]
+async fn audit_verify_fails_when_no_checkpoint_ties_the_log_to_a_signature() {
+    // A control plane whose checkpoints are gone (here: never written).
+    let s = start_server().await;
+    api::create_token(&s.store, "ci", steward_controlplane::model::Role::Viewer, None)
+        .await
+        .unwrap();
+    let key = signing::encode_public_key(&s.signer.public_key());
+    let out = stewardctl(&["audit", "verify", "--public-key", &key], &s.url, Some(&s.token)).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with(
+            "stewardctl: audit log tampered: checkpoint #1: missing: the log has no signed checkpoint, so none \
+             of its 2 entries is tied to a signature"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }

@@ -194,7 +194,7 @@ async fn the_export_verifies_offline_and_needs_the_signing_key() {
         assert_eq!(r.status(), 200, "{:?}", r.body());
         let doc = export::parse(r.body()).unwrap();
         assert_eq!((doc.entries.len(), doc.checkpoints.len()), (2, 1));
-        let verified = export::verify(&doc, &[api.signer.public_key()]).unwrap();
+        let verified = export::verify(&doc, &[api.signer.public_key()], &[]).unwrap();
         assert_eq!((verified.entries, verified.unsigned_entries), (2, 1));
 
         // An API without the key cannot sign an export.

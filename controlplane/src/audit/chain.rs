@@ -29,10 +29,17 @@
 //! queryable columns say what the hashed bytes say; each checkpoint is signed
 //! by a trusted key, chains to the one before, and names the exact hash of the
 //! entry it covers; no silent gap: consecutive checkpoints are at most about
-//! one interval apart unless the later one records a (re)start. What it cannot
-//! prove: that entries after the newest checkpoint were not removed from the
-//! tail of the database (an export's signed head covers them from the moment
-//! of export on).
+//! one interval apart unless the later one records a (re)start; every entry is
+//! tied to a signature: the log has checkpoints, the first one is a `start`
+//! checkpoint (deleting them all, or the oldest ones, shows), and an export's
+//! entries newer than the newest checkpoint are younger than one interval;
+//! checkpoints the auditor pinned ([`PinnedCheckpoint`], seen earlier) are
+//! there with the same hash. What it cannot prove: that entries after the
+//! newest checkpoint were not removed from the tail of the database (an
+//! export's signed head covers them from the moment of export on), or, without
+//! a pin, that a database owner did not delete every checkpoint, rewrite the
+//! history and restart a control plane, which then signs a fresh `start`
+//! checkpoint over the rewritten log.
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
@@ -312,6 +319,40 @@ pub fn allowed_gap_ms(max_interval_ms: i64) -> i64 {
 
 // ---------------------------------------------------------------- verification
 
+/// A checkpoint an auditor saw earlier (its number and hash, as `SEQ:HASH`):
+/// verification fails unless the log has it, unchanged. Checkpoints chain, so
+/// one pin vouches for every checkpoint and entry before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PinnedCheckpoint {
+    pub cp_seq: u64,
+    pub hash: Hash,
+}
+
+impl fmt::Display for PinnedCheckpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.cp_seq, hex_hash(&self.hash))
+    }
+}
+
+impl std::str::FromStr for PinnedCheckpoint {
+    type Err = String;
+
+    /// `SEQ:HASH`: a checkpoint number from 1 and 64 hex digits.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let (seq, hash) = s
+            .split_once(':')
+            .ok_or_else(|| format!("{s:?} is not SEQ:HASH (a checkpoint number, a colon, 64 hex digits)"))?;
+        let cp_seq = seq
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| format!("{seq:?} is not a checkpoint number (1, 2, 3, ...)"))?;
+        let hash = parse_hash(hash).ok_or_else(|| format!("{hash:?} is not a checkpoint hash (64 hex digits)"))?;
+        Ok(PinnedCheckpoint { cp_seq, hash })
+    }
+}
+
 /// What to verify. Entries and checkpoints in the order given (the store
 /// reads them by sequence; an export lists them so).
 #[derive(Debug, Clone, Copy)]
@@ -322,6 +363,8 @@ pub struct VerifyInput<'a> {
     pub trusted_keys: &'a [PublicKey],
     /// An export's signed head (None when verifying the database itself).
     pub head: Option<&'a SignedHead>,
+    /// Checkpoints that must be there, with these hashes.
+    pub pinned: &'a [PinnedCheckpoint],
 }
 
 /// The first inconsistency found: proof of tampering (or corruption).
@@ -369,6 +412,8 @@ pub struct Verified {
     pub checkpoints: u64,
     /// (checkpoint number, created_ms, newest entry covered) of the newest checkpoint.
     pub last_checkpoint: Option<(u64, i64, u64)>,
+    /// The newest checkpoint, to pin next time.
+    pub newest_pin: Option<PinnedCheckpoint>,
     /// Entries newer than the newest checkpoint (covered only by an export's head, if any).
     pub unsigned_entries: u64,
     /// Key IDs of the keys that signed checkpoints.
@@ -406,6 +451,17 @@ pub fn verify(input: &VerifyInput<'_>) -> Result<Verified, Tampered> {
     let mut signers = BTreeSet::new();
     let mut notes = Vec::new();
     let checkpoints = verify_checkpoints(input, &mut signers, &mut notes)?;
+    let Some(first) = checkpoints.first() else {
+        return Err(at_checkpoint(
+            1,
+            format!(
+                "missing: the log has no signed checkpoint, so none of its {} is tied to a signature; every \
+                 control plane signs a `start` checkpoint when it starts (the checkpoints were deleted)",
+                plural(input.entries.len() as u64, "entry", "entries")
+            ),
+        ));
+    };
+    verify_pins(input.pinned, &checkpoints)?;
 
     // What the checkpoints say each covered entry hashes to.
     let mut claims: BTreeMap<u64, (u64, Hash)> = BTreeMap::new();
@@ -428,6 +484,26 @@ pub fn verify(input: &VerifyInput<'_>) -> Result<Verified, Tampered> {
                 newest.cp_seq, newest.last_seq
             ),
         ));
+    }
+
+    // Entries older than the first checkpoint by more than an interval were
+    // written before any control plane ran (`admin create-token` before the
+    // first `serve`), or every checkpoint was deleted and a restarted control
+    // plane signed the log anew. Only a pin tells; say so.
+    if let Some(oldest) = input.entries.first()
+        && first.last_seq >= oldest.seq
+    {
+        let age = first.created_ms.saturating_sub(oldest.time_ms);
+        if age > allowed_gap_ms(first.max_interval_ms) {
+            notes.push(format!(
+                "entries up to {} are first covered by checkpoint #1 of {}, {} after the oldest of them: they \
+                 were written before the first control plane started, or the checkpoints were deleted and the \
+                 log signed anew (a checkpoint pinned earlier with --expect-checkpoint tells which)",
+                first.last_seq,
+                rfc3339(first.created_ms),
+                human_ms(age)
+            ));
+        }
     }
 
     let last_cp_hash = checkpoints.last().map(|c| c.hash).unwrap_or(ZERO_HASH);
@@ -456,6 +532,27 @@ pub fn verify(input: &VerifyInput<'_>) -> Result<Verified, Tampered> {
                     ),
                 ));
             }
+            // The entries no checkpoint covers are covered by the head alone:
+            // they must be younger than one interval (the newest checkpoint's
+            // time alone does not tell: a replica's clock ahead pushes it on).
+            if let Some(oldest) = input.entries.get(newest.last_seq as usize) {
+                let age = signed.head.exported_at_ms.saturating_sub(oldest.time_ms);
+                if age > allowed_gap_ms(newest.max_interval_ms) {
+                    return Err(at_entry(
+                        oldest.seq,
+                        format!(
+                            "covered by no checkpoint, although it is {} older than the export at {} and a \
+                             checkpoint is written at least every {} (the newest one, #{}, covers entries up to \
+                             {}): the checkpoints that covered it were removed",
+                            human_ms(age),
+                            rfc3339(signed.head.exported_at_ms),
+                            human_ms(newest.max_interval_ms),
+                            newest.cp_seq,
+                            newest.last_seq
+                        ),
+                    ));
+                }
+            }
         }
     }
 
@@ -465,10 +562,50 @@ pub fn verify(input: &VerifyInput<'_>) -> Result<Verified, Tampered> {
         last_hash,
         checkpoints: checkpoints.len() as u64,
         last_checkpoint: newest.map(|c| (c.cp_seq, c.created_ms, c.last_seq)),
+        newest_pin: newest.map(|c| PinnedCheckpoint {
+            cp_seq: c.cp_seq,
+            hash: c.hash,
+        }),
         unsigned_entries: count - newest.map(|c| c.last_seq).unwrap_or(0).min(count),
         signers,
         notes,
     })
+}
+
+/// Every pinned checkpoint is among the verified ones, with the pinned hash.
+fn verify_pins(pinned: &[PinnedCheckpoint], checkpoints: &[GoodCheckpoint]) -> Result<(), Tampered> {
+    for pin in pinned {
+        let found = pin
+            .cp_seq
+            .checked_sub(1)
+            .and_then(|i| usize::try_from(i).ok())
+            .and_then(|i| checkpoints.get(i));
+        match found {
+            None => {
+                return Err(at_checkpoint(
+                    pin.cp_seq,
+                    format!(
+                        "missing: it was pinned ({pin}), but the log has {} (checkpoints were removed, or the \
+                         log was rolled back or rebuilt)",
+                        plural(checkpoints.len() as u64, "checkpoint", "checkpoints")
+                    ),
+                ));
+            }
+            Some(c) if c.hash != pin.hash => {
+                return Err(at_checkpoint(
+                    pin.cp_seq,
+                    format!(
+                        "differs from the pinned one: its hash is {}, the pin {pin} (the checkpoints were \
+                         replaced, and the entries up to {} they cover may have been rewritten)",
+                        hex_hash(&c.hash),
+                        c.last_seq
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// A checkpoint that passed verification.
@@ -551,6 +688,16 @@ fn verify_checkpoints(
                 format!(
                     "does not chain to checkpoint #{} (a checkpoint before it was replaced)",
                     cp - 1
+                ),
+            ));
+        }
+        if cp == 1 && body.kind != CheckpointKind::Start {
+            return Err(at_checkpoint(
+                cp,
+                format!(
+                    "is a `{}` checkpoint, but the first one is always a `start` (a control plane signs it when \
+                     it first starts): the checkpoints before it were deleted and the numbering began again",
+                    body.kind.as_str()
                 ),
             ));
         }
@@ -950,6 +1097,30 @@ mod unit {
         let mut bad = body.encode();
         bad.pop();
         assert!(CheckpointBody::decode(&bad).is_err());
+    }
+
+    #[test]
+    fn pinned_checkpoints_are_seq_colon_hash() {
+        let hash = hex_hash(&[0xab; 32]);
+        let pin: PinnedCheckpoint = format!(" 12:{} ", hash.to_uppercase()).parse().unwrap();
+        assert_eq!(
+            pin,
+            PinnedCheckpoint {
+                cp_seq: 12,
+                hash: [0xab; 32]
+            }
+        );
+        assert_eq!(pin.to_string(), format!("12:{hash}"));
+        for (bad, why) in [
+            ("12", "not SEQ:HASH"),
+            (&format!("0:{hash}")[..], "not a checkpoint number"),
+            (&format!("-1:{hash}")[..], "not a checkpoint number"),
+            ("3:abcd", "not a checkpoint hash"),
+            (&format!("3:{hash}0")[..], "not a checkpoint hash"),
+        ] {
+            let e = bad.parse::<PinnedCheckpoint>().unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -144,6 +144,17 @@ impl Checkpointer {
                          audit-signing.key (stewardctl audit verify then needs --public-key for both)"
                     );
                 }
+                if kind != CheckpointKind::Start && state.last_checkpoint.is_none() {
+                    // This control plane signed a `start` checkpoint when it
+                    // started: someone deleted every checkpoint since. The one
+                    // written now is numbered 1 again and not a `start`, which
+                    // `audit verify` reports.
+                    tracing::error!(
+                        entries = state.head_seq,
+                        "the audit checkpoints were deleted from the database: the audit log can no longer be \
+                         proven intact (stewardctl audit verify fails at checkpoint #1)"
+                    );
+                }
                 (force || self.policy.due(now_ms, state))
                     .then(|| next_checkpoint(&self.signer, &self.policy, kind, now_ms, state))
             })

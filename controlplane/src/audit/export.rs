@@ -8,15 +8,17 @@
 //! entry and checkpoint then, so a file cut short after export is caught even
 //! for entries no checkpoint covers yet.
 //!
-//! Which keys are trusted: by default the key named in the document (which
-//! proves the file is consistent with itself); with `--public-key` (the
-//! `audit-signing.pub` of the control plane, obtained separately) only the
-//! keys given, which also proves who signed it.
+//! Which keys are trusted: with `--public-key` (the `audit-signing.pub` of the
+//! control plane, obtained separately) only the keys given, which also proves
+//! who signed it; without, the key named in the document, which proves only
+//! that the file is consistent with itself (`stewardctl` refuses that unless
+//! told `--trust-embedded-key`). Pinned checkpoints (`--expect-checkpoint`)
+//! must be in the document with the hashes given.
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 
-use super::chain::{self, ExportHead, SignedHead, Tampered, Verified, VerifyInput, ZERO_HASH};
+use super::chain::{self, ExportHead, PinnedCheckpoint, SignedHead, Tampered, Verified, VerifyInput, ZERO_HASH};
 use super::signing::{self, PublicKey, Signer};
 use super::{AuditSnapshot, StoredCheckpoint, StoredEntry};
 use crate::api::views::rfc3339;
@@ -222,8 +224,13 @@ pub fn parse(bytes: &[u8]) -> Result<ExportDocument, VerifyError> {
 }
 
 /// Verifies a document. `pinned` keys, when given, are the only trusted
-/// ones; otherwise the document's own key is.
-pub fn verify(doc: &ExportDocument, pinned: &[PublicKey]) -> Result<Verified, VerifyError> {
+/// ones; otherwise the document's own key is. Each of `expected` must be one
+/// of its checkpoints, unchanged.
+pub fn verify(
+    doc: &ExportDocument,
+    pinned: &[PublicKey],
+    expected: &[PinnedCheckpoint],
+) -> Result<Verified, VerifyError> {
     let own = signing::parse_public_key(&doc.public_key)
         .ok_or_else(|| VerifyError::Unusable("the export's public_key is not an Ed25519 key".into()))?;
     let trusted: Vec<PublicKey> = if pinned.is_empty() { vec![own] } else { pinned.to_vec() };
@@ -235,6 +242,7 @@ pub fn verify(doc: &ExportDocument, pinned: &[PublicKey]) -> Result<Verified, Ve
         checkpoints: &checkpoints,
         trusted_keys: &trusted,
         head: Some(&head),
+        pinned: expected,
     })?)
 }
 

@@ -13,7 +13,7 @@ use sqlx::postgres::PgConnection;
 use sqlx::sqlite::SqliteConnection;
 use tokio_util::sync::CancellationToken;
 
-use super::chain::{self, CheckpointKind, EntryFields, Tampered, Verified, VerifyInput};
+use super::chain::{self, CheckpointKind, EntryFields, PinnedCheckpoint, Tampered, Verified, VerifyInput};
 use super::checkpointer::{CheckpointPolicy, Checkpointer};
 use super::export;
 use super::signing::Signer;
@@ -88,13 +88,31 @@ fn policy() -> CheckpointPolicy {
 
 /// Verifies the database's own tables (no export head).
 async fn verify_store(store: &Store, signer: &Signer) -> Result<Verified, Tampered> {
+    verify_store_pinned(store, signer, &[]).await
+}
+
+/// [`verify_store`] with checkpoints pinned.
+async fn verify_store_pinned(
+    store: &Store,
+    signer: &Signer,
+    pinned: &[PinnedCheckpoint],
+) -> Result<Verified, Tampered> {
     let snap = store.audit_snapshot().await.unwrap();
     chain::verify(&VerifyInput {
         entries: &snap.entries,
         checkpoints: &snap.checkpoints,
         trusted_keys: &[signer.public_key()],
         head: None,
+        pinned,
     })
+}
+
+/// The `start` checkpoint a control plane signs when it starts.
+async fn start_checkpoint(store: &Store, signer: &Arc<Signer>) {
+    Checkpointer::new(store.clone(), signer.clone(), policy())
+        .checkpoint(CheckpointKind::Start, true, steward_shared::now_ms())
+        .await
+        .unwrap();
 }
 
 async fn all_entries(store: &Store) -> Vec<StoredEntry> {
@@ -235,8 +253,10 @@ async fn entries_are_chained_and_verify_and_list_by_filter() {
         assert_eq!(rows[1].request_id.as_deref(), Some("req-1"));
         assert_eq!(rows[4].target, None);
 
+        let signer = Arc::new(signer);
+        start_checkpoint(&store, &signer).await;
         let verified = verify_store(&store, &signer).await.unwrap();
-        assert_eq!((verified.entries, verified.checkpoints), (5, 0));
+        assert_eq!((verified.entries, verified.checkpoints), (5, 1));
 
         let by_actor = AuditFilter {
             actor: Some(actor::token("t1")),
@@ -313,7 +333,9 @@ async fn a_change_and_its_entry_commit_together_or_not_at_all() {
             [(auth::TOKENS_REVOKE, "success"), (auth::TOKENS_REVOKE, "failed")]
         );
         assert_eq!(rows[2].target.as_deref(), Some("token:a"));
-        verify_store(&store, &Signer::generate().unwrap()).await.unwrap();
+        let signer = Arc::new(Signer::generate().unwrap());
+        start_checkpoint(&store, &signer).await;
+        verify_store(&store, &signer).await.unwrap();
     })
     .await;
 }
@@ -570,6 +592,7 @@ async fn checkpoints_are_signed_chained_and_their_gaps_are_visible() {
                     checkpoints: &checkpoints[..4],
                     trusted_keys: &[key],
                     head: None,
+                    pinned: &[],
                 })
             }
         };
@@ -618,7 +641,7 @@ async fn an_export_round_trips_and_catches_a_gap_or_a_cut_after_the_newest_check
         let text = serde_json::to_string_pretty(&doc).unwrap();
         let parsed = export::parse(text.as_bytes()).unwrap();
         assert_eq!(parsed, doc);
-        let verified = export::verify(&parsed, &[]).unwrap();
+        let verified = export::verify(&parsed, &[], &[]).unwrap();
         assert_eq!(
             (verified.entries, verified.checkpoints, verified.unsigned_entries),
             (4, 1, 3)
@@ -627,12 +650,12 @@ async fn an_export_round_trips_and_catches_a_gap_or_a_cut_after_the_newest_check
             verified.to_string().starts_with("audit log intact: 4 entries"),
             "{verified}"
         );
-        export::verify(&parsed, &[signer.public_key()]).unwrap();
+        export::verify(&parsed, &[signer.public_key()], &[]).unwrap();
 
         // Entries newer than the checkpoint are covered by the signed head: cutting them is caught.
         let mut cut = doc.clone();
         cut.entries.pop();
-        match export::verify(&cut, &[]) {
+        match export::verify(&cut, &[], &[]) {
             Err(export::VerifyError::Tampered(t)) => {
                 assert_eq!(t.seq, Some(4), "{t}");
                 assert!(t.reason.contains("truncated"), "{t}");
@@ -642,20 +665,20 @@ async fn an_export_round_trips_and_catches_a_gap_or_a_cut_after_the_newest_check
         // Editing a readable field of the file is caught like editing the column.
         let mut edited = doc.clone();
         edited.entries[1].view.actor = "token:evil".into();
-        let e = export::verify(&edited, &[]).unwrap_err().to_string();
+        let e = export::verify(&edited, &[], &[]).unwrap_err().to_string();
         assert_eq!(e, "entry 2: column actor differs from the hashed entry");
         // A re-signed file is consistent, but not signed by the pinned key.
         let forger = Signer::generate().unwrap();
         let reforged = export::build(&snap, &forger, now + 1_000);
-        export::verify(&reforged, &[]).unwrap_err(); // its checkpoint is still the real key's
-        let e = export::verify(&reforged, &[signer.public_key()])
+        export::verify(&reforged, &[], &[]).unwrap_err(); // its checkpoint is still the real key's
+        let e = export::verify(&reforged, &[signer.public_key()], &[])
             .unwrap_err()
             .to_string();
         assert!(e.contains("not trusted"), "{e}");
 
         // No checkpoint for three intervals before the export: a silent gap after the newest one.
         let late = export::build(&snap, &signer, now + 3 * 3_600_000);
-        let e = export::verify(&late, &[]).unwrap_err().to_string();
+        let e = export::verify(&late, &[], &[]).unwrap_err().to_string();
         assert!(e.starts_with("checkpoint #1: silent gap"), "{e}");
 
         for (bad, why) in [
@@ -678,6 +701,7 @@ async fn concurrent_appends_from_several_replicas_never_fork_the_chain() {
         // Two more pools on the same database: replicas of the control plane.
         let replicas = [store.clone(), db.store().await, db.store().await];
         let signer = Arc::new(Signer::generate().unwrap());
+        start_checkpoint(&store, &signer).await;
         let mut tasks = Vec::new();
         for t in 0..6 {
             let store = replicas[t % replicas.len()].clone();
@@ -711,7 +735,7 @@ async fn concurrent_appends_from_several_replicas_never_fork_the_chain() {
             (1..=120).collect::<Vec<u64>>()
         );
         let verified = verify_store(&store, &signer).await.unwrap();
-        assert_eq!((verified.entries, verified.checkpoints), (120, 12));
+        assert_eq!((verified.entries, verified.checkpoints), (120, 13));
         for r in &replicas[1..] {
             r.close().await;
         }
@@ -750,6 +774,219 @@ async fn the_checkpointer_signs_also_when_nothing_happens_and_at_stop() {
                 .all(|c| c.kind == "scheduled")
         );
         verify_store(&store, &signer).await.unwrap();
+    })
+    .await;
+}
+
+/// `rows` with the actor of entry `seq` replaced and the chain re-hashed from
+/// there on: history rewritten by someone without the signing key.
+fn rewrite_history(rows: &[StoredEntry], seq: u64) -> Vec<StoredEntry> {
+    let mut prev = chain::hex_hash(&chain::ZERO_HASH);
+    let mut out = Vec::new();
+    for r in rows {
+        let mut r = r.clone();
+        if r.seq == seq {
+            r.actor = "token:evil".into();
+        }
+        let forged = reforge(r.clone(), r.seq, &prev);
+        prev = forged.hash.clone();
+        out.push(forged);
+    }
+    out
+}
+
+/// The first inconsistency an export of the database, signed now by
+/// `signer` (what the real control plane does), shows.
+async fn verify_export_now(
+    store: &Store,
+    signer: &Signer,
+    pinned: &[PinnedCheckpoint],
+) -> Result<Verified, export::VerifyError> {
+    let doc = export::build(&store.audit_snapshot().await.unwrap(), signer, steward_shared::now_ms());
+    export::verify(&doc, &[signer.public_key()], pinned)
+}
+
+fn tampered(found: Result<Verified, export::VerifyError>) -> Tampered {
+    match found {
+        Err(export::VerifyError::Tampered(t)) => t,
+        other => panic!("expected proof of tampering, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn deleted_checkpoints_are_caught_also_when_the_control_plane_signs_again() {
+    on_each_backend(|db, store| async move {
+        let signer = Arc::new(Signer::generate().unwrap());
+        let cp = Checkpointer::new(store.clone(), signer.clone(), policy());
+        let now = steward_shared::now_ms();
+        for i in 0..3 {
+            store.append_audit(entry(i)).await.unwrap();
+        }
+        cp.checkpoint(CheckpointKind::Start, true, now).await.unwrap();
+        store.append_audit(entry(3)).await.unwrap();
+        cp.checkpoint(CheckpointKind::Scheduled, true, now).await.unwrap();
+        verify_store(&store, &signer).await.unwrap();
+        verify_export_now(&store, &signer, &[]).await.unwrap();
+        let original = all_entries(&store).await;
+        let mut raw = Raw::open(&db).await;
+        raw.drop_triggers().await;
+
+        // The start checkpoint deleted: the chain of checkpoints starts at #2.
+        raw.exec("DELETE FROM audit_checkpoints WHERE cp_seq = 1")
+            .await
+            .unwrap();
+        let t = verify_store(&store, &signer).await.unwrap_err();
+        assert_eq!(t.checkpoint, Some(1), "{t}");
+        assert!(t.reason.contains("missing"), "{t}");
+
+        // Every checkpoint deleted and history rewritten: nothing is tied to a
+        // signature any more, in the database or in an export signed now.
+        raw.exec("DELETE FROM audit_checkpoints").await.unwrap();
+        raw.replace_log(&rewrite_history(&original, 2)).await;
+        for t in [
+            verify_store(&store, &signer).await.unwrap_err(),
+            tampered(verify_export_now(&store, &signer, &[]).await),
+        ] {
+            assert_eq!(t.checkpoint, Some(1), "{t}");
+            assert!(t.reason.contains("no signed checkpoint"), "{t}");
+            assert!(t.reason.contains("4 entries"), "{t}");
+        }
+
+        // The running control plane signs its next checkpoint over the
+        // rewritten log: numbered 1 again, but not a `start` checkpoint.
+        let written = cp
+            .checkpoint(CheckpointKind::Scheduled, false, now + 1)
+            .await
+            .unwrap()
+            .expect("due: there is no checkpoint");
+        assert_eq!((written.cp_seq, written.kind.as_str()), (1, "scheduled"));
+        for t in [
+            verify_store(&store, &signer).await.unwrap_err(),
+            tampered(verify_export_now(&store, &signer, &[]).await),
+        ] {
+            assert_eq!(t.checkpoint, Some(1), "{t}");
+            assert!(
+                t.reason
+                    .contains("is a `scheduled` checkpoint, but the first one is always a `start`"),
+                "{t}"
+            );
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_pinned_checkpoint_catches_a_log_rewritten_and_signed_anew_at_a_restart() {
+    on_each_backend(|db, store| async move {
+        let signer = Arc::new(Signer::generate().unwrap());
+        let cp = Checkpointer::new(store.clone(), signer.clone(), policy());
+        let now = steward_shared::now_ms();
+        for i in 0..3 {
+            store.append_audit(entry(i)).await.unwrap();
+        }
+        cp.checkpoint(CheckpointKind::Start, true, now).await.unwrap();
+        store.append_audit(entry(3)).await.unwrap();
+        cp.checkpoint(CheckpointKind::Scheduled, true, now).await.unwrap();
+
+        // What the auditor keeps from this verification: the newest checkpoint.
+        let verified = verify_store(&store, &signer).await.unwrap();
+        let snap = store.audit_snapshot().await.unwrap();
+        let pin = verified.newest_pin.expect("a checkpoint to pin");
+        assert_eq!(pin.to_string(), format!("2:{}", snap.checkpoints[1].hash));
+        assert_eq!(pin.to_string().parse::<PinnedCheckpoint>(), Ok(pin));
+        let first: PinnedCheckpoint = format!("1:{}", snap.checkpoints[0].hash).parse().unwrap();
+        verify_store_pinned(&store, &signer, &[first, pin]).await.unwrap();
+        verify_export_now(&store, &signer, &[pin]).await.unwrap();
+
+        // A wrong pin, and a pin beyond the log.
+        let wrong = PinnedCheckpoint { hash: [7; 32], ..pin };
+        let t = verify_store_pinned(&store, &signer, &[wrong]).await.unwrap_err();
+        assert_eq!(t.checkpoint, Some(2), "{t}");
+        assert!(t.reason.starts_with("differs from the pinned one"), "{t}");
+        let beyond = PinnedCheckpoint { cp_seq: 5, ..pin };
+        let t = tampered(verify_export_now(&store, &signer, &[beyond]).await);
+        assert_eq!(t.checkpoint, Some(5), "{t}");
+        assert!(
+            t.reason.contains("missing") && t.reason.contains("2 checkpoints"),
+            "{t}"
+        );
+
+        // The database owner deletes every checkpoint, rewrites history and
+        // restarts the control plane, which signs a `start` checkpoint over
+        // it: consistent, except for the pin.
+        let original = all_entries(&store).await;
+        let mut raw = Raw::open(&db).await;
+        raw.drop_triggers().await;
+        raw.exec("DELETE FROM audit_checkpoints").await.unwrap();
+        raw.replace_log(&rewrite_history(&original, 1)).await;
+        cp.checkpoint(CheckpointKind::Start, true, now + 1).await.unwrap();
+        verify_store(&store, &signer).await.unwrap();
+        let t = tampered(verify_export_now(&store, &signer, &[pin]).await);
+        assert_eq!(t.checkpoint, Some(2), "{t}");
+        assert!(t.reason.contains("missing"), "{t}");
+        // Once it has signed as many checkpoints again, the pinned one differs.
+        cp.checkpoint(CheckpointKind::Scheduled, true, now + 2).await.unwrap();
+        for t in [
+            verify_store_pinned(&store, &signer, &[pin]).await.unwrap_err(),
+            tampered(verify_export_now(&store, &signer, &[pin]).await),
+        ] {
+            assert_eq!(t.checkpoint, Some(2), "{t}");
+            assert!(t.reason.starts_with("differs from the pinned one"), "{t}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_export_whose_entries_past_the_newest_checkpoint_are_older_than_the_interval_fails() {
+    on_each_backend(|db, store| async move {
+        let signer = Arc::new(Signer::generate().unwrap());
+        let cp = Checkpointer::new(store.clone(), signer.clone(), policy());
+        let hour = 3_600_000;
+        let now = steward_shared::now_ms();
+        store.append_audit(entry(1)).await.unwrap();
+        // A replica whose clock is ten hours ahead signs the start checkpoint
+        // (later checkpoints never go back in time): the newest checkpoint's
+        // time no longer shows a silence before the export.
+        cp.checkpoint(CheckpointKind::Start, true, now + 10 * hour)
+            .await
+            .unwrap();
+        for i in 2..=3 {
+            store.append_audit(entry(i)).await.unwrap();
+        }
+        let snap = store.audit_snapshot().await.unwrap();
+        let verify_at = |at: i64| export::verify(&export::build(&snap, &signer, at), &[signer.public_key()], &[]);
+        let verified = verify_at(now + hour).unwrap();
+        assert_eq!((verified.entries, verified.unsigned_entries), (3, 2));
+        // Entries 2 and 3 are two hours old at the export, and no checkpoint
+        // covers them: one would have been due.
+        let t = tampered(verify_at(now + 2 * hour));
+        assert_eq!(t.seq, Some(2), "{t}");
+        assert!(t.reason.starts_with("covered by no checkpoint"), "{t}");
+
+        // The same for an entry the database owner appends, backdated by two
+        // days, after the newest checkpoint: the export signed now covers it,
+        // but it is older than any uncovered entry can be.
+        cp.checkpoint(CheckpointKind::Scheduled, true, now).await.unwrap();
+        let rows = all_entries(&store).await;
+        let last = rows.last().unwrap().clone();
+        let backdated = reforge(
+            StoredEntry {
+                actor: "token:evil".into(),
+                time_ms: now - 48 * hour,
+                ..last.clone()
+            },
+            last.seq + 1,
+            &last.hash,
+        );
+        Raw::open(&db).await.insert(&backdated).await;
+        let t = tampered(verify_export_now(&store, &signer, &[]).await);
+        assert_eq!(t.seq, Some(4), "{t}");
+        assert!(
+            t.reason
+                .starts_with("covered by no checkpoint, although it is 2d older"),
+            "{t}"
+        );
     })
     .await;
 }

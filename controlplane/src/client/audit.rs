@@ -1,8 +1,10 @@
 //! `stewardctl audit list | export | verify`. `verify` checks an export file
 //! offline, or fetches the control plane's export; its exit code is 0 when the
 //! log is intact, 1 when it was tampered with (one line naming the first bad
-//! entry or checkpoint and why), 2 when there is nothing usable to verify
-//! (unreadable file, not an export, control plane unreachable or refusing).
+//! entry or checkpoint and why, also a pinned `--expect-checkpoint` missing or
+//! different), 2 when there is nothing usable to verify (unreadable file, not
+//! an export, control plane unreachable or refusing, and no key to trust:
+//! neither `--public-key` nor `--trust-embedded-key`).
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -10,7 +12,7 @@ use clap::Subcommand;
 
 use super::table::audit_table;
 use super::{Cli, Client, ClientError, Output, items, meaning, write_json};
-use crate::audit::chain;
+use crate::audit::chain::{self, PinnedCheckpoint};
 use crate::audit::export::{self, AuditEntryView, VerifyError};
 use crate::audit::signing::{self, PublicKey};
 
@@ -39,10 +41,20 @@ pub enum AuditCommand {
         #[arg(short = 'f', long = "file", value_name = "FILE")]
         file: Option<PathBuf>,
         /// Trust only this signing key: base64, or a file such as the control
-        /// plane's DATA_DIR/audit-signing.pub (repeatable). Default: the key
-        /// named in the export.
+        /// plane's DATA_DIR/audit-signing.pub (repeatable). Needed, unless
+        /// --trust-embedded-key.
         #[arg(long = "public-key", value_name = "KEY|FILE")]
         public_keys: Vec<String>,
+        /// Trust the key named in the export itself: proves only that the
+        /// export is consistent with itself, not who signed it (whoever
+        /// rewrote the log can sign it with a key of their own).
+        #[arg(long = "trust-embedded-key", conflicts_with = "public_keys")]
+        trust_embedded_key: bool,
+        /// Fail unless the log has this checkpoint, unchanged: SEQ:HASH, as
+        /// printed by an earlier verify (repeatable). Catches a log whose
+        /// checkpoints were deleted and signed anew.
+        #[arg(long = "expect-checkpoint", value_name = "SEQ:HASH")]
+        expect_checkpoints: Vec<PinnedCheckpoint>,
     },
 }
 
@@ -83,8 +95,21 @@ pub(super) async fn run(command: &AuditCommand, cli: &Cli, out: &mut impl Write)
                 file.display()
             )?;
         }
-        AuditCommand::Verify { file, public_keys } => {
+        AuditCommand::Verify {
+            file,
+            public_keys,
+            trust_embedded_key,
+            expect_checkpoints,
+        } => {
             let unusable = |reason: String| ClientError::Unusable(format!("cannot verify the audit log: {reason}"));
+            if public_keys.is_empty() && !trust_embedded_key {
+                return Err(unusable(
+                    "no --public-key: the export names its own signing key, and whoever rewrote the log can sign \
+                     it with a key of their own; pass the control plane's DATA_DIR/audit-signing.pub with \
+                     --public-key, or --trust-embedded-key to check only that the export is consistent with itself"
+                        .into(),
+                ));
+            }
             let pinned = public_keys
                 .iter()
                 .map(|k| read_key(k).map_err(unusable))
@@ -98,9 +123,30 @@ pub(super) async fn run(command: &AuditCommand, cli: &Cli, out: &mut impl Write)
                     .map_err(|e| unusable(e.to_string()))?,
             };
             let doc = export::parse(&bytes).map_err(|e| unusable(e.to_string()))?;
-            match export::verify(&doc, &pinned) {
+            if *trust_embedded_key {
+                // The ID of the key itself, not the document's (unchecked) key_id text.
+                let key_id = signing::parse_public_key(&doc.public_key)
+                    .map(|k| signing::key_id(&k))
+                    .unwrap_or_else(|| "unreadable".into());
+                eprintln!(
+                    "stewardctl: WARNING: trusting the key named in the export itself (key ID {}): this shows only \
+                     that the export is consistent with itself, not that the control plane signed it; verify with \
+                     --public-key DATA_DIR/audit-signing.pub for that",
+                    key_id
+                );
+            }
+            match export::verify(&doc, &pinned, expect_checkpoints) {
                 Ok(verified) => {
                     writeln!(out, "{verified}")?;
+                    for pin in expect_checkpoints {
+                        writeln!(out, "pinned checkpoint #{} matches", pin.cp_seq)?;
+                    }
+                    if let Some(newest) = verified.newest_pin {
+                        writeln!(
+                            out,
+                            "newest checkpoint: {newest} (keep it: verify with --expect-checkpoint {newest} next time)"
+                        )?;
+                    }
                     for note in &verified.notes {
                         writeln!(out, "note: {note}")?;
                     }

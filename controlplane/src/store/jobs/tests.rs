@@ -1010,14 +1010,21 @@ async fn batched_claims_acceptances_and_finishes_stay_fenced_and_audited_in_one_
         }
         assert!(jobs.iter().all(|j| ids.contains(j.id.as_str())));
 
-        // The batched appends form one unbroken chain.
+        // The batched appends form one unbroken chain (signed by a start
+        // checkpoint, as a control plane does, so that it verifies).
+        let signer = std::sync::Arc::new(crate::audit::signing::Signer::generate().unwrap());
+        crate::audit::checkpointer::Checkpointer::new(store.clone(), signer.clone(), Default::default())
+            .checkpoint(crate::audit::chain::CheckpointKind::Start, true, t + 400)
+            .await
+            .unwrap();
         let snap = store.audit_snapshot().await.unwrap();
         assert_eq!(snap.entries.len(), 120);
         crate::audit::chain::verify(&crate::audit::chain::VerifyInput {
             entries: &snap.entries,
             checkpoints: &snap.checkpoints,
-            trusted_keys: &[],
+            trusted_keys: &[signer.public_key()],
             head: None,
+            pinned: &[],
         })
         .unwrap();
     })
