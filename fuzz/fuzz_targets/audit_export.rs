@@ -7,6 +7,6 @@ use steward_controlplane::audit::export;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(doc) = export::parse(data) {
-        let _ = export::verify(&doc, &[]);
+        let _ = export::verify(&doc, &[], &[]);
     }
 });
