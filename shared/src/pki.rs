@@ -208,6 +208,38 @@ pub fn agent_csr(key_pem: &str, host_id: &str) -> Result<Vec<u8>, PkiError> {
     Ok(params.serialize_request(&key)?.der().to_vec())
 }
 
+/// A parsed certificate signing request whose signature has been verified:
+/// what an agent proposes before anything is signed.
+pub struct AgentCsr {
+    params: rcgen::CertificateSigningRequestParams,
+    proposed: Option<String>,
+}
+
+impl AgentCsr {
+    /// Parses a CSR (DER) and verifies its signature.
+    pub fn from_der(csr_der: &[u8]) -> Result<Self, PkiError> {
+        let der = rustls_pki_types::CertificateSigningRequestDer::from(csr_der.to_vec());
+        let params = rcgen::CertificateSigningRequestParams::from_der(&der)?;
+        let proposed = match params.params.distinguished_name.get(&DnType::CommonName) {
+            Some(rcgen::DnValue::Utf8String(s)) => Some(s.clone()),
+            Some(rcgen::DnValue::PrintableString(s)) => Some(s.as_str().to_string()),
+            Some(rcgen::DnValue::Ia5String(s)) => Some(s.as_str().to_string()),
+            _ => None,
+        };
+        Ok(Self { params, proposed })
+    }
+
+    /// The host ID the CSR proposes (its Common Name), when it is a valid one.
+    pub fn proposed_host(&self) -> Result<&str, PkiError> {
+        let id = self
+            .proposed
+            .as_deref()
+            .ok_or_else(|| PkiError::InvalidCertificate("the CSR names no host (Common Name)".into()))?;
+        validate_host_id(id)?;
+        Ok(id)
+    }
+}
+
 impl Ca {
     /// Signs an agent certificate for the public key in a CSR (whose signature
     /// is verified). The identity is `host_id` when given, else the CSR's
@@ -218,21 +250,21 @@ impl Ca {
         host_id: Option<&str>,
         lifetime: Duration,
     ) -> Result<(String, String), PkiError> {
-        let der = rustls_pki_types::CertificateSigningRequestDer::from(csr_der.to_vec());
-        let csr = rcgen::CertificateSigningRequestParams::from_der(&der)?;
-        let proposed = match csr.params.distinguished_name.get(&DnType::CommonName) {
-            Some(rcgen::DnValue::Utf8String(s)) => Some(s.clone()),
-            Some(rcgen::DnValue::PrintableString(s)) => Some(s.as_str().to_string()),
-            Some(rcgen::DnValue::Ia5String(s)) => Some(s.as_str().to_string()),
-            _ => None,
-        };
+        self.sign_agent_request(&AgentCsr::from_der(csr_der)?, host_id, lifetime)
+    }
+
+    /// [`Ca::sign_agent_csr`] for a CSR already parsed.
+    pub fn sign_agent_request(
+        &self,
+        csr: &AgentCsr,
+        host_id: Option<&str>,
+        lifetime: Duration,
+    ) -> Result<(String, String), PkiError> {
         let id = match host_id {
             Some(id) => id.to_string(),
-            None => {
-                proposed.ok_or_else(|| PkiError::InvalidCertificate("the CSR names no host (Common Name)".into()))?
-            }
+            None => csr.proposed_host()?.to_string(),
         };
-        let cert = self.sign_agent_key(&csr.public_key, &id, lifetime)?;
+        let cert = self.sign_agent_key(&csr.params.public_key, &id, lifetime)?;
         Ok((id, cert))
     }
 }

@@ -109,18 +109,9 @@ impl Enroller {
         if suppressed_before > 0 {
             details["suppressed_before"] = suppressed_before.into();
         }
-        let target = if host_id.is_empty() {
-            "hosts".to_string()
-        } else {
-            format!("host:{host_id}")
-        };
-        let actor = if host_id.is_empty() {
-            actor::ANONYMOUS.to_string()
-        } else {
-            actor::host(host_id)
-        };
-        let denied = AuditEntry::new(actor, "hosts.enroll", Outcome::Denied)
-            .target(target)
+        // The host the CSR claims: not authenticated, only what was asked for.
+        let denied = AuditEntry::new(actor::host(host_id), "hosts.enroll", Outcome::Denied)
+            .target(format!("host:{host_id}"))
             .details(details);
         if let Err(error) = self.store.append_audit(denied).await {
             tracing::error!(%error, "the refused enrollment could not be audited");
@@ -139,10 +130,15 @@ impl Enroller {
         self.ca.fingerprint().ok()
     }
 
-    fn sign(&self, csr_der: &[u8], host_id: Option<&str>) -> Result<(String, String, String, i64), Status> {
+    fn parse_csr(csr_der: &[u8]) -> Result<pki::AgentCsr, Status> {
+        pki::AgentCsr::from_der(csr_der)
+            .map_err(|e| Status::invalid_argument(format!("certificate signing request refused: {e}")))
+    }
+
+    fn sign(&self, csr: &pki::AgentCsr, host_id: Option<&str>) -> Result<(String, String, String, i64), Status> {
         let (id, cert_pem) = self
             .ca
-            .sign_agent_csr(csr_der, host_id, self.lifetime)
+            .sign_agent_request(csr, host_id, self.lifetime)
             .map_err(|e| Status::invalid_argument(format!("certificate signing request refused: {e}")))?;
         let der = pki::certs_from_pem(&cert_pem)
             .map_err(|e| Status::internal(e.to_string()))?
@@ -151,13 +147,22 @@ impl Enroller {
         Ok((id, cert_pem, identity.serial, identity.not_after * 1000))
     }
 
-    /// `Enroll` from `peer`: rate-limited, the token checked before anything
-    /// is signed, then redeemed; returns (host id, certificate, CA).
+    /// `Enroll` from `peer`: rate-limited, the CSR parsed (for the host it
+    /// claims) and the token checked before anything is signed, then
+    /// redeemed; returns (host id, certificate, CA).
     pub async fn enroll(&self, token: &str, csr_der: &[u8], peer: IpAddr) -> Result<(String, String, String), Status> {
         self.admit(peer)?;
         let Some(token) = EnrollmentToken::parse(token) else {
             self.metrics.enrollment(EnrollOutcome::refused);
             return Err(Status::unauthenticated("unknown or invalid enrollment token"));
+        };
+        let csr = Self::parse_csr(csr_der).inspect_err(|_| self.metrics.enrollment(EnrollOutcome::refused))?;
+        let claimed = match csr.proposed_host() {
+            Ok(id) => id.to_string(),
+            Err(e) => {
+                self.metrics.enrollment(EnrollOutcome::refused);
+                return Err(Status::invalid_argument(format!("certificate signing request refused: {e}")));
+            }
         };
         let now = steward_shared::now_ms();
         let secret_hash = token.secret_hash();
@@ -165,7 +170,7 @@ impl Enroller {
             Ok(Ok(())) => {}
             Ok(Err(refusal)) => {
                 tracing::warn!(token_id = %token.id, %peer, %refusal, "enrollment refused");
-                self.audit_refusal("", &token.id, &refusal).await;
+                self.audit_refusal(&claimed, &token.id, &refusal).await;
                 return Err(Self::refusal_status(&refusal));
             }
             Err(error) => {
@@ -173,7 +178,7 @@ impl Enroller {
                 return Err(Status::unavailable("the control plane cannot read its data right now"));
             }
         }
-        let (host_id, cert_pem, serial, not_after_ms) = self.sign(csr_der, None)?;
+        let (host_id, cert_pem, serial, not_after_ms) = self.sign(&csr, Some(&claimed))?;
         let issued = IssuedCert {
             host_id: &host_id,
             serial: &serial,
@@ -220,7 +225,7 @@ impl Enroller {
         presented_serial: &str,
         csr_der: &[u8],
     ) -> Result<(String, String), Status> {
-        let (_, cert_pem, serial, not_after_ms) = self.sign(csr_der, Some(host_id))?;
+        let (_, cert_pem, serial, not_after_ms) = self.sign(&Self::parse_csr(csr_der)?, Some(host_id))?;
         let issued = IssuedCert {
             host_id,
             serial: &serial,
