@@ -54,6 +54,10 @@ pub struct Cli {
     /// (in addition to the system's trusted roots).
     #[arg(long, global = true, env = "STEWARD_CA_CERT", value_name = "PATH")]
     pub ca_cert: Option<PathBuf>,
+    /// Send the token over plain `http://` to a host that is not loopback
+    /// (anyone on the path can read it). Without it such a server is refused.
+    #[arg(long, global = true, env = "STEWARD_INSECURE")]
+    pub insecure: bool,
     /// Output format.
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
@@ -238,6 +242,10 @@ pub enum ClientError {
     CaCert { path: String, reason: String },
     #[error("cannot set up TLS: {0}")]
     Tls(String),
+    #[error(
+        "refusing to send the token over plain http:// to {host}: use https://, or --insecure if the network is trusted"
+    )]
+    PlaintextToken { host: String },
     #[error("the token contains characters that cannot be sent in an HTTP header")]
     InvalidToken,
     #[error("cannot reach the control plane at {server}: {reason}")]
@@ -291,6 +299,16 @@ impl ClientError {
     }
 }
 
+/// Whether `url` names this machine: `localhost`, 127.0.0.0/8 or `::1`.
+fn loopback(url: &Url) -> bool {
+    let host = url.host_str().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => host == "localhost" || host.ends_with(".localhost"),
+    }
+}
+
 /// An HTTP failure before it is given its meaning by the caller.
 struct Failure {
     status: StatusCode,
@@ -308,6 +326,19 @@ pub struct Client {
 }
 
 impl Client {
+    /// The client `cli` asks for: [`Client::new`] after refusing to send a
+    /// token over plain `http://` to a host that is not loopback, unless
+    /// `--insecure` is given.
+    pub fn from_cli(cli: &Cli) -> Result<Client, ClientError> {
+        let client = Client::new(&cli.server, cli.token.clone(), cli.ca_cert.as_deref())?;
+        if client.token.is_some() && client.base.scheme() == "http" && !cli.insecure && !loopback(&client.base) {
+            return Err(ClientError::PlaintextToken {
+                host: client.base.host_str().unwrap_or_default().to_string(),
+            });
+        }
+        Ok(client)
+    }
+
     /// A client for `server` (`http://` or `https://`).
     pub fn new(server: &str, token: Option<String>, ca_cert: Option<&std::path::Path>) -> Result<Client, ClientError> {
         let invalid = |reason: &str| ClientError::InvalidServer {
@@ -625,7 +656,7 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> Result<(), ClientError> {
         }
         _ => {}
     }
-    let client = Client::new(&cli.server, cli.token, cli.ca_cert.as_deref())?;
+    let client = Client::from_cli(&cli)?;
     let now = steward_shared::now_ms();
     match cli.command {
         Command::Hosts {
@@ -945,5 +976,44 @@ mod tests {
         assert_eq!(cli.server, "http://x:1");
         assert!(Cli::try_parse_from(["stewardctl", "checks", "list", "--status", "bad"]).is_err());
         assert!(Cli::try_parse_from(["stewardctl", "hosts", "show"]).is_err());
+    }
+
+    #[test]
+    fn a_token_is_not_sent_over_plain_http_to_another_host_without_insecure() {
+        let cli = |server: &str, token: bool, insecure: bool| {
+            let mut args = vec!["stewardctl", "--server", server, "hosts", "list"];
+            if token {
+                args.extend(["--token", "stw_secret"]);
+            }
+            if insecure {
+                args.push("--insecure");
+            }
+            Cli::try_parse_from(args).unwrap()
+        };
+        for server in [
+            "http://cp.example:8080",
+            "http://10.0.0.5:8080",
+            "http://[2001:db8::1]:8080",
+        ] {
+            let e = Client::from_cli(&cli(server, true, false)).unwrap_err();
+            assert!(matches!(e, ClientError::PlaintextToken { .. }), "{server}: {e}");
+            let shown = e.to_string();
+            assert!(
+                shown.contains("--insecure") && !shown.contains('\n') && !shown.contains("stw_secret"),
+                "{shown}"
+            );
+            assert_eq!(e.exit_code(), 1);
+            Client::from_cli(&cli(server, true, true)).unwrap();
+            Client::from_cli(&cli(server, false, false)).unwrap();
+        }
+        for server in [
+            "http://127.0.0.1:8080",
+            "http://127.1.2.3:8080",
+            "http://localhost:8080",
+            "http://[::1]:8080",
+            "https://cp.example",
+        ] {
+            Client::from_cli(&cli(server, true, false)).unwrap();
+        }
     }
 }

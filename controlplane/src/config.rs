@@ -19,6 +19,8 @@ pub struct ControlPlaneConfig {
     /// Database URL: `sqlite://PATH` or `postgres://...`. Default `sqlite://DATA_DIR/steward.db`.
     pub database_url: Option<String>,
     #[serde(default)]
+    pub database: DatabaseSection,
+    #[serde(default)]
     pub grpc: GrpcSection,
     #[serde(default)]
     pub rest: RestSection,
@@ -37,6 +39,20 @@ pub struct ControlPlaneConfig {
     pub alerts: crate::alert::config::AlertsConfig,
     #[serde(default)]
     pub kpi: KpiSection,
+}
+
+/// `[database]`: how `database_url` is reached.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSection {
+    /// The PostgreSQL password, kept out of `database_url` and this file:
+    /// `{ credential = "db-password" }`, `{ file = "..." }` or `{ env = "..." }`
+    /// ([`crate::secret`]).
+    pub password: Option<crate::secret::Secret>,
+    /// Allow a PostgreSQL server that is not local without
+    /// `sslmode=verify-full` (or `verify-ca`). Default false.
+    #[serde(default)]
+    pub allow_insecure_tls: bool,
 }
 
 /// `[kpi]`: the KPI sampler that stores the trend.
@@ -333,6 +349,37 @@ pub struct RestSection {
     /// Requests a token may make in a burst above the sustained rate.
     #[serde(default = "default_rate_limit_burst")]
     pub rate_limit_burst: u32,
+    /// Serve plain HTTP on an address that is not loopback (tokens cross the
+    /// network in clear). Default false: such a `listen` needs `tls_cert`.
+    #[serde(default)]
+    pub allow_plaintext: bool,
+    /// Most REST connections at once; further connections are closed at once.
+    #[serde(default = "default_rest_max_connections")]
+    pub max_connections: usize,
+    /// Time allowed for a client's request head (and the TLS handshake)
+    /// before the connection is closed.
+    #[serde(default = "default_rest_header_read_timeout")]
+    pub header_read_timeout: Duration,
+}
+
+impl RestSection {
+    /// The connection limits these keys describe.
+    pub fn limits(&self) -> crate::rest_serve::Limits {
+        crate::rest_serve::Limits {
+            max_connections: self.max_connections.max(1),
+            header_read_timeout: self
+                .header_read_timeout
+                .as_std()
+                .max(std::time::Duration::from_millis(100)),
+        }
+    }
+}
+
+fn default_rest_max_connections() -> usize {
+    1024
+}
+fn default_rest_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -474,6 +521,21 @@ impl ControlPlaneConfig {
         {
             return Err(at("database_url", "must start with sqlite:// or postgres://"));
         }
+        if let Err(message) = self.check_database_tls() {
+            return Err(at("database_url", &message));
+        }
+        if self.database.password.is_some() && !self.database_url().starts_with("postgres") {
+            return Err(at("database.password", "applies to a postgres:// database_url only"));
+        }
+        if let Err(message) = self.check_rest_plaintext() {
+            return Err(at("rest.listen", &message));
+        }
+        if self.rest.max_connections == 0 {
+            return Err(at("rest.max_connections", "must be at least 1"));
+        }
+        if self.rest.header_read_timeout.as_std() < std::time::Duration::from_secs(1) {
+            return Err(at("rest.header_read_timeout", "must be at least 1s"));
+        }
         if self.rest.tls_cert.is_some() != self.rest.tls_key.is_some() {
             return Err(at("rest.tls_cert", "tls_cert and tls_key must be set together"));
         }
@@ -539,6 +601,70 @@ impl ControlPlaneConfig {
             return Err(at(&key, &message));
         }
         Ok(())
+    }
+
+    /// Refuses a PostgreSQL server that is not local unless the URL verifies
+    /// its certificate (`sslmode=verify-full` or `verify-ca`) or
+    /// `database.allow_insecure_tls` is set. Local: no host (the default
+    /// socket), a socket path, `localhost`, 127.0.0.0/8, `::1`.
+    pub fn check_database_tls(&self) -> Result<(), String> {
+        let url = self.database_url();
+        if !url.starts_with("postgres") || self.database.allow_insecure_tls {
+            return Ok(());
+        }
+        let parsed = reqwest::Url::parse(&url).map_err(|e| format!("not a valid URL: {e}"))?;
+        let param = |names: &[&str]| {
+            parsed
+                .query_pairs()
+                .filter(|(k, _)| names.contains(&k.as_ref()))
+                .map(|(_, v)| v.into_owned())
+                .last()
+        };
+        let host = param(&["host"]).unwrap_or_else(|| parsed.host_str().unwrap_or_default().to_string());
+        let bare = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+        let local = bare.is_empty()
+            || bare.starts_with('/')
+            || bare == "localhost"
+            || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        let mode = param(&["sslmode", "ssl-mode"]).unwrap_or_default().to_ascii_lowercase();
+        if local || matches!(mode.as_str(), "verify-full" | "verify-ca") {
+            return Ok(());
+        }
+        Err(format!(
+            "PostgreSQL at {host} is not local and the URL does not verify its certificate: add \
+             ?sslmode=verify-full (and &sslrootcert=PATH for a private CA), or set database.allow_insecure_tls = true"
+        ))
+    }
+
+    /// Refuses plain HTTP on an address that is not loopback unless
+    /// `rest.allow_plaintext` is set.
+    pub fn check_rest_plaintext(&self) -> Result<(), String> {
+        if self.rest.tls_cert.is_some() || self.rest.allow_plaintext || self.rest.listen.ip().is_loopback() {
+            return Ok(());
+        }
+        Err(format!(
+            "{} is not a loopback address: serve HTTPS (rest.tls_cert and rest.tls_key) or set rest.allow_plaintext = true",
+            self.rest.listen
+        ))
+    }
+
+    /// [`ControlPlaneConfig::database_url`] with `database.password` put in;
+    /// an error names the key and the secret's source, never the value.
+    pub fn database_url_with_password(&self) -> Result<String, String> {
+        let url = self.database_url();
+        let Some(secret) = &self.database.password else {
+            return Ok(url);
+        };
+        let password = secret.resolve().map_err(|e| format!("key `database.password`: {e}"))?;
+        let mut parsed = reqwest::Url::parse(&url).map_err(|e| format!("key `database_url`: not a valid URL: {e}"))?;
+        if parsed.password().is_some() {
+            return Err("key `database.password`: database_url has a password too; keep it in one place".into());
+        }
+        parsed.set_password(Some(&password)).map_err(|()| {
+            "key `database.password`: database_url needs a host (postgres://USER@HOST/DB) to carry a password"
+                .to_string()
+        })?;
+        Ok(parsed.into())
     }
 
     pub fn database_url(&self) -> String {
@@ -664,5 +790,100 @@ mod tests {
         let e = ControlPlaneConfig::parse("cp.toml", "[grpc]\nmax_batch = 0\n").unwrap_err();
         assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("grpc.max_batch")), "{e}");
         assert!(e.to_string().starts_with("cp.toml:2: key `grpc.max_batch`: "), "{e}");
+    }
+
+    #[test]
+    fn a_remote_postgres_url_must_verify_the_server_certificate() {
+        for url in [
+            "postgres://steward@db.example.com/steward",
+            "postgres://steward@db.example.com/steward?sslmode=require",
+            "postgresql://steward@10.0.0.5:5432/steward?sslmode=prefer",
+            "postgres://steward@localhost/steward?host=db.example.com",
+        ] {
+            let src = format!("database_url = {url:?}\n");
+            let e = ControlPlaneConfig::parse("cp.toml", &src).unwrap_err();
+            assert_eq!(
+                (e.line, e.key.as_deref()),
+                (Some(1), Some("database_url")),
+                "{url}: {e}"
+            );
+            assert!(
+                e.message.contains("sslmode=verify-full") && e.message.contains("allow_insecure_tls"),
+                "{e}"
+            );
+            let allowed = format!("{src}[database]\nallow_insecure_tls = true\n");
+            ControlPlaneConfig::parse("cp.toml", &allowed).unwrap();
+        }
+        for url in [
+            "postgres://steward@db.example.com/steward?sslmode=verify-full",
+            "postgres://steward@db.example.com/steward?sslmode=verify-ca&sslrootcert=/etc/steward/db-ca.pem",
+            "postgres://postgres@127.0.0.1:55432/postgres",
+            "postgres://steward@localhost/steward",
+            "postgres://steward@[::1]/steward",
+            "postgres:///steward?host=/run/postgresql",
+            "sqlite:///var/lib/steward/steward.db",
+        ] {
+            ControlPlaneConfig::parse("cp.toml", &format!("database_url = {url:?}\n")).unwrap();
+        }
+    }
+
+    #[test]
+    fn rest_beyond_loopback_needs_tls_or_allow_plaintext_and_has_connection_limits() {
+        let e = ControlPlaneConfig::parse("cp.toml", "[rest]\nlisten = \"0.0.0.0:8080\"\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("rest.listen")), "{e}");
+        assert!(e.message.contains("rest.allow_plaintext"), "{e}");
+        ControlPlaneConfig::parse("cp.toml", "[rest]\nlisten = \"0.0.0.0:8080\"\nallow_plaintext = true\n").unwrap();
+        ControlPlaneConfig::parse(
+            "cp.toml",
+            "[rest]\nlisten = \"10.0.0.1:8443\"\ntls_cert = \"/c.pem\"\ntls_key = \"/c.key\"\n",
+        )
+        .unwrap();
+        ControlPlaneConfig::parse("cp.toml", "[rest]\nlisten = \"[::1]:8080\"\n").unwrap();
+        let cfg = ControlPlaneConfig::parse("cp.toml", "").unwrap();
+        let limits = cfg.rest.limits();
+        assert_eq!(
+            (limits.max_connections, limits.header_read_timeout.as_secs()),
+            (1024, 10)
+        );
+        for (src, key) in [
+            ("[rest]\nmax_connections = 0\n", "rest.max_connections"),
+            ("[rest]\nheader_read_timeout = \"10ms\"\n", "rest.header_read_timeout"),
+        ] {
+            let e = ControlPlaneConfig::parse("cp.toml", src).unwrap_err();
+            assert_eq!((e.line, e.key.as_deref()), (Some(2), Some(key)), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_database_password_comes_from_a_secret_source_and_is_not_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("db-password");
+        std::fs::write(&pw, "p@ss/word\n").unwrap();
+        let src = format!(
+            "database_url = \"postgres://steward@127.0.0.1:5432/steward\"\n[database]\npassword = {{ file = {:?} }}\n",
+            pw.display().to_string()
+        );
+        let cfg = ControlPlaneConfig::parse("cp.toml", &src).unwrap();
+        assert!(!format!("{cfg:?}").contains("p@ss"));
+        let url = cfg.database_url_with_password().unwrap();
+        assert_eq!(url, "postgres://steward:p%40ss%2Fword@127.0.0.1:5432/steward");
+        assert!(!crate::server::redact(&url).contains("p%40ss"));
+        let missing = src.replace("db-password", "missing");
+        let e = ControlPlaneConfig::parse("cp.toml", &missing)
+            .unwrap()
+            .database_url_with_password()
+            .unwrap_err();
+        assert!(
+            e.starts_with("key `database.password`: cannot read ") && e.contains("missing"),
+            "{e}"
+        );
+        let twice = src.replace("steward@", "steward:inline@");
+        let e = ControlPlaneConfig::parse("cp.toml", &twice)
+            .unwrap()
+            .database_url_with_password()
+            .unwrap_err();
+        assert!(e.contains("one place") && !e.contains("inline"), "{e}");
+        let e = ControlPlaneConfig::parse("cp.toml", "[database]\npassword = { env = \"PW\" }\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("database.password"), "{e}");
     }
 }

@@ -35,6 +35,7 @@ pub mod quickstart;
 pub mod rbac;
 pub mod rest_serve;
 pub mod rollouts;
+pub mod secret;
 pub mod server;
 pub mod slo;
 pub mod store;

@@ -140,7 +140,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// Opens the configured store (creating the SQLite directory) and migrates it.
 async fn open_store(cfg: &ControlPlaneConfig) -> anyhow::Result<steward_controlplane::store::Store> {
-    let url = cfg.database_url();
+    let url = cfg.database_url_with_password().map_err(anyhow::Error::msg)?;
     if url.starts_with("sqlite:") {
         std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
     }
@@ -191,7 +191,7 @@ fn dispatch(mut cli: Cli) -> anyhow::Result<()> {
         }
         Command::Backup { to } => {
             let cfg = load_config(&cli)?;
-            let url = cfg.database_url();
+            let url = cfg.database_url_with_password().map_err(anyhow::Error::msg)?;
             runtime()?.block_on(async {
                 let store = steward_controlplane::store::Store::connect_for_backup(&url)
                     .await

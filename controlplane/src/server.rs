@@ -32,6 +32,8 @@ pub enum ServeError {
     Tls(#[from] gateway::tls::TlsSetupError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("config: {0}")]
+    Config(String),
     #[error("REST TLS: {0}")]
     RestTls(String),
     #[error("gRPC server: {0}")]
@@ -75,7 +77,12 @@ impl Running {
 
 /// Starts every part of the control plane; returns once all listeners are bound.
 pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Result<Running, ServeError> {
-    let url = cfg.database_url();
+    // Also checked when the file is loaded; here for configs built in code.
+    cfg.check_database_tls()
+        .map_err(|e| ServeError::Config(format!("key `database_url`: {e}")))?;
+    cfg.check_rest_plaintext()
+        .map_err(|e| ServeError::Config(format!("key `rest.listen`: {e}")))?;
+    let url = cfg.database_url_with_password().map_err(ServeError::Config)?;
     let store_err = |source| ServeError::Store {
         url: redact(&url),
         source,
@@ -204,6 +211,7 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
         rest_listener,
         rest_tls,
         routes,
+        cfg.rest.limits(),
         shutdown.clone(),
         REST_GRACE,
     ));

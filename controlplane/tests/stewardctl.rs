@@ -93,7 +93,8 @@ async fn stewardctl(args: &[&str], server: &str, token: Option<&str>) -> Output 
     cmd.args(args)
         .env("STEWARD_SERVER", server)
         .env_remove("STEWARD_TOKEN")
-        .env_remove("STEWARD_CA_CERT");
+        .env_remove("STEWARD_CA_CERT")
+        .env_remove("STEWARD_INSECURE");
     if let Some(token) = token {
         cmd.env("STEWARD_TOKEN", token);
     }
@@ -125,6 +126,16 @@ async fn connection_refused_is_one_line_and_exit_1() {
     assert_fails_with(
         &out,
         &format!("stewardctl: cannot reach the control plane at {server}: connection refused"),
+    );
+}
+
+#[tokio::test]
+async fn a_token_over_plain_http_to_a_remote_host_is_refused_before_connecting() {
+    // 192.0.2.0/24 is TEST-NET-1: refused before any connection is tried.
+    let out = stewardctl(&["hosts", "list"], "http://192.0.2.1:8080", Some("stw_x_y")).await;
+    assert_fails_with(
+        &out,
+        "stewardctl: refusing to send the token over plain http:// to 192.0.2.1: use https://, or --insecure if the network is trusted",
     );
 }
 

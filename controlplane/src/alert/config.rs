@@ -243,12 +243,22 @@ pub struct ReceiverConfig {
     /// webhook, slack: `http://` or `https://` URL.
     pub url: Option<String>,
     /// webhook: HMAC-SHA256 key; the body's MAC is sent as
-    /// `X-Steward-Signature: sha256=<hex>`. Never logged.
-    pub secret: Option<String>,
+    /// `X-Steward-Signature: sha256=<hex>`. Never logged. A string, or
+    /// `{ credential = "NAME" }`, `{ file = "PATH" }`, `{ env = "NAME" }`
+    /// ([`crate::secret`]).
+    pub secret: Option<crate::secret::Secret>,
     /// webhook: read the key from this file instead (trailing newline ignored).
     pub secret_file: Option<PathBuf>,
-    /// email: SMTP server `host:port` (plain SMTP).
+    /// email: SMTP server `host:port`.
     pub smtp: Option<String>,
+    /// email: `starttls` (the default: plain connection upgraded with
+    /// STARTTLS, refused if the server does not offer it), `tls` (TLS from
+    /// the first byte, usually port 465) or `none` (plain SMTP: local relays only).
+    pub tls: Option<String>,
+    /// email: SMTP user name (with `password`).
+    pub username: Option<String>,
+    /// email: SMTP password, like `secret` ([`crate::secret`]).
+    pub password: Option<crate::secret::Secret>,
     /// email: sender address.
     pub from: Option<String>,
     /// email: recipients.
@@ -420,6 +430,9 @@ impl AlertsConfig {
                         return Err((at("secret_file"), format!("cannot read {}: {e}", path.display())));
                     }
                     unused("smtp", r.smtp.is_some())?;
+                    unused("tls", r.tls.is_some())?;
+                    unused("username", r.username.is_some())?;
+                    unused("password", r.password.is_some())?;
                     unused("path", r.path.is_some())?;
                 }
                 "email" => {
@@ -435,6 +448,15 @@ impl AlertsConfig {
                     }
                     if let Some(j) = r.to.iter().position(|t| !t.contains('@')) {
                         return err(format!("alerts.receivers[{i}].to[{j}]"), "not an email address");
+                    }
+                    if !matches!(r.tls.as_deref(), None | Some("starttls" | "tls" | "none")) {
+                        return err(at("tls"), "must be starttls, tls or none");
+                    }
+                    if r.username.is_some() != r.password.is_some() {
+                        return err(at("password"), "username and password must be set together");
+                    }
+                    if r.password.is_some() && r.tls.as_deref() == Some("none") {
+                        return err(at("password"), "a password is not sent over tls = \"none\"");
                     }
                     unused("url", r.url.is_some())?;
                     unused("secret", r.secret.is_some())?;

@@ -13,7 +13,8 @@
 //!   secret is configured, `X-Steward-Event` and `X-Steward-Delivery` (the
 //!   notification ID: the same on every retry, for deduplication);
 //! - `slack`: POST of `{"text": ...}` (Slack-compatible incoming webhook);
-//! - `email`: one message over plain SMTP (lettre);
+//! - `email`: one message over SMTP (lettre), STARTTLS required by default
+//!   (`tls = "tls"`: TLS from the start; `tls = "none"`: plain, local relays);
 //! - `file`: one JSON line per notification appended to a file (0600).
 //!
 //! Delivery is at least once: a receiver may see a notification twice if
@@ -51,6 +52,8 @@ pub enum Receiver {
     Email {
         host: String,
         port: u16,
+        tls: SmtpTls,
+        credentials: Option<(String, String)>,
         from: String,
         to: Vec<String>,
     },
@@ -76,6 +79,17 @@ impl std::fmt::Debug for Receiver {
     }
 }
 
+/// How an email receiver secures its SMTP connection (`tls` key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// STARTTLS required (the default).
+    StartTls,
+    /// TLS from the first byte.
+    Wrapper,
+    /// Plain SMTP (local relays).
+    None,
+}
+
 impl Receiver {
     /// From validated configuration ([`AlertsConfig::check`]).
     pub fn from_config(r: &ReceiverConfig) -> Receiver {
@@ -83,7 +97,14 @@ impl Receiver {
         match r.kind.as_str() {
             "webhook" => {
                 let secret = match (&r.secret, &r.secret_file) {
-                    (Some(s), _) => Some(s.as_bytes().to_vec()),
+                    (Some(s), _) => match s.resolve() {
+                        Ok(s) => Some(s.into_bytes()),
+                        Err(e) => {
+                            return Receiver::Broken {
+                                reason: format!("key secret: {e}"),
+                            };
+                        }
+                    },
                     (None, Some(path)) => match std::fs::read_to_string(path) {
                         Ok(s) => Some(s.trim_end_matches(['\n', '\r']).as_bytes().to_vec()),
                         Err(e) => {
@@ -104,9 +125,27 @@ impl Receiver {
                     .and_then(|s| s.rsplit_once(':'))
                     .map(|(h, p)| (h.trim_matches(['[', ']']).to_string(), p.parse().unwrap_or(25)))
                     .unwrap_or_default();
+                let tls = match r.tls.as_deref() {
+                    Some("none") => SmtpTls::None,
+                    Some("tls") => SmtpTls::Wrapper,
+                    _ => SmtpTls::StartTls,
+                };
+                let credentials = match (&r.username, &r.password) {
+                    (Some(user), Some(password)) => match password.resolve() {
+                        Ok(password) => Some((user.clone(), password)),
+                        Err(e) => {
+                            return Receiver::Broken {
+                                reason: format!("key password: {e}"),
+                            };
+                        }
+                    },
+                    _ => None,
+                };
                 Receiver::Email {
                     host,
                     port,
+                    tls,
+                    credentials,
                     from: r.from.clone().unwrap_or_default(),
                     to: r.to.clone(),
                 }
@@ -119,6 +158,14 @@ impl Receiver {
             },
         }
     }
+}
+
+/// Where an email receiver sends (borrowed from [`Receiver::Email`]).
+struct Smtp<'a> {
+    host: &'a str,
+    port: u16,
+    tls: SmtpTls,
+    credentials: &'a Option<(String, String)>,
 }
 
 /// `sha256=<hex>`: the HMAC-SHA256 of `body` under `secret`.
@@ -269,8 +316,21 @@ impl Deliverer {
                     Err(format!("HTTP {}", resp.status().as_u16()))
                 }
             }
-            Receiver::Email { host, port, from, to } => {
-                tokio::time::timeout(self.timeout, self.email(host, *port, from, to, n))
+            Receiver::Email {
+                host,
+                port,
+                tls,
+                credentials,
+                from,
+                to,
+            } => {
+                let server = Smtp {
+                    host,
+                    port: *port,
+                    tls: *tls,
+                    credentials,
+                };
+                tokio::time::timeout(self.timeout, self.email(&server, from, to, n))
                     .await
                     .map_err(|_| "timed out".to_string())?
             }
@@ -292,7 +352,7 @@ impl Deliverer {
         }
     }
 
-    async fn email(&self, host: &str, port: u16, from: &str, to: &[String], n: &Notification) -> Result<(), String> {
+    async fn email(&self, server: &Smtp<'_>, from: &str, to: &[String], n: &Notification) -> Result<(), String> {
         use lettre::message::header::ContentType;
         use lettre::transport::smtp::extension::ClientId;
         use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
@@ -319,11 +379,25 @@ impl Deliverer {
             msg = msg.to(t.parse().map_err(|e| format!("to: {e}"))?);
         }
         let msg = msg.body(text).map_err(|e| e.to_string())?;
-        let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
-            .port(port)
+        use lettre::transport::smtp::client::{Tls, TlsParameters};
+        let params = || TlsParameters::new_rustls(server.host.to_string()).map_err(|e| format!("TLS: {e}"));
+        let tls = match server.tls {
+            SmtpTls::StartTls => Tls::Required(params()?),
+            SmtpTls::Wrapper => Tls::Wrapper(params()?),
+            SmtpTls::None => Tls::None,
+        };
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(server.host)
+            .port(server.port)
+            .tls(tls)
             .timeout(Some(self.timeout))
-            .hello_name(ClientId::Domain("steward-controlplane".into()))
-            .build();
+            .hello_name(ClientId::Domain("steward-controlplane".into()));
+        if let Some((user, password)) = server.credentials {
+            builder = builder.credentials(lettre::transport::smtp::authentication::Credentials::new(
+                user.clone(),
+                password.clone(),
+            ));
+        }
+        let transport = builder.build();
         transport.send(msg).await.map(|_| ()).map_err(|e| e.to_string())
     }
 

@@ -397,6 +397,7 @@ url = "{http}/slack"
 name = "mail"
 kind = "email"
 smtp = "{smtp}"
+tls = "none"
 from = "steward@example.com"
 to = ["ops@example.com"]
 [[alerts.receivers]]
@@ -802,4 +803,96 @@ fn slo_metrics_are_capped_and_count_what_they_drop() {
     let text = m.encode();
     assert_eq!(metric(&text, "steward_slo_metrics_dropped"), Some(0.0));
     assert!(!text.contains("slo=\"slo-0002\""), "older series are gone");
+}
+
+#[tokio::test]
+async fn email_requires_starttls_by_default_and_secrets_come_from_files() {
+    for backend in TestBackend::selected() {
+        eprintln!("--- backend: {}", backend.name());
+        let db = TestDatabase::create(backend).await;
+        let store = db.store().await;
+        // The test server offers no STARTTLS: a receiver left at the default
+        // sends nothing (no MAIL, no DATA), one with tls = "none" delivers.
+        let (smtp, mails) = smtp_server().await;
+        let (http, requests) = http_server(0).await;
+        let dir = tempfile::tempdir().unwrap();
+        let secret_file = dir.path().join("hook-secret");
+        std::fs::write(&secret_file, "from-a-file\n").unwrap();
+        let cfg = config(&format!(
+            r#"[alerts.host_silent]
+after = "1m"
+[[alerts.receivers]]
+name = "secure"
+kind = "email"
+smtp = "{smtp}"
+from = "steward@example.com"
+to = ["ops@example.com"]
+[[alerts.receivers]]
+name = "relay"
+kind = "email"
+smtp = "{smtp}"
+tls = "none"
+from = "relay@example.com"
+to = ["ops@example.com"]
+[[alerts.receivers]]
+name = "hook"
+kind = "webhook"
+url = "{http}/hook"
+secret = {{ file = {:?} }}
+[[alerts.routes]]
+receivers = ["secure", "relay", "hook"]
+"#,
+            secret_file.display().to_string()
+        ));
+        let now = steward_shared::now_ms();
+        store
+            .agent_connected("web-1", &hello("web-1"), now - 5 * MIN)
+            .await
+            .unwrap();
+        let ev = Evaluator::new(store.clone(), cfg.clone());
+        let deliverer = Deliverer::new(store.clone(), &cfg);
+        ev.tick(now).await;
+        assert_eq!(deliverer.drain(steward_shared::now_ms()).await.unwrap(), 3);
+        assert_eq!(
+            store.undelivered_notifications().await.unwrap(),
+            BTreeMap::from([("secure".to_string(), 1)])
+        );
+        let mails = mails.lock().unwrap().clone();
+        assert_eq!(mails.len(), 1, "{mails:?}");
+        assert!(mails[0].contains("relay@example.com") && !mails[0].contains("steward@example.com"));
+        let reqs = requests.lock().unwrap();
+        assert_eq!(reqs.len(), 1);
+        assert!(verify_signature(
+            b"from-a-file",
+            reqs[0].2.as_bytes(),
+            &reqs[0].1["x-steward-signature"]
+        ));
+    }
+}
+
+#[test]
+fn email_tls_and_password_keys_are_checked() {
+    let base =
+        "[[alerts.receivers]]\nname = \"m\"\nkind = \"email\"\nsmtp = \"h:25\"\nfrom = \"a@b\"\nto = [\"c@d\"]\n";
+    for (extra, key) in [
+        ("tls = \"maybe\"\n", "alerts.receivers[0].tls"),
+        ("password = { env = \"P\" }\n", "alerts.receivers[0].password"),
+        (
+            "tls = \"none\"\nusername = \"u\"\npassword = { credential = \"smtp\" }\n",
+            "alerts.receivers[0].password",
+        ),
+    ] {
+        let cfg: AlertsConfig = steward_shared::config::parse_toml::<crate::config::ControlPlaneConfig>(
+            "cp.toml",
+            &format!("{base}{extra}"),
+        )
+        .unwrap()
+        .alerts;
+        assert_eq!(cfg.check().unwrap_err().0, key, "{extra}");
+    }
+    let ok = format!("{base}tls = \"tls\"\nusername = \"u\"\npassword = {{ credential = \"smtp\" }}\n");
+    let cfg = steward_shared::config::parse_toml::<crate::config::ControlPlaneConfig>("cp.toml", &ok)
+        .unwrap()
+        .alerts;
+    cfg.check().unwrap();
 }

@@ -82,7 +82,7 @@ pub fn parse_matcher(raw: &str) -> Result<Json, ClientError> {
 
 /// Runs one `alerts` command.
 pub(super) async fn run(command: &AlertsCommand, cli: &Cli, out: &mut impl Write) -> Result<(), ClientError> {
-    let client = Client::new(&cli.server, cli.token.clone(), cli.ca_cert.as_deref())?;
+    let client = Client::from_cli(cli)?;
     let now = steward_shared::now_ms();
     match command {
         AlertsCommand::List { state, severity } => {
@@ -163,7 +163,7 @@ pub(super) async fn run_silences(
         })),
         _ => None,
     };
-    let client = Client::new(&cli.server, cli.token.clone(), cli.ca_cert.as_deref())?;
+    let client = Client::from_cli(cli)?;
     let now = steward_shared::now_ms();
     match command {
         SilencesCommand::List { active } => {

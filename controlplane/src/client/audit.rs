@@ -60,7 +60,7 @@ pub enum AuditCommand {
 
 /// Runs one `audit` command.
 pub(super) async fn run(command: &AuditCommand, cli: &Cli, out: &mut impl Write) -> Result<(), ClientError> {
-    let client = || Client::new(&cli.server, cli.token.clone(), cli.ca_cert.as_deref());
+    let client = || Client::from_cli(cli);
     match command {
         AuditCommand::List { actor, action, since } => {
             let client = client()?;

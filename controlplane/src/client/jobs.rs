@@ -181,7 +181,7 @@ fn job_detail(j: &Json, out: &mut impl Write) -> Result<(), ClientError> {
 
 /// Runs one `jobs` command.
 pub(super) async fn run_jobs(command: &JobsCommand, cli: &Cli, out: &mut impl Write) -> Result<(), ClientError> {
-    let client = Client::new(&cli.server, cli.token.clone(), cli.ca_cert.as_deref())?;
+    let client = Client::from_cli(cli)?;
     let now = steward_shared::now_ms();
     match command {
         JobsCommand::Run {
@@ -357,7 +357,7 @@ async fn follow(client: &Client, ids: &[String], show: bool, out: &mut impl Writ
 
 /// Runs one `backups` command.
 pub(super) async fn run_backups(command: &BackupsCommand, cli: &Cli, out: &mut impl Write) -> Result<(), ClientError> {
-    let client = Client::new(&cli.server, cli.token.clone(), cli.ca_cert.as_deref())?;
+    let client = Client::from_cli(cli)?;
     let now = steward_shared::now_ms();
     let BackupsCommand::List { host } = command;
     let query: Vec<(&str, &str)> = host.as_deref().map(|h| ("host", h)).into_iter().collect();

@@ -86,7 +86,7 @@ pub fn format_value(value: &Json, unit: &str) -> String {
 }
 
 pub(super) async fn run(command: &KpisCommand, cli: &Cli, out: &mut impl Write) -> Result<(), ClientError> {
-    let client = Client::new(&cli.server, cli.token.clone(), cli.ca_cert.as_deref())?;
+    let client = Client::from_cli(cli)?;
     match command {
         KpisCommand::List { window, selector } => {
             let mut query = Vec::new();

@@ -65,7 +65,7 @@ pub(super) fn handles(command: &Command) -> bool {
 }
 
 pub(super) async fn run(cli: &Cli, out: &mut impl Write) -> Result<(), ClientError> {
-    let client = Client::new(&cli.server, cli.token.clone(), cli.ca_cert.as_deref())?;
+    let client = Client::from_cli(cli)?;
     let now = steward_shared::now_ms();
     match &cli.command {
         Command::Tokens {

@@ -354,7 +354,7 @@ fn set(body: &mut Json, key: &str, value: Option<Json>) {
 }
 
 pub(super) async fn run(command: &RolloutsCommand, cli: &Cli, out: &mut impl Write) -> Result<(), ClientError> {
-    let client = Client::new(&cli.server, cli.token.clone(), cli.ca_cert.as_deref())?;
+    let client = Client::from_cli(cli)?;
     let now = steward_shared::now_ms();
     match command {
         RolloutsCommand::Start {

@@ -77,7 +77,7 @@ pub(super) async fn run(command: &SlosCommand, cli: &Cli, out: &mut impl Write) 
     if let SlosCommand::Apply { file } = command {
         // Validate the whole file before sending anything.
         let docs = read_documents(file)?;
-        let client = Client::new(&cli.server, cli.token.clone(), cli.ca_cert.as_deref())?;
+        let client = Client::from_cli(cli)?;
         let mut applied = Vec::new();
         for doc in docs {
             let spec = serde_json::to_value(&doc.spec).map_err(|e| ClientError::Protocol(e.to_string()))?;
@@ -97,7 +97,7 @@ pub(super) async fn run(command: &SlosCommand, cli: &Cli, out: &mut impl Write) 
         }
         return Ok(());
     }
-    let client = Client::new(&cli.server, cli.token.clone(), cli.ca_cert.as_deref())?;
+    let client = Client::from_cli(cli)?;
     match command {
         SlosCommand::Apply { .. } => {}
         SlosCommand::List => {
