@@ -228,9 +228,32 @@ impl ServerSection {
 
 impl AgentConfig {
     /// Reads, parses and validates a config file.
+    /// A file holding `server.enrollment_token` must be readable by its
+    /// owner only (a token lets anyone enrol a host).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let (cfg, src): (AgentConfig, String) = load_toml(path)?;
-        cfg.validate(&path.display().to_string(), &src)?;
+        let file = path.display().to_string();
+        cfg.validate(&file, &src)?;
+        if cfg.server.as_ref().is_some_and(|s| s.enrollment_token.is_some()) {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path)
+                .map_err(|e| ConfigError::file(&file, format!("cannot read: {e}")))?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                return Err(ConfigError::at(
+                    &file,
+                    &src,
+                    "server.enrollment_token",
+                    format!(
+                        "this file is readable by group or others (mode {:o}) and holds an enrollment \
+                         token: run chmod 600 {file}, or remove the token and use `steward-agent enroll` \
+                         (token from STEWARD_ENROLL_TOKEN)",
+                        mode & 0o777
+                    ),
+                ));
+            }
+        }
         Ok(cfg)
     }
 

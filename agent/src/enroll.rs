@@ -38,6 +38,8 @@ pub enum EnrollError {
     File { path: String, message: String },
     #[error("{0} already holds a valid certificate: this agent is enrolled (use --force to enroll again)")]
     AlreadyEnrolled(String),
+    #[error("renewed certificate refused, the current one is kept: {0}")]
+    RenewalRefused(String),
 }
 
 /// Where the identity files live.
@@ -255,10 +257,53 @@ pub fn renewal_csr(paths: &IdentityPaths) -> Result<Vec<u8>, EnrollError> {
     Ok(pki::agent_csr(&key, &id.host_id)?)
 }
 
-/// Installs a renewed certificate (atomic rename over the old one).
+/// Installs a renewed certificate (atomic rename over the old one), but only
+/// one that chains to the pinned CA (`paths.ca`) as a client certificate, is
+/// for this agent's own key (`paths.key`) and names the same host as the
+/// current certificate; anything else is refused and the old file kept.
 pub fn install_renewed(paths: &IdentityPaths, cert_pem: &str) -> Result<(), EnrollError> {
-    pki::certs_from_pem(cert_pem)?;
+    check_renewed(paths, cert_pem).map_err(EnrollError::RenewalRefused)?;
     write(&paths.cert, cert_pem, 0o644)
+}
+
+fn check_renewed(paths: &IdentityPaths, cert_pem: &str) -> Result<(), String> {
+    let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()));
+    let chain = pki::certs_from_pem(cert_pem).map_err(|e| e.to_string())?;
+    let (leaf, intermediates) = chain.split_first().ok_or("no certificate")?;
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in pki::certs_from_pem(&read(&paths.ca)?).map_err(|e| format!("{}: {e}", paths.ca.display()))? {
+        roots.add(ca).map_err(|e| format!("{}: {e}", paths.ca.display()))?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| e.to_string())?;
+    verifier
+        .verify_client_cert(leaf, intermediates, UnixTime::now())
+        .map_err(|e| {
+            format!(
+                "it is not an agent certificate of the pinned CA {}: {e}",
+                paths.ca.display()
+            )
+        })?;
+
+    let key = pki::key_from_pem(&read(&paths.key)?).map_err(|e| e.to_string())?;
+    let certified = rustls::sign::CertifiedKey::from_der(chain.clone(), key, &provider);
+    if !certified.is_ok_and(|c| c.keys_match().is_ok()) {
+        return Err(format!("it is not for this agent's key ({})", paths.key.display()));
+    }
+
+    let new_id = pki::identity_from_cert(leaf).map_err(|e| e.to_string())?;
+    let current = pki::certs_from_pem(&read(&paths.cert)?).map_err(|e| e.to_string())?;
+    let current_id = pki::identity_from_cert(&current[0]).map_err(|e| e.to_string())?;
+    if new_id.host_id != current_id.host_id {
+        return Err(format!(
+            "it names host {:?}, this agent is {:?}",
+            new_id.host_id, current_id.host_id
+        ));
+    }
+    Ok(())
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -275,6 +320,61 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An enrolled agent's files: CA, key, and a certificate for `host`.
+    fn enrolled(dir: &Path, ca: &pki::Ca, host: &str) -> (IdentityPaths, String) {
+        let paths = IdentityPaths {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("agent.pem"),
+            key: dir.join("agent.key"),
+        };
+        let key = pki::new_private_key_pem().unwrap();
+        let cert = renewed(ca, &key, host);
+        std::fs::write(&paths.ca, ca.cert_pem()).unwrap();
+        std::fs::write(&paths.key, &key).unwrap();
+        std::fs::write(&paths.cert, &cert).unwrap();
+        (paths, key)
+    }
+
+    /// What the control plane sends back for a CSR of `key` naming `host`.
+    fn renewed(ca: &pki::Ca, key: &str, host: &str) -> String {
+        let csr = pki::agent_csr(key, host).unwrap();
+        ca.sign_agent_csr(&csr, None, Duration::from_secs(600)).unwrap().1
+    }
+
+    #[test]
+    fn only_a_renewal_from_the_pinned_ca_for_our_key_and_host_is_installed() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = pki::Ca::create("pinned", Duration::from_secs(3600)).unwrap();
+        let (paths, key) = enrolled(dir.path(), &ca, "web-01");
+        let before = std::fs::read_to_string(&paths.cert).unwrap();
+        let other_ca = pki::Ca::create("pinned", Duration::from_secs(3600)).unwrap();
+        let other_key = pki::new_private_key_pem().unwrap();
+        for (what, pem, expect) in [
+            ("another CA", renewed(&other_ca, &key, "web-01"), "pinned CA"),
+            ("another key", renewed(&ca, &other_key, "web-01"), "this agent's key"),
+            ("another host", renewed(&ca, &key, "web-02"), "names host \"web-02\""),
+            (
+                "a server certificate",
+                {
+                    let s = ca.issue_server(&["web-01".into()], Duration::from_secs(600)).unwrap();
+                    s.cert_pem
+                },
+                "pinned CA",
+            ),
+        ] {
+            let err = install_renewed(&paths, &pem).unwrap_err();
+            assert!(matches!(err, EnrollError::RenewalRefused(_)), "{what}: {err}");
+            assert!(err.to_string().contains(expect), "{what}: {err}");
+            assert_eq!(std::fs::read_to_string(&paths.cert).unwrap(), before, "{what}");
+            assert_eq!(std::fs::read_to_string(&paths.key).unwrap(), key, "{what}");
+        }
+        let good = renewed(&ca, &key, "web-01");
+        install_renewed(&paths, &good).unwrap();
+        assert_eq!(std::fs::read_to_string(&paths.cert).unwrap(), good);
+        assert_eq!(std::fs::read_to_string(&paths.key).unwrap(), key);
+    }
 
     #[test]
     fn the_fingerprint_comes_from_the_token() {

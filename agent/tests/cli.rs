@@ -102,3 +102,35 @@ fn version_prints_the_version_and_the_git_commit() {
         "a short git commit or \"unknown\": {line:?}"
     );
 }
+
+#[test]
+fn an_enrollment_token_in_a_file_others_can_read_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let token = format!("stwe_abc_s3cr3ts3cr3ts3cr3t_{}", "0a".repeat(32));
+    let path = write(
+        &dir,
+        &format!("[server]\nurl = \"https://127.0.0.1:7443\"\nenrollment_token = \"{token}\"\n"),
+    );
+    for mode in [0o644, 0o640, 0o604] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        let out = agent().arg("--config").arg(&path).arg("check-config").output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "mode {mode:o}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "one readable line: {err}");
+        assert!(err.contains(&format!("{}:3", path.display())), "{err}");
+        assert!(
+            err.contains("server.enrollment_token") && err.contains("chmod 600"),
+            "{err}"
+        );
+        assert!(!err.contains("s3cr3t"), "the token is not shown: {err}");
+    }
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = agent().arg("--config").arg(&path).arg("check-config").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    // A readable file without a token is fine.
+    let path = write(&dir, "[server]\nurl = \"https://127.0.0.1:7443\"\n");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = agent().arg("--config").arg(&path).arg("check-config").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -90,9 +90,11 @@ fn fixture() -> Fx {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-restart.sh");
     let app: AppConfig = toml::from_str(&format!(
         "name = \"web\"\nreleases_dir = {:?}\nunit = \"web.service\"\nkeep_releases = 3\n\
+         artifact_sources = [{:?}]\n\
          [health]\nhttp = \"http://127.0.0.1:{port}/health\"\nretries = 50\ninterval = \"100ms\"\n\
          deadline = \"6s\"\ntimeout = \"1s\"\n",
-        releases.display().to_string()
+        releases.display().to_string(),
+        tmp.path().display().to_string()
     ))
     .unwrap();
     let actions = ActionsSection {

@@ -357,37 +357,90 @@ pub fn read_file(path: &Path) -> Result<String, PkiError> {
     })
 }
 
-/// Writes a file that only its owner may read (mode 0600), atomically: the
-/// content goes to a temporary file in the same directory that is renamed over
-/// the target, so a crash never leaves a half-written key.
+/// Writes a file that only its owner may read (mode 0600), atomically (see
+/// [`write_file_mode`]).
 pub fn write_private_file(path: &Path, contents: &str) -> Result<(), PkiError> {
     write_file_mode(path, contents, 0o600)
 }
 
-/// Writes a file with the given mode, atomically (see [`write_private_file`]).
+/// Writes a file with the given mode, atomically: the content goes to a new
+/// file with a random name in the same directory, created by
+/// [`create_temp_file`] (so it has its mode before the first byte and no
+/// planted symlink is followed), synced, then renamed over the target (a
+/// rename replaces a symlink at the target; it never writes through it).
 pub fn write_file_mode(path: &Path, contents: &str, mode: u32) -> Result<(), PkiError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let err = |e: std::io::Error| PkiError::File {
+    let tmp = write_temp(path, contents, mode)?;
+    tmp.persist(path).map_err(|e| file_error(path, e.error))?;
+    sync_parent(path);
+    Ok(())
+}
+
+/// Like [`write_private_file`], but never replaces an existing file: fails
+/// with [`std::io::ErrorKind::AlreadyExists`] in the message when `path`
+/// exists (or appears meanwhile, from another process).
+pub fn create_private_file(path: &Path, contents: &str) -> Result<(), PkiError> {
+    let tmp = write_temp(path, contents, 0o600)?;
+    tmp.persist_noclobber(path).map_err(|e| file_error(path, e.error))?;
+    sync_parent(path);
+    Ok(())
+}
+
+fn file_error(path: &Path, e: std::io::Error) -> PkiError {
+    PkiError::File {
         path: path.display().to_string(),
         message: e.to_string(),
-    };
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(err)?;
     }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
+}
+
+fn sync_parent(path: &Path) {
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty())
+        && let Ok(d) = std::fs::File::open(dir)
+    {
+        let _ = d.sync_all();
+    }
+}
+
+fn write_temp(path: &Path, contents: &str, mode: u32) -> Result<tempfile::NamedTempFile, PkiError> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let mut tmp = create_temp_file(path, mode)?;
+    let err = |e| file_error(path, e);
+    // The umask may have narrowed the mode at creation; never widen past it.
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode & 0o777))
         .map_err(err)?;
-    f.write_all(contents.as_bytes()).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(err)?;
-    Ok(())
+    tmp.as_file_mut().write_all(contents.as_bytes()).map_err(err)?;
+    tmp.as_file().sync_all().map_err(err)?;
+    Ok(tmp)
+}
+
+/// A new, empty file beside `path` (creating its directory), with a random
+/// name (`.NAME.XXXXXXXXXXXX.tmp`), opened `O_CREAT | O_EXCL | O_NOFOLLOW`
+/// with `mode` (less the umask) from creation. Removed when dropped unless
+/// persisted.
+pub fn create_temp_file(path: &Path, mode: u32) -> Result<tempfile::NamedTempFile, PkiError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |e| file_error(path, e);
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let prefix = format!(".{name}.");
+    tempfile::Builder::new()
+        .prefix(&prefix)
+        .suffix(".tmp")
+        .rand_bytes(12)
+        .make_in(dir, |p| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode & 0o777)
+                .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+                .open(p)
+        })
+        .map_err(err)
 }
 
 #[cfg(test)]
@@ -467,11 +520,60 @@ mod tests {
     #[test]
     fn private_files_are_0600() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("steward-pki-{}", std::process::id()));
-        let p = dir.join("k.pem");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sub/k.pem");
         write_private_file(&p, "secret").unwrap();
         assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "secret");
-        std::fs::remove_dir_all(dir).unwrap();
+        // Replaced atomically; no temporary file is left behind.
+        write_private_file(&p, "newer").unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "newer");
+        let names: Vec<_> = std::fs::read_dir(p.parent().unwrap()).unwrap().collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    #[test]
+    fn a_temporary_file_has_its_mode_before_the_first_byte() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = create_temp_file(&dir.path().join("agent.key"), 0o600).unwrap();
+        let meta = std::fs::symlink_metadata(tmp.path()).unwrap();
+        assert!(meta.file_type().is_file());
+        assert_eq!((meta.len(), meta.permissions().mode() & 0o077), (0, 0));
+        let name = tmp.path().file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            name.starts_with(".agent.key.") && name.len() > ".agent.key..tmp".len() + 8,
+            "{name}"
+        );
+        // Random: two in a row differ.
+        let other = create_temp_file(&dir.path().join("agent.key"), 0o600).unwrap();
+        assert_ne!(tmp.path(), other.path());
+    }
+
+    #[test]
+    fn planted_symlinks_are_never_written_through() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "untouched").unwrap();
+        let key = dir.path().join("k.pem");
+        // At the temporary name the writer used to pick (predictable), and at the target.
+        let old_tmp = key.with_extension(format!("tmp{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &old_tmp).unwrap();
+        std::os::unix::fs::symlink(&victim, &key).unwrap();
+        write_private_file(&key, "secret").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+        let meta = std::fs::symlink_metadata(&key).unwrap();
+        assert!(meta.file_type().is_file(), "the link was replaced, not followed");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read_to_string(&key).unwrap(), "secret");
+        // create_private_file never replaces anything, not even a link.
+        let new = dir.path().join("new.key");
+        std::os::unix::fs::symlink(&victim, &new).unwrap();
+        assert!(create_private_file(&new, "secret").is_err());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+        create_private_file(&dir.path().join("fresh.key"), "secret").unwrap();
+        assert!(create_private_file(&dir.path().join("fresh.key"), "again").is_err());
+        assert_eq!(std::fs::read_to_string(dir.path().join("fresh.key")).unwrap(), "secret");
     }
 }

@@ -9,8 +9,7 @@
 //! sharing one database should share the key file too (like the CA);
 //! checkpoints name the key that signed them, so a replica with its own key
 //! is visible in `audit verify` instead of silently breaking it.
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
@@ -77,7 +76,10 @@ impl Signer {
         };
         if !path.exists() {
             let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| KeyError::Generate)?;
-            create_new_private(path, &pem_encode(pkcs8.as_ref())).map_err(|e| file_err(e.to_string()))?;
+            steward_shared::pki::create_private_file(path, &pem_encode(pkcs8.as_ref())).map_err(|e| match e {
+                steward_shared::pki::PkiError::File { message, .. } => file_err(message),
+                other => file_err(other.to_string()),
+            })?;
             tracing::info!(path = %path.display(), "created the audit signing key");
         }
         let meta = std::fs::metadata(path).map_err(|e| file_err(e.to_string()))?;
@@ -163,28 +165,6 @@ fn pem_decode(pem: &str) -> Option<Vec<u8>> {
     let stop = start + pem[start..].find(&end)?;
     let b64: String = pem[start..stop].split_whitespace().collect();
     STANDARD.decode(b64).ok()
-}
-
-/// Writes a new 0600 file atomically and never over an existing one: the
-/// content is written and synced under a temporary name, then hard-linked to
-/// `path` (which fails if another process created it meanwhile).
-fn create_new_private(path: &Path, contents: &str) -> std::io::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(contents.as_bytes())?;
-        f.sync_all()?;
-        std::fs::hard_link(&tmp, path)
-    })();
-    let _ = std::fs::remove_file(&tmp);
-    result
 }
 
 #[cfg(test)]

@@ -276,11 +276,16 @@ async fn deploys_pass_the_health_gate_roll_back_when_unhealthy_and_refuse_bad_ar
         .unwrap()
         .port();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent/tests/fixtures/fake-restart.sh");
+    // Artifacts come only from this directory (`artifact_sources`).
+    let art = root.path().join("artifacts");
+    std::fs::create_dir(&art).unwrap();
     let extra = format!(
         "[actions]\nallow = [\"deploy.apply:web\", \"deploy.rollback:web\"]\n\n[[apps]]\nname = \"web\"\n\
-         releases_dir = {}\nunit = \"web.service\"\n[apps.health]\nhttp = \"http://127.0.0.1:{port}/health\"\n\
+         releases_dir = {}\nunit = \"web.service\"\nartifact_sources = [{}]\n\
+         [apps.health]\nhttp = \"http://127.0.0.1:{port}/health\"\n\
          retries = 50\ninterval = \"100ms\"\ndeadline = \"6s\"\ntimeout = \"1s\"\n",
-        toml_str(&releases)
+        toml_str(&releases),
+        toml_str(&art)
     );
     let mut agent = Agent::prepare(root.path(), &cp, "web-01", "", &extra).unwrap();
     agent_keys(
@@ -293,7 +298,6 @@ async fn deploys_pass_the_health_gate_roll_back_when_unhealthy_and_refuse_bad_ar
     );
     agent.spawn().unwrap();
     connected(&cp, &agent).await;
-    let art = root.path().to_path_buf();
     let deploy = |version: &str, artifact: &str, sha: &str| json!({ "app": "web", "version": version, "artifact": artifact, "sha256": sha });
 
     let (v1, sha1) = release(&art, "1.0", true);
@@ -315,6 +319,13 @@ async fn deploys_pass_the_health_gate_roll_back_when_unhealthy_and_refuse_bad_ar
         Path::new("releases/1.0")
     );
     assert_eq!(serves(port).await, "1.0");
+
+    // An artifact outside `artifact_sources`: refused before it is read.
+    let (outside, outside_sha) = release(root.path(), "1.5", true);
+    let job = run_job(&cp, "web-01", "deploy.apply", deploy("1.5", &outside, &outside_sha)).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    assert!(reason(&job).contains("not within the artifact_sources"), "{job}");
+    assert!(!releases.join("releases/1.5").exists());
 
     // Wrong SHA-256: refused, nothing unpacked.
     let (v3, _) = release(&art, "3.0", true);

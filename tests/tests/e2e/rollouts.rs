@@ -83,9 +83,10 @@ impl Fleet {
             );
             let extra = format!(
                 "[actions]\nallow = [\"deploy.apply:web\", \"deploy.rollback:web\"]\n\n[[apps]]\nname = \"web\"\n\
-                 releases_dir = {releases:?}\nunit = \"web.service\"\n[apps.health]\n\
+                 releases_dir = {releases:?}\nunit = \"web.service\"\nartifact_sources = [{artifacts:?}]\n[apps.health]\n\
                  command = [\"/bin/sh\", \"-c\", {probe:?}]\nretries = 3\ninterval = \"100ms\"\ndeadline = \"3s\"\n",
                 releases = releases.display().to_string(),
+                artifacts = root.display().to_string(),
             );
             let agent = Agent::prepare(root, cp, &name, &checks, &extra).unwrap();
             let cfg = std::fs::read_to_string(&agent.config).unwrap();

@@ -5,6 +5,9 @@
 //! sensitive and has no default, every output has a description and a value,
 //! a local module call passes exactly the module's variables (all required
 //! ones), and every `templatefile()` gets exactly the names its template uses.
+//! The agent's cloud-init template, rendered with a marker token, never puts
+//! the enrollment token on a command line (only in a 0600 file, read into the
+//! environment).
 //!
 //! It lives in the end-to-end test binary only to share its build.
 use std::collections::{BTreeMap, BTreeSet};
@@ -476,4 +479,117 @@ output "out" {
         child.contains("passes \"extra\", which template templates/t.tftpl never uses"),
         "{child}"
     );
+}
+
+/// A stand-in token for rendering the agent template.
+const MARKER: &str = "stwe_markerid_markersecret_0000";
+
+/// Renders a cloud-init template: `${enrollment_token}` becomes [`MARKER`],
+/// every other interpolation an empty string (enough to read its YAML).
+fn render_with_marker(template: &str) -> String {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let Some(len) = rest[start..].find('}') else { break };
+        let inner = rest[start + 2..start + len].trim();
+        if inner == "enrollment_token" {
+            out.push_str(MARKER);
+        }
+        rest = &rest[start + len + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn strings(v: &serde_yaml_ng::Value) -> Vec<String> {
+    match v {
+        serde_yaml_ng::Value::String(s) => vec![s.clone()],
+        serde_yaml_ng::Value::Sequence(items) => items.iter().flat_map(strings).collect(),
+        serde_yaml_ng::Value::Mapping(m) => m.values().flat_map(strings).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Where a rendered cloud-init document exposes the enrollment token: on a
+/// command line (`runcmd`/`bootcmd`, as an argument or read into one with
+/// `$(cat FILE)` other than as `STEWARD_ENROLL_TOKEN="$(cat FILE)"`), or in a
+/// file that is not 0600.
+fn token_exposures(rendered: &str) -> Vec<String> {
+    let doc: serde_yaml_ng::Value = match serde_yaml_ng::from_str(rendered) {
+        Ok(d) => d,
+        Err(e) => return vec![format!("the template does not render to YAML: {e}")],
+    };
+    let mut problems = Vec::new();
+    let mut token_files = Vec::new();
+    let mut in_files = 0;
+    for file in doc["write_files"].as_sequence().into_iter().flatten() {
+        if strings(&file["content"]).iter().any(|c| c.contains(MARKER)) {
+            in_files += 1;
+            let path = file["path"].as_str().unwrap_or_default().to_string();
+            if file["permissions"].as_str() != Some("0600") {
+                problems.push(format!("{path} holds the token but is not permissions \"0600\""));
+            }
+            token_files.push(path);
+        }
+    }
+    let everywhere = strings(&doc).iter().filter(|s| s.contains(MARKER)).count();
+    if everywhere != in_files {
+        problems.push("the token appears outside write_files content".into());
+    }
+    for section in ["runcmd", "bootcmd"] {
+        for line in strings(&doc[section]) {
+            if line.contains(MARKER) || line.contains("--token") {
+                problems.push(format!("{section}: the token is an argument: {line}"));
+            }
+            for file in &token_files {
+                for read in [
+                    format!("$(cat {file})"),
+                    format!("$(< {file})"),
+                    format!("`cat {file}`"),
+                ] {
+                    for (at, _) in line.match_indices(&read) {
+                        let before = line[..at].trim_end_matches('"');
+                        if !before.ends_with("STEWARD_ENROLL_TOKEN=") {
+                            problems.push(format!("{section}: {file} is read onto a command line: {line}"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    problems
+}
+
+#[test]
+fn the_agent_template_never_puts_the_enrollment_token_on_a_command_line() {
+    let path = terraform_root().join("modules/steward/templates/agent.yaml.tftpl");
+    let rendered = render_with_marker(&std::fs::read_to_string(&path).unwrap());
+    assert!(rendered.contains(MARKER), "the template passes the token somewhere");
+    let problems = token_exposures(&rendered);
+    assert!(problems.is_empty(), "{}: {problems:#?}", path.display());
+
+    // The check itself catches each way of leaking it.
+    let file = "write_files:\n  - path: /run/t\n    permissions: \"0600\"\n    content: \"TOKEN\"\n";
+    for (leak, expect) in [
+        (
+            format!("{file}runcmd:\n  - [steward-agent, enroll, --token, \"TOKEN\"]\n"),
+            "is an argument",
+        ),
+        (
+            format!("{file}runcmd:\n  - [sh, -c, 'steward-agent enroll --token \"$(cat /run/t)\"']\n"),
+            "is an argument",
+        ),
+        (
+            format!("{file}runcmd:\n  - [sh, -c, 'steward-agent enroll \"$(cat /run/t)\"']\n"),
+            "read onto a command line",
+        ),
+        (file.replace("0600", "0644"), "not permissions"),
+        (format!("{file}bootcmd:\n  - echo TOKEN\n"), "is an argument"),
+    ] {
+        let problems = token_exposures(&leak.replace("TOKEN", MARKER)).join("\n");
+        assert!(problems.contains(expect), "{leak}\n=> {problems}");
+    }
+    let fine = format!("{file}runcmd:\n  - [sh, -c, 'STEWARD_ENROLL_TOKEN=\"$(cat /run/t)\" steward-agent enroll']\n");
+    assert!(token_exposures(&fine.replace("TOKEN", MARKER)).is_empty());
 }

@@ -630,6 +630,54 @@ mod tests {
     }
 
     #[test]
+    fn entries_escaping_the_snapshot_fail_verification_and_write_nothing_outside() {
+        let f = fixture();
+        let report = run(&f.cfg, 1_700_000_000).unwrap();
+        let path = f.cfg.dir().join(format!("{}.tar.zst", report.snapshot));
+        let original = std::fs::read(&path).unwrap();
+        for hostile in [
+            "../escaped.txt",
+            "../../escaped.txt",
+            "/tmp/escaped.txt",
+            "a/../../escaped.txt",
+        ] {
+            // The snapshot's own entries, then one whose name (written raw, as a
+            // hostile archive would) leaves the scratch directory.
+            let mut src = tar::Archive::new(zstd::Decoder::new(original.as_slice()).unwrap());
+            let mut out = tar::Builder::new(zstd::Encoder::new(Vec::new(), 1).unwrap());
+            for entry in src.entries().unwrap() {
+                let mut entry = entry.unwrap();
+                let header = entry.header().clone();
+                let mut data = Vec::new();
+                entry.read_to_end(&mut data).unwrap();
+                out.append(&header, data.as_slice()).unwrap();
+            }
+            let mut h = tar::Header::new_gnu();
+            h.as_gnu_mut().unwrap().name[..hostile.len()].copy_from_slice(hostile.as_bytes());
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_mode(0o644);
+            h.set_size(4);
+            h.set_cksum();
+            out.append(&h, &b"evil"[..]).unwrap();
+            std::fs::write(&path, out.into_inner().unwrap().finish().unwrap()).unwrap();
+            let err = verify(&f.cfg, None).unwrap_err();
+            assert!(
+                matches!(&err, BackupError::Unreadable { message, .. } if message.contains("escapes the snapshot")),
+                "{hostile}: {err}"
+            );
+            for outside in [
+                f.cfg.dir().join("escaped.txt"),
+                f.cfg.dir().parent().unwrap().join("escaped.txt"),
+            ] {
+                assert!(!outside.exists(), "{hostile}: {} was written", outside.display());
+            }
+        }
+        // The untouched snapshot still verifies.
+        std::fs::write(&path, &original).unwrap();
+        assert!(verify(&f.cfg, None).unwrap().verified);
+    }
+
+    #[test]
     fn retention_runs_after_each_snapshot() {
         let mut f = fixture();
         f.cfg.keep_daily = Some(2);

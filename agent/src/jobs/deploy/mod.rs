@@ -14,9 +14,11 @@
 //!   write outside the release are refused ([`unpack`]).
 //! - Pruning never removes the `current` or `previous` release.
 //! - Hooks come from the local config only; the control plane names a version
-//!   and an artifact, nothing that runs.
+//!   and an artifact, nothing that runs; the artifact must be within the
+//!   app's `artifact_sources` ([`sources`]), checked before anything is fetched.
 pub mod health;
 pub mod service;
+pub mod sources;
 pub mod unpack;
 
 use serde::{Deserialize, Serialize};
@@ -51,6 +53,11 @@ pub struct AppConfig {
     /// Most file content an artifact may unpack to. Default `4GiB`.
     #[serde(default = "default_max_unpacked")]
     pub max_unpacked_size: ByteSize,
+    /// Where `deploy.apply` may fetch artifacts from: URL prefixes
+    /// (`https://host/path/`) or absolute directories. Empty (the default):
+    /// every deploy of this app is refused.
+    #[serde(default)]
+    pub artifact_sources: Vec<String>,
     /// Run (argv, no shell) after unpacking and before switching; a failure stops the deploy.
     /// Environment: `STEWARD_APP`, `STEWARD_VERSION`, `STEWARD_RELEASE_DIR`.
     pub pre_hook: Option<Vec<String>>,
@@ -229,6 +236,7 @@ pub async fn apply(
     check_sha256(sha256)?;
     let kind = ArchiveKind::from_name(artifact)
         .ok_or_else(|| DeployError::Invalid("artifact must end in .tar.gz, .tgz, .tar.zst or .tzst".into()))?;
+    let artifact = &sources::allowed(&app.name, &app.artifact_sources, artifact).map_err(DeployError::Invalid)?;
     let layout = Layout {
         root: app.releases_dir.clone(),
     };
@@ -469,6 +477,7 @@ pub fn validate(apps: &[AppConfig], file: &str, src: &str) -> Result<(), ConfigE
         if a.keep_releases < 2 {
             return Err(at("keep_releases", "must be at least 2 (current and previous)".into()));
         }
+        sources::validate(&a.artifact_sources).map_err(|m| at("artifact_sources", m))?;
         for (key, hook) in [("pre_hook", &a.pre_hook), ("post_hook", &a.post_hook)] {
             if let Some(argv) = hook
                 && !argv.first().is_some_and(|p| p.starts_with('/'))

@@ -102,6 +102,7 @@ async fn env() -> Env {
         keep_releases: 3,
         max_artifact_size: ByteSize(1 << 20),
         max_unpacked_size: ByteSize(1 << 20),
+        artifact_sources: vec![tmp.path().display().to_string()],
         pre_hook: None,
         post_hook: None,
         hook_timeout: Duration::from_secs(10),
@@ -225,6 +226,53 @@ async fn a_wrong_sha256_is_refused_before_anything_changes() {
 }
 
 #[tokio::test]
+async fn artifacts_outside_the_allowed_sources_are_refused_before_any_fetch() {
+    let mut e = env().await;
+    // A server that would hand out the artifact, but is not an allowed source.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (local, sha) = artifact(&e, "1.0", true, false);
+    // A local file outside the allowed directory, with the hash the caller guesses.
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("secret.tar.gz");
+    std::fs::write(&secret, b"not for the control plane").unwrap();
+    let secret_sha = hex::encode(Sha256::digest(b"not for the control plane"));
+    for artifact in [
+        format!("http://127.0.0.1:{port}/web-1.0.tar.gz"),
+        secret.display().to_string(),
+    ] {
+        let err = apply(&e.app, &e.svc, "1.0", &artifact, &"0".repeat(64))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, DeployError::Invalid(m) if m.contains("not within the artifact_sources")),
+            "{artifact}: {err}"
+        );
+        assert!(!err.to_string().contains(&secret_sha), "{err}");
+    }
+    assert!(
+        listener
+            .accept()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+        "nothing was fetched"
+    );
+    assert!(!e.app.releases_dir.join("releases/1.0").exists());
+    // A wrong hash of an allowed local file does not reveal the file's hash.
+    let err = apply(&e.app, &e.svc, "1.0", &local, &"0".repeat(64)).await.unwrap_err();
+    assert!(
+        matches!(err, DeployError::Artifact(UnpackError::Checksum { .. })),
+        "{err}"
+    );
+    assert!(!err.to_string().contains(&sha), "{err}");
+    // Without artifact_sources, nothing deploys.
+    e.app.artifact_sources.clear();
+    let err = apply(&e.app, &e.svc, "1.0", &local, &sha).await.unwrap_err();
+    assert!(err.to_string().contains("artifact_sources"), "{err}");
+    assert!(!e.app.releases_dir.join("releases/1.0").exists());
+}
+
+#[tokio::test]
 async fn an_archive_with_dotdot_entries_is_refused() {
     let e = env().await;
     let bytes = unpack::tests::raw_tar_gz(&[
@@ -253,10 +301,11 @@ async fn an_archive_with_dotdot_entries_is_refused() {
 
 #[tokio::test]
 async fn artifacts_are_fetched_over_http() {
-    let e = env().await;
+    let mut e = env().await;
     // A second server hands out artifacts from the temp dir.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
+    e.app.artifact_sources.push(format!("http://127.0.0.1:{port}/"));
     tokio::spawn(serve(listener, Arc::new(Mutex::new(Some(e.tmp.path().to_path_buf())))));
     let (_, sha) = artifact(&e, "3.1", true, true);
     let url = format!("http://127.0.0.1:{port}/web-3.1.tar.zst");
@@ -355,6 +404,17 @@ fn config_errors_name_the_key() {
     assert_eq!((e.line, e.key.as_deref()), (Some(5), Some("apps[0].pre_hook")), "{e}");
     let e = parse(&good.replace("web.service", "web service")).unwrap_err();
     assert_eq!(e.key.as_deref(), Some("apps[0].unit"));
+    let e = parse(&good.replace("[apps.health]", "artifact_sources = [\"releases/\"]\n[apps.health]")).unwrap_err();
+    assert_eq!(
+        (e.line, e.key.as_deref()),
+        (Some(5), Some("apps[0].artifact_sources")),
+        "{e}"
+    );
+    parse(&good.replace(
+        "[apps.health]",
+        "artifact_sources = [\"https://releases.example.com/web/\", \"/srv/artifacts\"]\n[apps.health]",
+    ))
+    .unwrap();
 }
 
 #[tokio::test]

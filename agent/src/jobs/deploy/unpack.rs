@@ -1,8 +1,10 @@
 //! Fetching a release artifact (local path or http(s) URL) with a size limit
 //! and SHA-256 check, and unpacking `.tar.gz` / `.tar.zst` into a release
 //! directory, refusing every entry that could write outside it: absolute
-//! paths, `..`, symlinks whose target leaves the release, entries reached
-//! through a symlink, hard links and device files.
+//! paths, `..`, symlinks whose target leaves the release (resolved through
+//! the links already unpacked, and every link checked again once all are in
+//! place, so no chain of links reaches outside), entries reached through a
+//! symlink, hard links, device files and FIFOs.
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -33,8 +35,10 @@ impl ArchiveKind {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum UnpackError {
-    #[error("artifact sha256 is {actual}, expected {expected}")]
-    Checksum { expected: String, actual: String },
+    /// The actual hash is never shown: for a local path it would tell the
+    /// caller the hash of a file it may not read.
+    #[error("artifact sha256 does not match the expected {expected}")]
+    Checksum { expected: String },
     #[error("artifact is larger than the limit of {limit} bytes")]
     TooLarge { limit: u64 },
     #[error("archive unpacks to more than the limit of {limit} bytes")]
@@ -71,7 +75,6 @@ pub async fn fetch(artifact: &str, dest: &Path, sha256: &str, limit: u64) -> Res
         } else {
             Err(UnpackError::Checksum {
                 expected: sha256.to_ascii_lowercase(),
-                actual,
             })
         }
     });
@@ -187,6 +190,45 @@ fn link_stays_inside(entry: &[&std::ffi::OsStr], target: &Path) -> bool {
     true
 }
 
+/// Whether the symlink at `link` (components under `root`) stays inside
+/// `root` once every symlink on the way is followed, as the kernel would
+/// (at most 40 links; an absolute target or a `..` above `root` is outside).
+/// Components that do not exist (yet) are taken literally.
+fn resolves_inside(root: &Path, link: &[&std::ffi::OsStr]) -> bool {
+    use std::ffi::OsString;
+    let up = OsString::from("..");
+    let mut resolved: Vec<OsString> = Vec::new();
+    let mut pending: Vec<OsString> = link.iter().rev().map(|c| c.to_os_string()).collect();
+    let mut hops = 0;
+    while let Some(c) = pending.pop() {
+        if c == up {
+            if resolved.pop().is_none() {
+                return false;
+            }
+            continue;
+        }
+        resolved.push(c);
+        let here: PathBuf = resolved.iter().fold(root.to_path_buf(), |p, c| p.join(c));
+        let Ok(target) = std::fs::read_link(&here) else {
+            continue;
+        };
+        hops += 1;
+        if hops > 40 {
+            return false;
+        }
+        resolved.pop();
+        for c in target.components().rev() {
+            match c {
+                Component::Normal(n) => pending.push(n.to_os_string()),
+                Component::ParentDir => pending.push(up.clone()),
+                Component::CurDir => {}
+                Component::RootDir | Component::Prefix(_) => return false,
+            }
+        }
+    }
+    true
+}
+
 /// Unpacks `archive` into `dest` (which must exist and be empty), writing at
 /// most `max_bytes` of file content; returns the number of entries written.
 pub fn unpack(archive: &Path, kind: ArchiveKind, dest: &Path, max_bytes: u64) -> Result<u64, UnpackError> {
@@ -198,6 +240,9 @@ pub fn unpack(archive: &Path, kind: ArchiveKind, dest: &Path, max_bytes: u64) ->
     let mut tar = tar::Archive::new(reader);
     let mut count = 0u64;
     let mut written = 0u64;
+    // Every symlink made, checked again at the end: a later link can change
+    // where an earlier one leads.
+    let mut links: Vec<(PathBuf, String)> = Vec::new();
     for entry in tar.entries().map_err(|e| UnpackError::Unreadable(e.to_string()))? {
         let mut entry = entry.map_err(|e| UnpackError::Unreadable(e.to_string()))?;
         let raw = entry
@@ -264,11 +309,30 @@ pub fn unpack(archive: &Path, kind: ArchiveKind, dest: &Path, max_bytes: u64) ->
                     std::fs::create_dir_all(parent).map_err(io_err(format!("create {}", parent.display())))?;
                 }
                 std::os::unix::fs::symlink(&link, &target).map_err(io_err(format!("symlink {}", target.display())))?;
+                if !resolves_inside(dest, &parts) {
+                    let _ = std::fs::remove_file(&target);
+                    return Err(refuse(format!(
+                        "symlink to {} leads outside the release through other links",
+                        link.display()
+                    )));
+                }
+                links.push((raw.clone(), shown.clone()));
             }
             tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => continue,
             other => return Err(refuse(format!("entry type {other:?} is not allowed"))),
         }
         count += 1;
+    }
+    for (raw, shown) in &links {
+        let Ok(parts) = relative_components(raw) else { continue };
+        let path: PathBuf = parts.iter().fold(dest.to_path_buf(), |p, c| p.join(c));
+        let still_a_link = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
+        if still_a_link && !resolves_inside(dest, &parts) {
+            return Err(UnpackError::Unsafe {
+                entry: shown.clone(),
+                reason: "symlink leads outside the release through links unpacked after it".into(),
+            });
+        }
     }
     Ok(count)
 }
@@ -348,6 +412,68 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn chains_of_symlinks_that_escape_are_refused() {
+        for entries in [
+            // Each link looks inside on its own; followed, `l2` is the release's parent.
+            vec![
+                ("a/", Directory, ""),
+                ("a/l1", Symlink, ".."),
+                ("l2", Symlink, "a/l1/.."),
+            ],
+            // The same, the escaping link first (checked again at the end).
+            vec![
+                ("l2", Symlink, "a/l1/.."),
+                ("a/", Directory, ""),
+                ("a/l1", Symlink, ".."),
+            ],
+            // Then a file written through the chain.
+            vec![
+                ("a/", Directory, ""),
+                ("a/l1", Symlink, ".."),
+                ("l2", Symlink, "a/l1/.."),
+                ("l2/evil", Regular, "x"),
+            ],
+            // A loop.
+            vec![("x", Symlink, "y/.."), ("y", Symlink, "x/..")],
+        ] {
+            let (tmp, r) = try_unpack(&entries);
+            let err = r.unwrap_err();
+            assert!(matches!(err, UnpackError::Unsafe { .. }), "{entries:?}: {err}");
+            assert!(!tmp.path().join("root/evil").exists(), "{entries:?}");
+        }
+        // Links through links that stay inside still unpack; a link replaced
+        // by a file is replaced, not written through.
+        let (tmp, r) = try_unpack(&[
+            ("v1/bin/app", Regular, "#!app"),
+            ("current", Symlink, "v1"),
+            ("bin", Symlink, "current/bin"),
+            ("v1/up", Symlink, "../bin/app"),
+            ("outside", Symlink, "v1"),
+            ("outside", Regular, "a file now"),
+        ]);
+        r.unwrap();
+        let root = tmp.path().join("root/release");
+        assert_eq!(std::fs::read_to_string(root.join("v1/up")).unwrap(), "#!app");
+        assert_eq!(std::fs::read_to_string(root.join("outside")).unwrap(), "a file now");
+        assert_eq!(std::fs::read_to_string(root.join("v1/bin/app")).unwrap(), "#!app");
+    }
+
+    #[test]
+    fn device_files_and_fifos_are_refused() {
+        for kind in [tar::EntryType::Char, tar::EntryType::Block, tar::EntryType::Fifo] {
+            let (tmp, r) = try_unpack(&[("ok", Regular, "x"), ("dev", kind, "")]);
+            match r {
+                Err(UnpackError::Unsafe { entry, reason }) => {
+                    assert_eq!(entry, "dev");
+                    assert!(reason.contains("not allowed"), "{kind:?}: {reason}");
+                }
+                other => panic!("{kind:?}: {other:?}"),
+            }
+            assert!(std::fs::symlink_metadata(tmp.path().join("root/release/dev")).is_err());
+        }
+    }
+
+    #[test]
     fn an_archive_that_unpacks_past_the_limit_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
         let archive = tmp.path().join("a.tar.gz");
@@ -383,6 +509,10 @@ pub(crate) mod tests {
         assert_eq!(fetch(src, &dest, &good.to_uppercase(), 100).await.unwrap(), 7);
         let err = fetch(src, &dest, &"0".repeat(64), 100).await.unwrap_err();
         assert!(matches!(err, UnpackError::Checksum { .. }), "{err}");
+        assert!(
+            !err.to_string().contains(&good),
+            "the file's hash is not revealed: {err}"
+        );
         assert!(!dest.exists());
         assert!(matches!(
             fetch(src, &dest, &good, 3).await,

@@ -110,6 +110,11 @@ fn stdout(progress: &[Progress]) -> String {
 #[tokio::test]
 async fn actions_outside_the_policy_are_refused_and_not_run() {
     let f = fixture(DEFAULT_OUTPUT_CAP);
+    // Every refused action would create this marker if it ran.
+    let marker = f.tmp.path().join("ran");
+    let touch = format!("/usr/bin/touch {}", marker.display());
+    let chained = format!("/bin/echo hello; {touch}");
+    let releases = f.tmp.path().join("releases");
     for (action, params) in [
         (
             "deploy.apply",
@@ -121,6 +126,8 @@ async fn actions_outside_the_policy_are_refused_and_not_run() {
             ],
         ),
         ("service.restart", vec![("unit", "sshd.service")]),
+        ("exec", vec![("command", touch.as_str())]),
+        ("exec", vec![("command", chained.as_str())]),
         ("exec", vec![("command", "/bin/echo hello; reboot")]),
         ("rm -rf /", vec![]),
     ] {
@@ -131,9 +138,25 @@ async fn actions_outside_the_policy_are_refused_and_not_run() {
             "{action}: {reason}"
         );
         assert!(progress.is_empty());
+        assert!(!marker.exists(), "{action} {params:?} ran");
     }
     assert!(f.svc.restarted.lock().unwrap().is_empty());
     assert!(f.journal.get("a1").unwrap().is_none());
+    assert!(!releases.exists());
+
+    // The marker does show a run: the same command, once allowed, creates it.
+    let actions = ActionsSection {
+        allow: vec!["exec".into()],
+        exec: vec![touch.clone()],
+    };
+    let journal = Arc::new(Journal::open(&f.tmp.path().join("allowed.redb")).unwrap());
+    let allowed = Executor::new(&actions, vec![], vec![], journal, f.svc.clone()).unwrap();
+    let (tx, _rx) = mpsc::channel(1024);
+    let r = allowed
+        .run(assignment("a2", "exec", &[("command", touch.as_str())]), tx)
+        .await;
+    assert_eq!(r.outcome, JobOutcome::Succeeded);
+    assert!(marker.exists());
 }
 
 #[tokio::test]
@@ -263,18 +286,27 @@ async fn checks_run_needs_the_runtime() {
 async fn a_cancelled_job_stops_its_command() {
     let f = fixture(DEFAULT_OUTPUT_CAP);
     let cancel = CancellationToken::new();
-    let (tx, _rx) = mpsc::channel(16);
-    let trigger = cancel.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        trigger.cancel();
-    });
-    let started = std::time::Instant::now();
-    let r = f
-        .exec
-        .run_cancellable(assignment("a1", "exec", &[("command", "/bin/sleep 30")]), tx, cancel)
-        .await;
+    let (tx, mut rx) = mpsc::channel(16);
+    let job = f.exec.run_cancellable(
+        assignment("a1", "exec", &[("command", "/bin/sleep 30")]),
+        tx,
+        cancel.clone(),
+    );
+    tokio::pin!(job);
+    // Cancel once the command has started (not after a guessed delay).
+    let mut started = false;
+    let r = loop {
+        tokio::select! {
+            r = &mut job => break r,
+            Some(p) = rx.recv(), if !started => {
+                if matches!(p, Progress::Started { .. }) {
+                    started = true;
+                    cancel.cancel();
+                }
+            }
+        }
+    };
+    assert!(started, "the job ended before it started: {:?}", r.outcome);
     assert!(matches!(r.outcome, JobOutcome::Cancelled { .. }), "{:?}", r.outcome);
-    assert!(started.elapsed() < Duration::from_secs(10));
     assert!(f.exec.interrupted_results().unwrap().is_empty());
 }
