@@ -570,10 +570,10 @@ fn the_agent_template_never_puts_the_enrollment_token_on_a_command_line() {
     assert!(problems.is_empty(), "{}: {problems:#?}", path.display());
 
     // The check itself catches each way of leaking it.
-    let file = "write_files:\n  - path: /run/t\n    permissions: \"0600\"\n    content: \"TOKEN\"\n";
+    let file = "write_files:\n  - path: /run/t\n    permissions: \"0600\"\n    content: \"@T@\"\n";
     for (leak, expect) in [
         (
-            format!("{file}runcmd:\n  - [steward-agent, enroll, --token, \"TOKEN\"]\n"),
+            format!("{file}runcmd:\n  - [steward-agent, enroll, --token, \"@T@\"]\n"),
             "is an argument",
         ),
         (
@@ -585,11 +585,12 @@ fn the_agent_template_never_puts_the_enrollment_token_on_a_command_line() {
             "read onto a command line",
         ),
         (file.replace("0600", "0644"), "not permissions"),
-        (format!("{file}bootcmd:\n  - echo TOKEN\n"), "is an argument"),
+        (format!("{file}bootcmd:\n  - echo @T@\n"), "is an argument"),
     ] {
-        let problems = token_exposures(&leak.replace("TOKEN", MARKER)).join("\n");
+        let problems = token_exposures(&leak.replace("@T@", MARKER)).join("\n");
         assert!(problems.contains(expect), "{leak}\n=> {problems}");
     }
     let fine = format!("{file}runcmd:\n  - [sh, -c, 'STEWARD_ENROLL_TOKEN=\"$(cat /run/t)\" steward-agent enroll']\n");
-    assert!(token_exposures(&fine.replace("TOKEN", MARKER)).is_empty());
+    let problems = token_exposures(&fine.replace("@T@", MARKER));
+    assert!(problems.is_empty(), "{fine}\n=> {problems:#?}");
 }

@@ -216,9 +216,12 @@ mod tests {
     async fn tcp_gate_passes_on_a_listener_and_fails_without_one() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        assert_eq!(check(&tcp(addr.clone())).await, Ok(1));
-        drop(listener);
-        let err = check(&tcp(addr)).await.unwrap_err();
+        assert_eq!(check(&tcp(addr)).await, Ok(1));
+        // A port bound but not listening refuses connections, and stays ours
+        // (a dropped listener's port could be taken by a parallel test).
+        let closed = tokio::net::TcpSocket::new_v4().unwrap();
+        closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let err = check(&tcp(closed.local_addr().unwrap().to_string())).await.unwrap_err();
         assert!(err.starts_with("health check failed: connect"), "{err}");
     }
 
