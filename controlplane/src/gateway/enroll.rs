@@ -161,7 +161,9 @@ impl Enroller {
             Ok(id) => id.to_string(),
             Err(e) => {
                 self.metrics.enrollment(EnrollOutcome::refused);
-                return Err(Status::invalid_argument(format!("certificate signing request refused: {e}")));
+                return Err(Status::invalid_argument(format!(
+                    "certificate signing request refused: {e}"
+                )));
             }
         };
         let now = steward_shared::now_ms();
