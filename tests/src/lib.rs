@@ -77,12 +77,25 @@ fn spawn_daemon(binary: &str, config: &Path, subcommand: &str, env: &[(String, S
         .with_context(|| format!("spawn {binary}"))
 }
 
+/// A port for a daemon to listen on. Taken below the kernel's ephemeral range
+/// (32768-60999 by default), where outgoing connections get their source
+/// ports: a port found free there could be taken by any connection before the
+/// daemon binds it. Ports are handed out once per test process (a counter
+/// from an offset by process ID) and only when nothing listens on them.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let offset = (std::process::id() % 100) * (COUNT / 100);
+    for _ in 0..COUNT {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (FIRST + (offset + n) % COUNT) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + COUNT);
 }
 
 /// A control plane process and its files.

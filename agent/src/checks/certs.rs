@@ -541,11 +541,12 @@ pub(crate) mod tests {
         assert_eq!(out.status, CheckStatus::Warning, "{out:?}");
         assert!(out.message.contains("(warning: <= 30)"), "{}", out.message);
 
-        let closed = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let out = probe(closed, "localhost", Some(ca_file)).run().await;
+        // Bound but not listening: refuses connections, and the port stays ours.
+        let closed = tokio::net::TcpSocket::new_v4().unwrap();
+        closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let out = probe(closed.local_addr().unwrap(), "localhost", Some(ca_file))
+            .run()
+            .await;
         assert_eq!(out.status, CheckStatus::Critical, "{out:?}");
         let out = probe(addr, "localhost", Some(dir.path().join("nope.pem"))).run().await;
         assert_eq!(out.status, CheckStatus::Unknown, "unreadable CA file: {out:?}");

@@ -68,12 +68,11 @@ mod tests {
 
     #[tokio::test]
     async fn closed_port_is_critical() {
-        // Bind, learn the port, close: nothing listens there any more.
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let out = probe(addr.to_string()).run().await;
+        // Bound but not listening: nothing accepts there, and no parallel
+        // test can take the port meanwhile (as it could after a close).
+        let closed = tokio::net::TcpSocket::new_v4().unwrap();
+        closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let out = probe(closed.local_addr().unwrap().to_string()).run().await;
         assert_eq!(out.status, CheckStatus::Critical, "{out:?}");
         assert!(out.message.contains("cannot connect"), "{}", out.message);
     }
