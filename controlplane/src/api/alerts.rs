@@ -204,7 +204,7 @@ fn parse_cursor(raw: &str) -> Result<(i64, String), Problem> {
 pub async fn list(state: ApiState, who: Principal, query: String) -> Result<Response, Problem> {
     let p = Params::parse(&query, &["state", "severity", "limit", "cursor"])?;
     let limit = p.limit()?;
-    let st = match p.get("state") {
+    let st = match p.typed("state") {
         None => None,
         Some(s @ ("firing" | "resolved")) => Some(s),
         Some(other) => {
@@ -215,7 +215,7 @@ pub async fn list(state: ApiState, who: Principal, query: String) -> Result<Resp
         }
     };
     let severity = p
-        .get("severity")
+        .typed("severity")
         .map(|s| s.parse::<Severity>().map_err(|e| Problem::invalid("severity", e)))
         .transpose()?;
     let mut before = p.get("cursor").map(parse_cursor).transpose()?;
@@ -282,7 +282,7 @@ pub async fn ack(state: ApiState, who: Principal, id: String, query: String) -> 
 /// `GET /api/v1/silences?state=active|expired`, newest first.
 pub async fn list_silences(state: ApiState, _who: Principal, query: String) -> Result<Response, Problem> {
     let p = Params::parse(&query, &["state"])?;
-    let want_active = match p.get("state") {
+    let want_active = match p.typed("state") {
         None => None,
         Some("active") => Some(true),
         Some("expired") => Some(false),

@@ -43,7 +43,10 @@ impl Default for AuditApi {
 pub async fn list(state: ApiState, _who: Principal, query: String) -> Result<Response, Problem> {
     let p = Params::parse(&query, &["actor", "action", "since", "limit", "cursor"])?;
     let limit = p.limit()?;
-    let since_ms = p.get("since").map(|raw| params::parse_time("since", raw)).transpose()?;
+    let since_ms = p
+        .typed("since")
+        .map(|raw| params::parse_time("since", raw))
+        .transpose()?;
     let after = params::parse_audit_cursor(p.get("cursor"))?;
     let filter = AuditFilter {
         actor: p.get("actor").map(str::to_string),

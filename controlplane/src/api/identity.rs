@@ -240,12 +240,18 @@ pub async fn create_enrollment_token(
     Ok(json(StatusCode::CREATED, &view))
 }
 
+/// Tag of the enrollment-token list's cursors.
+const ENROLLMENT_TOKENS_CURSOR: &str = "e1";
+
 /// `GET /api/v1/enrollment-tokens`: the tokens whose labels the caller may
 /// read hosts with (a scoped token sees those of its scope), by ID.
 pub async fn list_enrollment_tokens(state: ApiState, who: Principal, query: String) -> Result<Response, Problem> {
     let p = Params::parse(&query, &["limit", "cursor"])?;
     let limit = p.limit()?;
-    let after = p.get("cursor").map(str::to_string);
+    let after = p
+        .get("cursor")
+        .map(|raw| super::params::parse_opaque_cursor(raw, ENROLLMENT_TOKENS_CURSOR))
+        .transpose()?;
     let mut tokens = state
         .store
         .list_enrollment_tokens()
@@ -262,7 +268,9 @@ pub async fn list_enrollment_tokens(state: ApiState, who: Principal, query: Stri
         .collect();
     let next_cursor = (items.len() > limit).then(|| {
         items.truncate(limit);
-        items.last().map(|t| t.id.clone())
+        items
+            .last()
+            .map(|t| super::params::opaque_cursor(ENROLLMENT_TOKENS_CURSOR, &t.id))
     });
     Ok(json(
         StatusCode::OK,

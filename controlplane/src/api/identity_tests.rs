@@ -124,6 +124,33 @@ async fn tokens_name_their_hosts_and_are_listed_and_revoked() {
         );
         assert_eq!(item["hosts"], json!(["web-01", "new-*"]));
         assert!(!r.body().windows(5).any(|w| w == b"stwe_"), "no secret in the list");
+        // Paged one at a time, every token comes back once, in ID order.
+        let all: Vec<String> = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_str().unwrap().to_string())
+            .collect();
+        let (mut paged, mut cursor) = (Vec::new(), None::<String>);
+        for _ in 0..=all.len() {
+            let path = match &cursor {
+                Some(c) => format!("/api/v1/enrollment-tokens?limit=1&cursor={c}"),
+                None => "/api/v1/enrollment-tokens?limit=1".to_string(),
+            };
+            let page = body(&call(&state, "GET", &path, &admin, None).await);
+            paged.extend(
+                page["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| t["id"].as_str().unwrap().to_string()),
+            );
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_string()),
+                None => break,
+            }
+        }
+        assert_eq!(paged, all);
         // Revoked: listed as such; a second revoke is a 404.
         let r = call(
             &state,

@@ -390,7 +390,7 @@ pub async fn list(state: ApiState, who: Principal, query: String) -> Result<Resp
     let p = Params::parse(&query, &["state", "host", "action", "limit", "cursor"])?;
     let limit = p.limit()?;
     let job_state = p
-        .get("state")
+        .typed("state")
         .map(|s| {
             JobState::parse(s).ok_or_else(|| {
                 let names: Vec<&str> = JobState::ALL.iter().map(|s| s.as_str()).collect();

@@ -120,7 +120,7 @@ struct Query {
 /// caller's hosts that the selector matches.
 async fn query(state: &ApiState, who: &Principal, raw: &str, allowed: &[&str]) -> Result<Query, Problem> {
     let p = Params::parse(raw, allowed)?;
-    let window_ms = match p.get("window") {
+    let window_ms = match p.typed("window") {
         None => DEFAULT_WINDOW_MS,
         Some(w) => {
             let d: Duration = w.parse().map_err(|_| {
@@ -143,7 +143,7 @@ async fn query(state: &ApiState, who: &Principal, raw: &str, allowed: &[&str]) -
         }
     };
     let selector = p.selector()?;
-    let group_by = p.get("group_by").map(str::to_string);
+    let group_by = p.typed("group_by").map(str::to_string);
     if let Some(g) = &group_by
         && let Err(e) = steward_shared::selector::validate_label(g, "group_by")
     {

@@ -3,7 +3,10 @@
 //!
 //! Rules: a route accepts a fixed set of parameters; an unknown or repeated
 //! parameter is a 400 (a typo such as `?selecter=` must not silently list
-//! everything); an empty value is the same as leaving the parameter out.
+//! everything). An empty free-text value (`selector=`, `cursor=`, `host=`)
+//! is the same as leaving the parameter out; a typed value (a number, a
+//! state, a time, a duration) must be valid when given, so `limit=` is a 400
+//! like `limit=abc` (the OpenAPI document types it as an integer).
 use std::collections::BTreeMap;
 
 use base64::Engine;
@@ -54,14 +57,20 @@ impl Params {
         Ok(Params { map })
     }
 
-    /// The non-empty value of `key`.
+    /// The non-empty value of the free-text parameter `key`.
     pub fn get(&self, key: &str) -> Option<&str> {
         self.map.get(key).map(String::as_str).filter(|v| !v.is_empty())
     }
 
+    /// The value of the typed parameter `key` as given, empty included (an
+    /// empty value then fails the caller's parsing with a 400).
+    pub fn typed(&self, key: &str) -> Option<&str> {
+        self.map.get(key).map(String::as_str)
+    }
+
     /// `limit`: 1..=1000, default 100.
     pub fn limit(&self) -> Result<usize, Problem> {
-        let Some(raw) = self.get("limit") else {
+        let Some(raw) = self.typed("limit") else {
             return Ok(DEFAULT_LIMIT);
         };
         match raw.parse::<usize>() {
@@ -86,7 +95,7 @@ impl Params {
 
     /// `status`: ok, warning, critical or unknown.
     pub fn status(&self) -> Result<Option<CheckStatus>, Problem> {
-        self.get("status")
+        self.typed("status")
             .map(|raw| {
                 raw.parse::<CheckStatus>().map_err(|_| {
                     Problem::invalid(
@@ -342,14 +351,19 @@ mod tests {
         assert_eq!(e.field.as_deref(), Some("selecter"));
         let e = Params::parse("limit=1&limit=2", &["limit"]).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("limit"));
-        for bad in ["limit=0", "limit=abc", "limit=1001", "limit=-1"] {
+        for bad in ["limit=0", "limit=abc", "limit=1001", "limit=-1", "limit="] {
             let e = Params::parse(bad, &["limit"]).unwrap().limit().unwrap_err();
             assert_eq!((e.status, e.field.as_deref()), (400, Some("limit")), "{bad}");
         }
-        assert_eq!(
-            Params::parse("limit=", &["limit"]).unwrap().limit().unwrap(),
-            DEFAULT_LIMIT
+        assert_eq!(Params::parse("", &["limit"]).unwrap().limit().unwrap(), DEFAULT_LIMIT);
+        assert!(
+            Params::parse("selector=", &["selector"])
+                .unwrap()
+                .get("selector")
+                .is_none()
         );
+        let e = Params::parse("status=", &["status"]).unwrap().status().unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("status"));
         let e = Params::parse("selector=env%3D%3Dx%2C", &["selector"])
             .unwrap()
             .selector()

@@ -331,7 +331,7 @@ pub async fn list(state: ApiState, who: Principal, query: String) -> Result<Resp
     let p = Params::parse(&query, &["state", "limit", "cursor"])?;
     let limit = p.limit()?;
     let st = p
-        .get("state")
+        .typed("state")
         .map(|s| {
             RolloutState::parse(s).ok_or_else(|| {
                 let names: Vec<&str> = RolloutState::ALL.iter().map(|s| s.as_str()).collect();

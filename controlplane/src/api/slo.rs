@@ -112,14 +112,21 @@ pub async fn get(state: ApiState, _who: Principal, name: String, query: String) 
     Ok(json(StatusCode::OK, &view))
 }
 
-/// `GET /api/v1/slos?limit=&cursor=` (cursor: the last name of the previous page).
+/// Tag of the SLO list's cursors.
+const SLOS_CURSOR: &str = "s1";
+
+/// `GET /api/v1/slos?limit=&cursor=` (cursor: `next_cursor` of the previous page).
 pub async fn list(state: ApiState, _who: Principal, query: String) -> Result<Response, Problem> {
     let p = Params::parse(&query, &["limit", "cursor"])?;
     let limit = p.limit()?;
-    let after = p.get("cursor").unwrap_or("");
+    let after = p
+        .get("cursor")
+        .map(|raw| super::params::parse_opaque_cursor(raw, SLOS_CURSOR))
+        .transpose()?
+        .unwrap_or_default();
     let now = steward_shared::now_ms();
     let slos = state.store.list_slos().await.map_err(Problem::from_store)?;
-    let mut rest = slos.into_iter().filter(|s| s.name.as_str() > after).peekable();
+    let mut rest = slos.into_iter().filter(|s| s.name.as_str() > after.as_str()).peekable();
     let page: Vec<_> = rest.by_ref().take(limit).collect();
     let items: Vec<_> = status::statuses(&state.store, page, now)
         .await
@@ -127,6 +134,8 @@ pub async fn list(state: ApiState, _who: Principal, query: String) -> Result<Res
         .iter()
         .map(|st| st.summary())
         .collect();
-    let next_cursor = rest.peek().and(items.last().map(|s| s.name.clone()));
+    let next_cursor = rest
+        .peek()
+        .and(items.last().map(|s| super::params::opaque_cursor(SLOS_CURSOR, &s.name)));
     Ok(json(StatusCode::OK, &ListView { items, next_cursor }))
 }

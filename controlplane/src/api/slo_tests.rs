@@ -168,6 +168,15 @@ async fn slos_are_defined_validated_counted_and_shown() {
         for _ in 0..3 {
             call(&state, &token, "GET", "/api/v1/slos", None).await;
         }
+        // Pages of one: `api`, then `web` after the opaque cursor, then no more.
+        let first = json_of(&call(&state, &token, "GET", "/api/v1/slos?limit=1", None).await);
+        assert_eq!(first["items"][0]["name"], "api", "{first}");
+        let cursor = first["next_cursor"].as_str().unwrap();
+        assert_ne!(cursor, "api", "the cursor is opaque");
+        let path = format!("/api/v1/slos?limit=1&cursor={cursor}");
+        let second = json_of(&call(&state, &token, "GET", &path, None).await);
+        assert_eq!(second["items"][0]["name"], "web", "{second}");
+        assert!(second["next_cursor"].is_null(), "{second}");
         crate::slo::engine::flush(&store, &state.api_sli).await;
         let s = json_of(&call(&state, &token, "GET", "/api/v1/slos/api", None).await);
         assert!(s["events"].as_u64().unwrap() >= 3, "{s}");
