@@ -21,10 +21,8 @@ pub mod checks;
 pub mod config;
 pub mod enroll;
 pub mod jobs;
-pub mod notify;
 pub mod runtime;
 pub mod scheduler;
-pub mod signals;
 pub mod spool;
 pub mod stream;
 

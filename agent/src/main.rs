@@ -1,6 +1,7 @@
 //! `steward-agent`: argument parsing, logging and exit codes; the work is in the library.
 use std::path::PathBuf;
 use std::process::ExitCode;
+use steward_daemon::logging::LogFormat;
 
 use clap::{Parser, Subcommand};
 use steward_agent::config::{AgentConfig, DEFAULT_CONFIG_PATH};
@@ -15,6 +16,9 @@ struct Cli {
     /// Path of the agent's config file.
     #[arg(long, global = true, default_value = DEFAULT_CONFIG_PATH, env = "STEWARD_AGENT_CONFIG")]
     config: PathBuf,
+    /// Log style on stderr: `auto` (journal lines under systemd, text elsewhere; colour only on a terminal), `text` or `json` (one object per line).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto, env = "STEWARD_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -49,16 +53,6 @@ enum Command {
     },
     /// Print the version and the git commit it was built from.
     Version,
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("STEWARD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
 }
 
 fn fail(message: impl std::fmt::Display) -> ExitCode {
@@ -153,7 +147,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Run => {
-            init_logging();
+            steward_daemon::logging::init(cli.log_format);
             // A current-thread runtime keeps the agent's footprint small; the
             // spool's disk writes run on the blocking pool.
             let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -161,7 +155,7 @@ fn main() -> ExitCode {
                 Err(e) => return fail(format!("cannot start the runtime: {e}")),
             };
             rt.block_on(async {
-                let signals = match steward_agent::signals::install() {
+                let signals = match steward_daemon::signals::install() {
                     Ok(s) => s,
                     Err(e) => return fail(format!("cannot install signal handlers: {e}")),
                 };

@@ -24,9 +24,9 @@ use crate::config::{AgentConfig, ServiceManagerKind};
 use crate::jobs::deploy::{CommandService, ServiceManager, Systemctl, service::BoxFuture};
 use crate::jobs::journal::{JOURNAL_FILE, Journal, JournalError};
 use crate::jobs::{ChecksRunner, Executor, JobRunner};
-use crate::notify;
 use crate::spool::{Spool, SpoolError};
 use crate::stream::StreamClient;
+use steward_daemon::notify;
 
 /// Errors that stop the agent from starting.
 #[derive(Debug, thiserror::Error)]

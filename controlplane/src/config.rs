@@ -867,7 +867,7 @@ mod tests {
         assert!(!format!("{cfg:?}").contains("p@ss"));
         let url = cfg.database_url_with_password().unwrap();
         assert_eq!(url, "postgres://steward:p%40ss%2Fword@127.0.0.1:5432/steward");
-        assert!(!crate::server::redact(&url).contains("p%40ss"));
+        assert!(!steward_daemon::redact::url(&url).contains("p%40ss"));
         let missing = src.replace("db-password", "missing");
         let e = ControlPlaneConfig::parse("cp.toml", &missing)
             .unwrap()

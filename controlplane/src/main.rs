@@ -2,6 +2,7 @@
 //! is in the library.
 use std::path::PathBuf;
 use std::process::ExitCode;
+use steward_daemon::logging::LogFormat;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -22,6 +23,9 @@ struct Cli {
     /// Override the config's data_dir.
     #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
+    /// Log style on stderr: `auto` (journal lines under systemd, text elsewhere; colour only on a terminal), `text` or `json` (one object per line).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto, env = "STEWARD_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -107,16 +111,6 @@ enum AdminCommand {
     },
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("STEWARD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
-}
-
 fn load_config(cli: &Cli) -> anyhow::Result<ControlPlaneConfig> {
     let mut cfg = match &cli.config {
         Some(path) => ControlPlaneConfig::load(path)?,
@@ -146,7 +140,7 @@ async fn open_store(cfg: &ControlPlaneConfig) -> anyhow::Result<steward_controlp
     }
     let store = steward_controlplane::store::Store::connect(&url)
         .await
-        .with_context(|| format!("database {}", server::redact(&url)))?;
+        .with_context(|| format!("database {}", steward_daemon::redact::url(&url)))?;
     store.migrate().await.context("migrations")?;
     Ok(store)
 }
@@ -195,13 +189,13 @@ fn dispatch(mut cli: Cli) -> anyhow::Result<()> {
             runtime()?.block_on(async {
                 let store = steward_controlplane::store::Store::connect_for_backup(&url)
                     .await
-                    .with_context(|| format!("database {}", server::redact(&url)))?;
+                    .with_context(|| format!("database {}", steward_daemon::redact::url(&url)))?;
                 let written = store.backup_to(&to).await;
                 store.close().await;
                 let bytes = written.context("backup")?;
                 println!(
                     "backup of {} written to {} ({bytes} bytes)",
-                    server::redact(&url),
+                    steward_daemon::redact::url(&url),
                     to.display()
                 );
                 anyhow::Ok(())
@@ -209,9 +203,9 @@ fn dispatch(mut cli: Cli) -> anyhow::Result<()> {
         }
         Command::Serve => {
             let cfg = load_config(&cli)?;
-            init_logging();
+            steward_daemon::logging::init(cli.log_format);
             runtime()?.block_on(async {
-                let signals = steward_agent::signals::install().context("cannot install signal handlers")?;
+                let signals = steward_daemon::signals::install().context("cannot install signal handlers")?;
                 let mut reload = signals.reload;
                 tokio::spawn(async move {
                     while reload.recv().await.is_some() {
@@ -223,7 +217,7 @@ fn dispatch(mut cli: Cli) -> anyhow::Result<()> {
             })
         }
         Command::Quickstart(args) => {
-            init_logging();
+            steward_daemon::logging::init(cli.log_format);
             runtime()?.block_on(quickstart::run(args))?;
             Ok(())
         }

@@ -205,7 +205,7 @@ pub async fn run(args: QuickstartArgs) -> Result<(), QuickstartError> {
     println!("Steward quickstart is running (Ctrl-C stops the control plane and the agent).");
     println!("  REST API:   {}", info.rest_url);
     println!("  gRPC (mTLS): {}", info.grpc_addr);
-    println!("  database:   {}", server::redact(&database_url));
+    println!("  database:   {}", steward_daemon::redact::url(&database_url));
     println!("  admin token: {}", info.admin_token);
     println!("  details:    {}", info_path.display());
     println!();
@@ -217,7 +217,7 @@ pub async fn run(args: QuickstartArgs) -> Result<(), QuickstartError> {
     println!("  cargo run -q -p steward-controlplane --bin stewardctl -- hosts list");
     println!();
 
-    let signals = steward_agent::signals::install().map_err(|e| QuickstartError::Agent(e.to_string()))?;
+    let signals = steward_daemon::signals::install().map_err(|e| QuickstartError::Agent(e.to_string()))?;
     tokio::select! {
         _ = signals.stop.cancelled() => {}
         result = agent_finished(agent) => {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use steward_agent::notify;
+use steward_daemon::notify;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -84,7 +84,7 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
         .map_err(|e| ServeError::Config(format!("key `rest.listen`: {e}")))?;
     let url = cfg.database_url_with_password().map_err(ServeError::Config)?;
     let store_err = |source| ServeError::Store {
-        url: redact(&url),
+        url: steward_daemon::redact::url(&url),
         source,
     };
     if url.starts_with("sqlite:") {
@@ -268,7 +268,7 @@ pub async fn start(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Res
 }
 
 /// `serve`: start, record the endpoints, tell systemd it is ready, run until
-/// shutdown. The watchdog is pinged from this loop (see [`steward_agent::notify`]).
+/// shutdown. The watchdog is pinged from this loop (see [`steward_daemon::notify`]).
 pub async fn serve(cfg: &ControlPlaneConfig, shutdown: CancellationToken) -> Result<(), ServeError> {
     let running = start(cfg, shutdown.clone()).await?;
     write_endpoints(&cfg.data_dir, &running.endpoints)?;
@@ -367,34 +367,5 @@ async fn revocation_sweep(store: Store, registry: Arc<Registry>, shutdown: Cance
             }
             Err(error) => tracing::warn!(%error, "revocation sweep failed"),
         }
-    }
-}
-
-/// Hides the password of a database URL for logs and errors.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.find(':') {
-                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn passwords_never_reach_logs() {
-        assert_eq!(
-            redact("postgres://steward:s3cret@db:5432/steward"),
-            "postgres://steward:***@db:5432/steward"
-        );
-        assert_eq!(redact("postgres://steward@db/steward"), "postgres://steward@db/steward");
-        assert_eq!(redact("sqlite:///var/lib/x.db"), "sqlite:///var/lib/x.db");
     }
 }

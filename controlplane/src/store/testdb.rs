@@ -16,7 +16,7 @@ use sqlx::Connection;
 use sqlx::postgres::PgConnection;
 
 use super::Store;
-use crate::server::redact;
+use steward_daemon::redact::url as redact;
 
 /// Server the PostgreSQL test databases are created on, when
 /// `STEWARD_TEST_PG_URL` is not set.

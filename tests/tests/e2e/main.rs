@@ -9,6 +9,7 @@ mod identity;
 mod jobs;
 mod jobs_actions;
 mod kpis;
+mod logging;
 mod metrics;
 mod pipeline;
 mod quickstart;
