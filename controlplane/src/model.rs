@@ -12,7 +12,7 @@ pub struct AgentHello {
     pub spool_dropped_total: u64,
 }
 
-/// One host's reports from one stream batch, for [`crate::store::Store::ingest`].
+/// One host's reports from one stream batch, for the store's `Store::ingest`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IngestBatch {
     pub host_id: String,

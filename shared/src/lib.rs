@@ -16,6 +16,7 @@ pub mod hostpattern;
 pub mod pki;
 pub mod selector;
 pub mod status;
+pub mod timestamp;
 pub mod units;
 
 /// Generated protobuf and tonic code for `steward.v1`.

@@ -148,7 +148,7 @@ impl Evaluator {
                             "host {} silent for {} (last heard from {})",
                             host_name(&h.id, &h.hostname),
                             minutes(now_ms - h.last_seen_ms),
-                            crate::api::views::rfc3339(h.last_seen_ms)
+                            steward_shared::timestamp::rfc3339(h.last_seen_ms)
                         ),
                         labels: labels(&[("alertname", "HostSilent"), ("host", &h.id)]),
                     });

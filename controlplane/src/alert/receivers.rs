@@ -368,7 +368,7 @@ impl Deliverer {
             "\nalert: {}\nfingerprint: {}\nstarted: {}\n\n{}\n",
             a["id"].as_str().unwrap_or(""),
             a["fingerprint"].as_str().unwrap_or(""),
-            crate::api::views::rfc3339(a["started_ms"].as_i64().unwrap_or(0)),
+            steward_shared::timestamp::rfc3339(a["started_ms"].as_i64().unwrap_or(0)),
             n.payload
         ));
         let mut msg = Message::builder()

@@ -25,10 +25,11 @@ use super::handlers::json;
 use super::identity::parse_body;
 use super::params::{Params, opaque_cursor, parse_opaque_cursor, truncate};
 use super::problem::Problem;
-use super::views::{ListView, rfc3339};
+use super::views::ListView;
 use crate::alert::{Alert, Matcher, Severity, Silence};
 use crate::audit::Outcome;
 use crate::rbac::Labels;
+use steward_shared::timestamp::rfc3339;
 
 const CURSOR: &str = "al1";
 /// Longest silence accepted.

@@ -28,10 +28,11 @@ use super::identity::parse_body;
 use super::params::{Params, truncate};
 use super::problem::Problem;
 use super::rbac::{authorize, record_forbidden, resolve_host_for, resolve_host_id_for};
-use super::views::{ListView, rfc3339};
+use super::views::ListView;
 use crate::audit::Outcome;
 use crate::jobs::{self, Job, JobFilter, JobState, NewJob};
 use crate::store::jobs::{BackupStatus, CancelResult, Enqueued};
+use steward_shared::timestamp::rfc3339;
 
 /// Default and longest job timeout.
 const DEFAULT_TIMEOUT_SECS: u64 = 3600;

@@ -178,7 +178,7 @@ pub fn parse_time(field: &str, raw: &str) -> Result<i64, Problem> {
     if let Ok(ms) = raw.parse::<i64>() {
         return Ok(ms);
     }
-    parse_rfc3339_ms(raw).ok_or_else(|| {
+    steward_shared::timestamp::parse_rfc3339(raw).ok_or_else(|| {
         Problem::invalid(
             field,
             format!(
@@ -187,72 +187,6 @@ pub fn parse_time(field: &str, raw: &str) -> Result<i64, Problem> {
             ),
         )
     })
-}
-
-/// Epoch milliseconds of an RFC 3339 date-time (fractions beyond milliseconds are cut).
-pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    let num = |from: usize, len: usize| -> Option<i64> {
-        let part = s.get(from..from + len)?;
-        part.bytes().all(|c| c.is_ascii_digit()).then(|| part.parse().ok())?
-    };
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') || b[13] != b':' || b[16] != b':' {
-        return None;
-    }
-    let (year, month, day) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
-    let (hour, minute, second) = (num(11, 2)?, num(14, 2)?, num(17, 2)?);
-    let days_in_month = match month {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
-        2 => 28,
-        _ => return None,
-    };
-    if day < 1 || day > days_in_month || hour > 23 || minute > 59 || second > 60 {
-        return None;
-    }
-    let mut i = 19;
-    let mut millis = 0i64;
-    if b.get(i) == Some(&b'.') {
-        let digits = b[i + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
-        if digits == 0 {
-            return None;
-        }
-        for k in 0..3 {
-            millis = millis * 10
-                + b.get(i + 1 + k)
-                    .filter(|c| k < digits && c.is_ascii_digit())
-                    .map_or(0, |c| i64::from(c - b'0'));
-        }
-        i += 1 + digits;
-    }
-    let offset_minutes = match b.get(i) {
-        Some(b'Z' | b'z') if i + 1 == b.len() => 0,
-        Some(sign @ (b'+' | b'-')) if i + 6 == b.len() && b[i + 3] == b':' => {
-            let (h, m) = (num(i + 1, 2)?, num(i + 4, 2)?);
-            if h > 23 || m > 59 {
-                return None;
-            }
-            let total = h * 60 + m;
-            if *sign == b'+' { total } else { -total }
-        }
-        _ => return None,
-    };
-    let days = days_from_civil(year, month, day);
-    let secs = days * 86_400 + hour * 3600 + minute * 60 + second.min(59) - offset_minutes * 60;
-    Some(secs * 1000 + millis)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
-/// `days_from_civil`, the inverse of `views::civil_from_days`).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 fn bad_cursor() -> Problem {
@@ -375,19 +309,16 @@ mod tests {
 
     #[test]
     fn times_are_epoch_ms_or_rfc3339() {
-        use crate::api::views::rfc3339;
+        use steward_shared::timestamp::{parse_rfc3339, rfc3339};
         for ms in [0, 1_700_000_000_123, 951_782_400_000, -1, 253_402_300_799_999] {
-            assert_eq!(parse_rfc3339_ms(&rfc3339(ms)), Some(ms), "{}", rfc3339(ms));
+            assert_eq!(parse_rfc3339(&rfc3339(ms)), Some(ms), "{}", rfc3339(ms));
         }
         assert_eq!(parse_time("since", "1700000000000").unwrap(), 1_700_000_000_000);
         assert_eq!(
             parse_time("since", "2023-11-14T23:13:20.5+01:00").unwrap(),
             1_700_000_000_500
         );
-        assert_eq!(
-            parse_rfc3339_ms("2023-11-14T22:13:20.123456789Z"),
-            Some(1_700_000_000_123)
-        );
+        assert_eq!(parse_rfc3339("2023-11-14T22:13:20.123456789Z"), Some(1_700_000_000_123));
         for bad in [
             "yesterday",
             "2023-02-29T00:00:00Z",

@@ -25,10 +25,11 @@ use super::handlers::json;
 use super::identity::parse_body;
 use super::params::{Params, truncate};
 use super::problem::Problem;
-use super::views::{ListView, rfc3339};
+use super::views::ListView;
 use crate::audit::Outcome;
 use crate::rollouts::{self, HostState, Rollout, RolloutHost, RolloutState, Strategy, StrategySpec};
 use crate::store::rollouts::{Control, ControlResult, NewRollout};
+use steward_shared::timestamp::rfc3339;
 
 /// Most hosts one rollout may target.
 const MAX_HOSTS: usize = 20_000;

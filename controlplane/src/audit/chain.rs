@@ -47,7 +47,7 @@ use sha2::{Digest, Sha256};
 
 use super::signing::{self, PublicKey};
 use super::{StoredCheckpoint, StoredEntry};
-use crate::api::views::rfc3339;
+use steward_shared::timestamp::rfc3339;
 
 /// A SHA-256 hash.
 pub type Hash = [u8; 32];

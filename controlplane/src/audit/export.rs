@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::chain::{self, ExportHead, PinnedCheckpoint, SignedHead, Tampered, Verified, VerifyInput, ZERO_HASH};
 use super::signing::{self, PublicKey, Signer};
 use super::{AuditSnapshot, StoredCheckpoint, StoredEntry};
-use crate::api::views::rfc3339;
+use steward_shared::timestamp::rfc3339;
 
 /// `format` of an export document.
 pub const FORMAT: &str = "steward-audit-export";

@@ -514,7 +514,7 @@ pub fn parse_commit_time(s: &str) -> Option<i64> {
             n.saturating_mul(1000)
         });
     }
-    crate::api::params::parse_rfc3339_ms(s.trim())
+    steward_shared::timestamp::parse_rfc3339(s.trim())
 }
 
 // ------------------------------------------------------------------ KPIs

@@ -97,44 +97,10 @@ pub fn window_bounds(window: Window, now_ms: i64) -> (i64, i64, i64) {
     match window {
         Window::Rolling { minutes } => (now_min - minutes + 1, now_min, minutes),
         Window::CalendarMonth => {
-            let (start, next) = month_bounds_ms(now_ms);
+            let (start, next) = steward_shared::timestamp::month_bounds_ms(now_ms);
             (start / 60_000, now_min, (next - start) / 60_000)
         }
     }
-}
-
-/// Start of the UTC month holding `now_ms` and of the next one, in epoch ms.
-pub fn month_bounds_ms(now_ms: i64) -> (i64, i64) {
-    let days = now_ms.div_euclid(86_400_000);
-    let (y, m, _) = civil_from_days(days);
-    let start = days_from_civil(y, m, 1);
-    let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-    let next = days_from_civil(ny, nm, 1);
-    (start * 86_400_000, next * 86_400_000)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = m as i64;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
 /// The tiers scaled to the SLO's window: windows in proportion to a 30-day

@@ -165,7 +165,7 @@ fn rolling_windows_of_7_28_and_30_days_read_only_their_own_minutes() {
 #[test]
 fn a_calendar_month_starts_on_the_first_and_budgets_by_its_length() {
     // 2026-02-10 12:00 UTC: February has 28 days.
-    let feb1 = eval::days_from_civil(2026, 2, 1) * 1440;
+    let feb1 = steward_shared::timestamp::parse_rfc3339("2026-02-01T00:00:00Z").unwrap() / 60_000;
     let now = feb1 + 9 * 1440 + 720;
     let mut s = spec(0.99, "1M", false);
     assert_eq!(s.window().unwrap(), Window::CalendarMonth);
@@ -190,7 +190,7 @@ fn a_calendar_month_starts_on_the_first_and_budgets_by_its_length() {
     assert!(close(e.budget_remaining, 1.0 - 10.0 / (0.01 * 28.0 * 1440.0)));
     assert_eq!(e.events - e.good_events, 10);
     // 31-day month: budget as time scales with it.
-    let mar1 = eval::days_from_civil(2026, 3, 1) * 1440;
+    let mar1 = steward_shared::timestamp::parse_rfc3339("2026-03-01T00:00:00Z").unwrap() / 60_000;
     let e = evaluate(&spec(0.99, "1M", false), &[], at(mar1 + 5));
     assert!(close(e.budget_remaining_seconds, 0.01 * 31.0 * 86_400.0));
     assert_eq!(e.sli, None);

@@ -7,7 +7,7 @@ use std::io::{self, BufWriter, Read, Write};
 use std::path::{Component, Path, PathBuf};
 use std::time::Instant;
 
-use super::retention::{self, civil_from_days};
+use super::retention;
 use super::{BackupConfig, BackupError, excluded, lock};
 
 const MANIFEST_FORMAT: u32 = 1;
@@ -79,21 +79,6 @@ impl<R: Read> Read for HashingReader<R> {
         self.bytes += n as u64;
         Ok(n)
     }
-}
-
-/// `YYYYMMDDTHHMMSSZ` of unix seconds `t`.
-fn timestamp(t: i64) -> String {
-    let c = civil_from_days(t.div_euclid(86_400));
-    let s = t.rem_euclid(86_400);
-    format!(
-        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
-        c.year,
-        c.month,
-        c.day,
-        s / 3600,
-        s / 60 % 60,
-        s % 60
-    )
 }
 
 fn sync_dir(dir: &Path) -> Result<(), BackupError> {
@@ -250,7 +235,11 @@ pub fn run(cfg: &BackupConfig, now: i64) -> Result<BackupReport, BackupError> {
     std::fs::create_dir_all(&dir).map_err(BackupError::io(format!("create {}", dir.display())))?;
     let _lock = lock::acquire(&dir.join("lock"))?;
     clean_leftovers(&dir);
-    let id = format!("{}-{:08x}", timestamp(now), rand::random::<u32>());
+    let id = format!(
+        "{}-{:08x}",
+        steward_shared::timestamp::compact_secs(now),
+        rand::random::<u32>()
+    );
     let archive_tmp = dir.join(format!(".{id}.tar.zst.partial"));
     let result = write_snapshot(cfg, &dir, &id, &archive_tmp, now);
     let _ = std::fs::remove_file(&archive_tmp);
@@ -492,7 +481,6 @@ fn verify_locked(_cfg: &BackupConfig, dir: &Path, manifest: &Manifest) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jobs::backup::retention::{Civil, days_from_civil};
 
     struct Fixture {
         _tmp: tempfile::TempDir,
@@ -683,14 +671,7 @@ mod tests {
         f.cfg.keep_daily = Some(2);
         f.cfg.verify_after = false;
         f.cfg.command = None;
-        let day = |d: u32| {
-            days_from_civil(Civil {
-                year: 2026,
-                month: 1,
-                day: d,
-            }) * 86_400
-                + 3600
-        };
+        let day = |d: u8| steward_shared::timestamp::epoch_days(2026, 1, d).unwrap() * 86_400 + 3600;
         let first = run(&f.cfg, day(1)).unwrap();
         let second = run(&f.cfg, day(2)).unwrap();
         assert!(second.deleted.is_empty());

@@ -10,6 +10,7 @@
 //!   keeps that one (restic ≥ 0.16: this maximises the history kept);
 //! - a snapshot kept by any rule is kept; with no rule set, everything is kept.
 use serde::Deserialize;
+use steward_shared::timestamp::utc_secs;
 
 /// Retention keys of a `[[backups]]` table (all optional; none set keeps everything).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -29,49 +30,16 @@ impl Retention {
     }
 }
 
-/// A proleptic Gregorian UTC date.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Civil {
-    pub year: i64,
-    pub month: u32,
-    pub day: u32,
+/// ISO 8601 week of the instant `secs` (unix seconds), as `year * 100 + week`.
+pub fn iso_week(secs: i64) -> i64 {
+    let (year, week, _) = utc_secs(secs).date().to_iso_week_date();
+    i64::from(year) * 100 + i64::from(week)
 }
 
-/// Days since 1970-01-01 → calendar date (Howard Hinnant's `civil_from_days`).
-pub fn civil_from_days(days: i64) -> Civil {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    Civil { year, month, day }
-}
-
-/// Calendar date → days since 1970-01-01.
-pub fn days_from_civil(c: Civil) -> i64 {
-    let y = c.year - i64::from(c.month <= 2);
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let m = i64::from(c.month);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(c.day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// ISO 8601 week of the date `days` since the epoch, as `year * 100 + week`.
-pub fn iso_week(days: i64) -> i64 {
-    // 1970-01-01 was a Thursday; Monday = 0.
-    let weekday = (days + 3).rem_euclid(7);
-    // The ISO year is the year of this week's Thursday.
-    let thursday = days - weekday + 3;
-    let year = civil_from_days(thursday).year;
-    let jan1 = days_from_civil(Civil { year, month: 1, day: 1 });
-    let week = (thursday - jan1) / 7 + 1;
-    year * 100 + week
+/// UTC month of the instant `secs` (unix seconds), as `year * 100 + month`.
+pub fn month(secs: i64) -> i64 {
+    let d = utc_secs(secs).date();
+    i64::from(d.year()) * 100 + i64::from(u8::from(d.month()))
 }
 
 /// Indices into `times` (unix seconds) of the snapshots to keep, per restic's
@@ -86,19 +54,8 @@ pub fn keep(times: &[i64], policy: &Retention) -> Vec<usize> {
     let mut buckets: [(u32, Bucker, Option<i64>); 4] = [
         (policy.keep_last.unwrap_or(0), |_, nr| nr as i64, None),
         (policy.keep_daily.unwrap_or(0), |t, _| t.div_euclid(86_400), None),
-        (
-            policy.keep_weekly.unwrap_or(0),
-            |t, _| iso_week(t.div_euclid(86_400)),
-            None,
-        ),
-        (
-            policy.keep_monthly.unwrap_or(0),
-            |t, _| {
-                let c = civil_from_days(t.div_euclid(86_400));
-                c.year * 100 + i64::from(c.month)
-            },
-            None,
-        ),
+        (policy.keep_weekly.unwrap_or(0), |t, _| iso_week(t), None),
+        (policy.keep_monthly.unwrap_or(0), |t, _| month(t), None),
     ];
     let mut kept = Vec::new();
     let n = order.len();
@@ -126,59 +83,31 @@ pub fn keep(times: &[i64], policy: &Retention) -> Vec<usize> {
 mod tests {
     use super::*;
 
-    fn at(year: i64, month: u32, day: u32, hour: i64) -> i64 {
-        days_from_civil(Civil { year, month, day }) * 86_400 + hour * 3600
+    fn days(year: i32, month: u8, day: u8) -> i64 {
+        steward_shared::timestamp::epoch_days(year, month, day).unwrap()
+    }
+
+    fn at(year: i32, month: u8, day: u8, hour: i64) -> i64 {
+        days(year, month, day) * 86_400 + hour * 3600
     }
 
     #[test]
-    fn calendar_helpers_round_trip_and_know_iso_weeks() {
-        for d in [-800_000, -1, 0, 1, 19_000, 20_454, 2_000_000] {
-            assert_eq!(days_from_civil(civil_from_days(d)), d);
-        }
-        assert_eq!(
-            civil_from_days(0),
-            Civil {
-                year: 1970,
-                month: 1,
-                day: 1
-            }
-        );
-        assert_eq!(
-            civil_from_days(days_from_civil(Civil {
-                year: 2024,
-                month: 2,
-                day: 29
-            }))
-            .day,
-            29
-        );
-        let d = |y, m, dd| {
-            days_from_civil(Civil {
-                year: y,
-                month: m,
-                day: dd,
-            })
-        };
+    fn buckets_know_iso_weeks_and_months() {
         // 2021-01-03 (Sunday) belongs to 2020-W53; 2021-01-04 starts 2021-W01.
-        assert_eq!(iso_week(d(2021, 1, 3)), 202_053);
-        assert_eq!(iso_week(d(2021, 1, 4)), 202_101);
+        assert_eq!(iso_week(at(2021, 1, 3, 23)), 202_053);
+        assert_eq!(iso_week(at(2021, 1, 4, 0)), 202_101);
         // 2024-12-30 (Monday) is 2025-W01.
-        assert_eq!(iso_week(d(2024, 12, 30)), 202_501);
-        assert_eq!(iso_week(d(2026, 11, 23)), 202_648);
+        assert_eq!(iso_week(at(2024, 12, 30, 12)), 202_501);
+        assert_eq!(iso_week(at(2026, 11, 23, 0)), 202_648);
+        assert_eq!(month(at(2024, 2, 29, 23)), 202_402);
+        assert_eq!(month(at(2024, 3, 1, 0)), 202_403);
+        assert_eq!(month(-1), 196_912);
     }
 
     /// Two snapshots a day (03:00 and 15:00) from 2026-01-01 to 2026-03-15.
     fn series() -> Vec<i64> {
-        let start = days_from_civil(Civil {
-            year: 2026,
-            month: 1,
-            day: 1,
-        });
-        let end = days_from_civil(Civil {
-            year: 2026,
-            month: 3,
-            day: 15,
-        });
+        let start = days(2026, 1, 1);
+        let end = days(2026, 3, 15);
         (start..=end)
             .flat_map(|d| [d * 86_400 + 3 * 3600, d * 86_400 + 15 * 3600])
             .collect()

@@ -489,7 +489,6 @@ async fn backup_schedules_run_without_a_control_plane_and_never_overlap() {
 
 #[tokio::test]
 async fn retention_with_an_injected_clock_keeps_exactly_restics_set() {
-    use crate::jobs::backup::retention::{Civil, days_from_civil};
     use std::sync::atomic::AtomicI64;
     let fx = fixture(1, 1 << 20);
     let mut backup = fx.backup.clone();
@@ -514,7 +513,7 @@ async fn retention_with_an_injected_clock_keeps_exactly_restics_set() {
     .unwrap()
     .with_clock(Arc::new(move || clock.load(Ordering::SeqCst)));
     fx.runner.replace_executor(exec);
-    let at = |month: u32, day: u32| days_from_civil(Civil { year: 2026, month, day }) * 86_400 + 3 * 3600;
+    let at = |month: u8, day: u8| steward_shared::timestamp::epoch_days(2026, month, day).unwrap() * 86_400 + 3 * 3600;
     // One backup a day at 03:00 UTC from 2026-01-01 to 2026-02-20 (a Friday).
     let days: Vec<i64> = (at(1, 1)..=at(2, 20)).step_by(86_400).collect();
     let mut deleted = Vec::new();
