@@ -152,7 +152,7 @@ fn main() -> ExitCode {
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("steward-controlplane: {}", format!("{e:#}").replace('\n', " "));
+            eprintln!("steward-controlplane: {}", steward_daemon::report::one_line(e.as_ref()));
             ExitCode::from(1)
         }
     }

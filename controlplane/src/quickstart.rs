@@ -161,6 +161,18 @@ pub async fn run(args: QuickstartArgs) -> Result<(), QuickstartError> {
     std::fs::write(&cp_config_path, cp_toml).map_err(io_err(&cp_config_path))?;
     let cfg = ControlPlaneConfig::load(&cp_config_path)?;
 
+    // A PostgreSQL database that does not exist yet is created when the
+    // server lets this user (the quickstart's promise: one command).
+    let created = crate::store::Store::create_database_if_missing(&database_url)
+        .await
+        .map_err(|source| server::ServeError::Store {
+            url: steward_daemon::redact::url(&database_url),
+            source,
+        })?;
+    if created {
+        tracing::info!(database = %steward_daemon::redact::url(&database_url), "created the database");
+    }
+
     let shutdown = CancellationToken::new();
     let running = server::start(&cfg, shutdown.clone()).await?;
     server::write_endpoints(&cfg.data_dir, &running.endpoints)?;

@@ -6,4 +6,5 @@
 pub mod logging;
 pub mod notify;
 pub mod redact;
+pub mod report;
 pub mod signals;

@@ -63,6 +63,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("{0}")]
     Invalid(String),
+    /// The database cannot be reached or opened: one line with the cause and the fix.
+    #[error("{0}")]
+    Connect(String),
 }
 
 /// The control plane's storage, cheap to clone (it wraps connection pools).
@@ -135,6 +138,16 @@ impl Store {
             backend,
             sli: Default::default(),
         })
+    }
+
+    /// Creates the PostgreSQL database `url` names when it does not exist
+    /// and the user may create it (the quickstart); `Ok(true)` when created.
+    /// SQLite files are created by [`Store::connect`] itself: `Ok(false)`.
+    pub async fn create_database_if_missing(url: &str) -> Result<bool, StoreError> {
+        match url.split_once(':').map(|(s, _)| s) {
+            Some("postgres" | "postgresql") => postgres::PgStore::create_if_missing(url).await,
+            _ => Ok(false),
+        }
     }
 
     /// Runs the embedded migrations of the active backend.

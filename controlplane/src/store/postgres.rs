@@ -75,6 +75,44 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
 ];
 
+/// `HOST:PORT` of the server `options` connect to.
+fn server(options: &PgConnectOptions) -> String {
+    format!("{}:{}", options.get_host(), options.get_port())
+}
+
+/// The database `options` name (PostgreSQL's default: the user's name).
+fn database_name(options: &PgConnectOptions) -> String {
+    options.get_database().unwrap_or(options.get_username()).to_string()
+}
+
+/// PostgreSQL's `invalid_catalog_name`: the database does not exist.
+fn is_missing_database(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("3D000"))
+}
+
+/// One line naming what failed, where, and what to do: no repeated causes,
+/// no line numbers of PostgreSQL's own source.
+fn connect_error(options: &PgConnectOptions, e: sqlx::Error) -> StoreError {
+    let at = server(options);
+    let name = database_name(options);
+    let user = options.get_username();
+    let message = match &e {
+        _ if is_missing_database(&e) => format!(
+            "database {name:?} does not exist on {at}: create it (createdb -h {} -p {} {name}) or point the database URL at an existing one",
+            options.get_host(),
+            options.get_port()
+        ),
+        sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("28P01" | "28000")) => {
+            format!("PostgreSQL on {at} refused user {user:?}: {}", d.message())
+        }
+        sqlx::Error::Database(d) => format!("PostgreSQL on {at}: {}", d.message()),
+        sqlx::Error::Io(io) => format!("cannot reach PostgreSQL on {at}: {io}"),
+        sqlx::Error::Tls(tls) => format!("TLS to PostgreSQL on {at} failed: {tls}"),
+        other => format!("PostgreSQL on {at}: {other}"),
+    };
+    StoreError::Connect(message)
+}
+
 /// The answer to `backup` on PostgreSQL.
 fn pg_dump_instead() -> StoreError {
     StoreError::Invalid(
@@ -97,12 +135,51 @@ impl PgStore {
         let options = PgConnectOptions::from_str(url)?;
         // One direct connection first: a pool would report an unreachable
         // server only as "timed out", this reports why.
-        PgConnection::connect_with(&options).await?.close().await?;
+        PgConnection::connect_with(&options)
+            .await
+            .map_err(|e| connect_error(&options, e))?
+            .close()
+            .await?;
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_lazy_with(options);
         Ok(Self { pool })
+    }
+
+    /// Creates the database `url` names when the server says it does not
+    /// exist (connecting as the same user to the server's `postgres`
+    /// database); `Ok(true)` when it was created.
+    pub(super) async fn create_if_missing(url: &str) -> Result<bool, StoreError> {
+        let options = PgConnectOptions::from_str(url)?;
+        match PgConnection::connect_with(&options).await {
+            Ok(conn) => {
+                conn.close().await?;
+                return Ok(false);
+            }
+            Err(e) if is_missing_database(&e) => {}
+            Err(e) => return Err(connect_error(&options, e)),
+        }
+        let name = database_name(&options);
+        let admin = options.clone().database("postgres");
+        let mut conn = PgConnection::connect_with(&admin)
+            .await
+            .map_err(|e| connect_error(&admin, e))?;
+        let statement = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+        let created = sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&mut conn).await;
+        let _ = conn.close().await;
+        match created {
+            Ok(_) => Ok(true),
+            Err(sqlx::Error::Database(d)) => Err(StoreError::Connect(format!(
+                "database {name:?} does not exist on {} and user {:?} cannot create it ({}): create it (createdb -h {} -p {} {name}) or point the database URL at an existing one",
+                server(&options),
+                options.get_username(),
+                d.message(),
+                options.get_host(),
+                options.get_port(),
+            ))),
+            Err(e) => Err(connect_error(&options, e)),
+        }
     }
 
     /// For `backup`: refused before connecting, whatever the server's state.

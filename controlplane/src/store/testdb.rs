@@ -198,7 +198,7 @@ pub async fn fresh_database_url(backend: TestBackend) -> String {
     TestDatabase::create(backend).await.into_url()
 }
 
-fn random_suffix() -> String {
+pub fn random_suffix() -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
     (0..12)
@@ -207,7 +207,7 @@ fn random_suffix() -> String {
 }
 
 /// `admin_url` with its database (path) replaced by `name`.
-fn database_url(admin_url: &str, name: &str) -> String {
+pub fn database_url(admin_url: &str, name: &str) -> String {
     match reqwest::Url::parse(admin_url) {
         Ok(mut url) => {
             url.set_path(&format!("/{name}"));

@@ -579,3 +579,53 @@ fn every_migration_file_is_embedded_for_both_backends() {
         "backends' migrations are kept in step"
     );
 }
+
+#[tokio::test]
+async fn connection_errors_name_the_cause_once_and_the_quickstart_creates_its_database() {
+    // Nothing listens on port 1: why, once, on one line.
+    let err = Store::connect("postgres://steward@127.0.0.1:1/steward")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("cannot reach PostgreSQL on 127.0.0.1:1: "), "{err}");
+    assert_eq!(err.lines().count(), 1);
+    // SQLite files are created by connect itself.
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("q.db").display());
+    assert!(!Store::create_database_if_missing(&url).await.unwrap());
+
+    if !TestBackend::selected().contains(&TestBackend::Postgres) {
+        return;
+    }
+    let admin = super::testdb::pg_admin_url();
+    let name = format!("steward_test_missing_{}", super::testdb::random_suffix());
+    let url = super::testdb::database_url(&admin, &name);
+    let err = Store::connect(&url).await.unwrap_err().to_string();
+    assert!(
+        err.starts_with(&format!("database \"{name}\" does not exist on ")),
+        "{err}"
+    );
+    assert!(
+        err.contains("createdb -h ") && err.ends_with("or point the database URL at an existing one"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("at line") && !err.contains("error returned from database"),
+        "{err}"
+    );
+    assert_eq!(err.matches("does not exist").count(), 1, "{err}");
+
+    assert!(Store::create_database_if_missing(&url).await.unwrap(), "created");
+    let store = Store::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    store.close().await;
+    assert!(!Store::create_database_if_missing(&url).await.unwrap(), "exists now");
+
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let _ = conn.close().await;
+}
