@@ -3,6 +3,7 @@
 # OpenAPI document it serves, with an admin token: no server errors, and
 # responses (status, content type, headers, body) that match the document.
 # Usage: .ci/schemathesis.sh [DATABASE_URL]   (default: SQLite)
+#        .ci/schemathesis.sh --install         (venv and build only)
 # Prints one line "schemathesis (BACKEND): N generated, N passed, N failed".
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +21,11 @@ if ! "$VENV/bin/schemathesis" --version 2>/dev/null | grep -qF "$SCHEMATHESIS_VE
 fi
 
 cargo build --locked -q --bin steward-controlplane
+# --install: only the venv and the build, so that runs started next in
+# parallel (one per backend) share them.
+if [ "${1:-}" = --install ]; then
+  exit 0
+fi
 DIR=$(mktemp -d /tmp/steward-schemathesis.XXXXXX)
 args=(quickstart --dir "$DIR/qs" --rest-listen 127.0.0.1:0 --grpc-listen 127.0.0.1:0)
 backend=sqlite
@@ -71,7 +77,7 @@ if [ $rc -ne 0 ]; then
 fi
 summary=$(grep -E '^\s*[0-9]+ generated' "$DIR/schemathesis.log" | tail -n 1 | sed 's/^ *//')
 generated=$(echo "$summary" | grep -oE '^[0-9]+' || echo 0)
-failed=$(echo "$summary" | grep -oE '[0-9]+ unique failures' | grep -oE '^[0-9]+' || echo 0)
+failed=$(echo "$summary" | grep -oE '[0-9]+ unique failures?' | grep -oE '^[0-9]+' || echo 0)
 echo "schemathesis ($backend): ${summary:-no summary}"
 echo "schemathesis ($backend): $generated generated, $((generated - failed)) passed, $failed failed"
 exit $rc

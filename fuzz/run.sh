@@ -11,13 +11,21 @@
 # RUSTC_BOOTSTRAP=1. FUZZ_SANITIZER=none builds without ASan (faster, finds
 # only panics). FUZZ_MERGE=1 merges what a run found into the committed corpus
 # (libFuzzer -merge=1: only inputs that add coverage; keep it small).
-# FUZZ_NO_BUILD=1 runs the binaries already built.
+# FUZZ_NO_BUILD=1 runs the binaries already built. FUZZ_PROFILE=dev builds
+# without optimisations (a build several times faster, runs several times
+# slower: what a 30-second crash check in CI wants; figures come from release).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-60}
 shift || true
 export RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR="$PWD/fuzz/target"
 sanitizer=${FUZZ_SANITIZER:-address}
+profile=${FUZZ_PROFILE:-release}
+case "$profile" in
+  release) profile_flag=(--release) profile_dir=release ;;
+  dev) profile_flag=(--dev) profile_dir=debug ;;
+  *) echo "FUZZ_PROFILE must be release or dev, not $profile" >&2; exit 2 ;;
+esac
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "== installing cargo-fuzz from crates.io"
@@ -33,12 +41,12 @@ targets=("$@")
 if [ "${FUZZ_NO_BUILD:-0}" != 1 ]; then
   echo "== cargo fuzz build -s $sanitizer (${targets[*]})"
   build_started=$(date +%s)
-  cargo fuzz build --fuzz-dir fuzz --target-dir "$CARGO_TARGET_DIR" -s "$sanitizer" --codegen-units 16
+  cargo fuzz build --fuzz-dir fuzz --target-dir "$CARGO_TARGET_DIR" -s "$sanitizer" --codegen-units 16 "${profile_flag[@]}"
   echo "build: $(( $(date +%s) - build_started ))s"
 fi
 
 triple=$(rustc -vV | sed -n 's/^host: //p')
-bin_dir="$CARGO_TARGET_DIR/$triple/release"
+bin_dir="$CARGO_TARGET_DIR/$triple/$profile_dir"
 summary=()
 failed=0
 for t in "${targets[@]}"; do
@@ -66,6 +74,6 @@ for t in "${targets[@]}"; do
   fi
 done
 echo
-echo "== fuzzing summary (${secs}s per target, sanitizer $sanitizer)"
+echo "== fuzzing summary (${secs}s per target, sanitizer $sanitizer, $profile build)"
 printf '%s\n' "${summary[@]}"
 exit "$failed"
